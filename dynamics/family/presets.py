@@ -1,0 +1,69 @@
+"""Family presets: corpus budget, tokenizer, model sizes and training schedule.
+
+`micro` is for tests (under a minute on 2 CPU cores), `tiny` is the embedded default (a few
+minutes on 2 CPU cores), `small` is sized for one GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynamics.errors import MemdynError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    d_model: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vocab_size: int
+    seq_length: int  # samples hold seq_length + 1 tokens, as Pythia's 2049
+    corpus_chars: int | None  # characters taken from the (seed-shuffled) corpus; None = all
+    max_doc_chars: int | None  # long documents are cut so many documents fit the budget
+    heldout_fraction: float
+    batch_size: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    shapes: tuple[ModelShape, ...]
+    # contexts and continuations that fit the samples, used as the preset's scoring grid
+    contexts: tuple[int, ...] = field(default=(32, 48, 64, 96))
+    continuations: tuple[int, ...] = field(default=(16, 32, 48, 64))
+
+    def checkpoint_steps(self) -> list[int]:
+        """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
+        steps = {0, self.steps}
+        steps.update(4**i for i in range(16) if 4**i < self.steps)
+        steps.update(self.steps * q // 4 for q in (1, 2, 3))
+        return sorted(steps)
+
+
+PRESETS: dict[str, Preset] = {
+    "micro": Preset(
+        name="micro", vocab_size=384, seq_length=32, corpus_chars=40_000, max_doc_chars=4_000,
+        heldout_fraction=0.2, batch_size=8, steps=60, lr=3e-3, warmup_steps=6,
+        shapes=(ModelShape(1, 16, 2), ModelShape(1, 32, 2), ModelShape(2, 64, 4)),
+        contexts=(8, 16), continuations=(4, 8, 16),
+    ),
+    "tiny": Preset(
+        name="tiny", vocab_size=4096, seq_length=128, corpus_chars=900_000, max_doc_chars=12_000,
+        heldout_fraction=0.1, batch_size=16, steps=500, lr=2e-3, warmup_steps=30,
+        shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
+    ),
+    "small": Preset(
+        name="small", vocab_size=16384, seq_length=256, corpus_chars=None, max_doc_chars=None,
+        heldout_fraction=0.05, batch_size=64, steps=20_000, lr=6e-4, warmup_steps=500,
+        shapes=(ModelShape(4, 128, 4), ModelShape(6, 256, 8), ModelShape(8, 512, 8), ModelShape(12, 768, 12)),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise MemdynError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,261 @@
+"""Train a Pythia-style family: several GPT-NeoX sizes on the identical sample order.
+
+Like Pythia: step N trains on samples [N*B, (N+1)*B) of the packed data (wrapping around for
+further epochs), AdamW with linear warmup and cosine decay to 10% of the peak rate, no dropout,
+and checkpoints `step<N>` at log-spaced steps and at the end. Every checkpoint is written
+atomically together with the optimizer state, so an interrupted run resumes from its last
+checkpoint and produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dynamics.corpus import megatron
+from dynamics.corpus.packing import adopt_megatron, pack_documents, select_documents
+from dynamics.corpus.sources import content_hash, documents, parse_source, python_version
+from dynamics.corpus.steps import revision_name, revision_step
+from dynamics.corpus.tokenizer import EOD_ID, PAD_ID, train_tokenizer
+from dynamics.errors import MemdynError
+from dynamics.family.load import resolve_device
+from dynamics.family.presets import ModelShape, Preset, get_preset
+from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
+from dynamics.files import atomic_path, read_json, write_json
+
+PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family.json when done
+
+
+def model_config(shape: ModelShape, vocab_size: int, seq_length: int):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=4 * shape.d_model,
+        max_position_embeddings=2 * seq_length,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        use_parallel_residual=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=EOD_ID,
+        eos_token_id=EOD_ID,
+        pad_token_id=PAD_ID,
+    )
+
+
+def size_name(params: int) -> str:
+    """Pythia-style names from parameter counts: 452k, 1.0m, 5.3m."""
+    if params >= 10**9:
+        return f"{params / 1e9:.1f}b"
+    if params >= 10**6:
+        return f"{params / 1e6:.1f}m"
+    return f"{round(params / 1e3)}k"
+
+
+def learning_rate(step: int, preset: Preset) -> float:
+    if step < preset.warmup_steps:
+        return preset.lr * (step + 1) / preset.warmup_steps
+    progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
+    return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _check_out_dir(out: Path, plan: dict) -> None:
+    """Refuse to write into a directory that holds something else, or a run with other settings."""
+    if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
+        done = read_json(out / "family.json").get("plan")
+        if done == plan:
+            return
+        raise MemdynError(f"{out} already holds a finished family trained with other settings; choose another --out")
+    if (out / PLAN_FILE).is_file():
+        if read_json(out / PLAN_FILE) != plan:
+            raise MemdynError(
+                f"{out} holds an unfinished family started with other settings ({read_json(out / PLAN_FILE)}); "
+                "rerun with those settings to resume, or choose another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise MemdynError(f"output directory {out} is not empty and holds no memdyn family; choose another --out")
+
+
+def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokenizer: str | None, seed: int) -> dict:
+    """Tokenizer and packed data; returns the corpus record for family.json. Skipped when done."""
+    data_dir = out / "data"
+    record_path = data_dir / "corpus.json"
+    if record_path.is_file():
+        return read_json(record_path)
+    source = parse_source(corpus, text_field)
+    if source.tokenized:
+        if tokenizer is None:
+            raise MemdynError("a tokenized (Megatron) corpus needs --tokenizer, the tokenizer it was made with")
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out / "tokenizer")
+        packed = adopt_megatron(source.location, data_dir, preset.seq_length, seed, preset.heldout_fraction)
+        ds = megatron.IndexedDataset(source.location)
+        digest = f"megatron:{ds.n_tokens}:{ds.idx_path.stat().st_size}"
+        n_docs = len(ds.doc_idx) - 1
+    else:
+        docs = select_documents(list(documents(source)), seed, preset.corpus_chars, preset.max_doc_chars)
+        if not docs:
+            raise MemdynError(f"corpus {corpus!r} holds no documents")
+        digest = content_hash(docs)
+        if tokenizer is None:
+            train_tokenizer((d.text for d in docs), preset.vocab_size, out / "tokenizer")
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out / "tokenizer")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+        encoded = tok([d.text for d in docs], add_special_tokens=False)["input_ids"]
+        dtype = megatron.smallest_dtype(len(tok))
+        packed = pack_documents(encoded, docs, data_dir, preset.seq_length, seed, preset.heldout_fraction, dtype)
+        n_docs = len(docs)
+    record = {
+        "source": source.describe(),
+        "hash": digest,
+        "documents": n_docs,
+        "tokens": packed.n_tokens,
+        "train_samples": packed.n_train,
+        "heldout_samples": packed.n_heldout,
+        "python": python_version() if source.kind == "stdlib" else None,
+    }
+    write_json(record_path, record)
+    return record
+
+
+def _latest_checkpoint(size_dir: Path) -> int | None:
+    """The last step whose checkpoint and optimizer state were both written."""
+    state = size_dir / "trainer_state.pt"
+    if not state.is_file():
+        return None
+    step = torch.load(state, map_location="cpu", weights_only=False)["step"]
+    return step if (size_dir / revision_name(step) / "config.json").is_file() else None
+
+
+def train_size(
+    shape: ModelShape, name: str, preset: Preset, samples: megatron.IndexedDataset, vocab_size: int,
+    size_dir: Path, seed: int, device: torch.device,
+) -> list[str]:
+    """Train one size, resuming from its last checkpoint; returns its revision names."""
+    from transformers import GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per checkpoint shard is noise here
+    checkpoints = preset.checkpoint_steps()
+    batch = samples.batch(0, len(samples))  # [n_samples, seq_length + 1], memory-mapped
+    start = _latest_checkpoint(size_dir)
+    if start is None:
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(model_config(shape, vocab_size, preset.seq_length)).to(device)
+        start, log = 0, []
+    else:
+        model = GPTNeoXForCausalLM.from_pretrained(size_dir / revision_name(start)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    if start:
+        state = torch.load(size_dir / "trainer_state.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        log = state["log"]
+
+    def save(step: int) -> None:
+        with atomic_path(size_dir / revision_name(step)) as tmp:
+            model.save_pretrained(tmp)
+        with atomic_path(size_dir / "trainer_state.pt") as tmp:
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "log": log}, tmp)
+
+    if start == 0 and not (size_dir / "step0").is_dir():
+        save(0)
+    model.train()
+    bar = tqdm(range(start, preset.steps), desc=f"train {name}", initial=start, total=preset.steps, leave=False)
+    for step in bar:
+        rows = np.arange(step * preset.batch_size, (step + 1) * preset.batch_size) % len(batch)
+        x = torch.from_numpy(batch[rows].astype(np.int64)).to(device)  # [B, seq_length + 1]
+        lr = learning_rate(step, preset)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = model(input_ids=x[:, :-1]).logits  # [B, T, V]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.append((step + 1, loss.item(), lr))
+        bar.set_postfix(loss=f"{log[-1][1]:.3f}")
+        if step + 1 in checkpoints:
+            save(step + 1)
+    bar.close()
+    import csv
+
+    with atomic_path(size_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([("step", "loss", "lr"), *log])
+    return [revision_name(s) for s in checkpoints]
+
+
+def train_family(
+    preset: str,
+    out: str | Path,
+    corpus: str = "stdlib",
+    seed: int = 0,
+    text_field: str = "text",
+    tokenizer: str | None = None,
+    device: str | None = None,
+) -> FamilySpec:
+    """Build the corpus, tokenizer and data, train every size, and write family.json."""
+    p = get_preset(preset)
+    out = Path(out)
+    plan = {"preset": p.name, "corpus": corpus, "seed": seed, "text_field": text_field, "tokenizer": tokenizer}
+    _check_out_dir(out, plan)
+    if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
+        return load_family(out)
+    source = parse_source(corpus, text_field)  # validates before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / PLAN_FILE, plan)
+    dev = resolve_device(device)
+    record = _build_data(out, p, corpus, text_field, tokenizer, seed)
+    from transformers import AutoTokenizer
+
+    vocab_size = len(AutoTokenizer.from_pretrained(out / "tokenizer"))
+    train = megatron.IndexedDataset(out / "data" / "train")
+    if train.fixed_length() > 2 * p.seq_length:
+        raise MemdynError(f"samples of {train.fixed_length()} tokens are longer than the models' positions")
+    sizes = []
+    for shape in p.shapes:
+        params = _count_params(shape, vocab_size, p.seq_length)
+        name = size_name(params)
+        revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev)
+        sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
+    family = FamilySpec(
+        name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
+        kind="local",
+        sizes=sizes,
+        tokenizer="tokenizer",
+        data=DataSpec("data/train", p.seq_length, p.batch_size, str(train.dtype), "data/heldout"),
+        seed=seed,
+        corpus=record,
+        preset=p.name,
+    )
+    manifest = family.to_json() | {"plan": plan, "steps": p.steps, "checkpoint_steps": p.checkpoint_steps()}
+    write_json(out / "family.json", manifest)
+    (out / PLAN_FILE).unlink()
+    return load_family(out)
+
+
+def _count_params(shape: ModelShape, vocab_size: int, seq_length: int) -> int:
+    from transformers import GPTNeoXForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPTNeoXForCausalLM(model_config(shape, vocab_size, seq_length)).parameters())
+
+
+def final_step(size: SizeSpec) -> int:
+    return revision_step(size.final)

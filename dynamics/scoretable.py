@@ -1,0 +1,245 @@
+"""Scoring a family into a Parquet score table: chunked, crash-safe, resumable, multi-process.
+
+A scores directory holds:
+  part-<model>-<revision>-<chunk>.parquet   one row per (model, revision, seq_idx, context_len,
+                                            continuation_len): score, matches, prefix_len, near_tie
+  _generations/part-....parquet             one row per (model, revision, seq_idx, context_len):
+                                            generated (largest continuation), loss, context_loss,
+                                            min_gap
+  _settings.json                            what the table was computed with; a rerun with other
+                                            settings is refused, so finished chunks never mix
+  _first_memorized.parquet                  with several revisions: first step with score 1
+Names starting with `_` are skipped by Parquet readers, so `pandas.read_parquet(DIR)` is the table.
+
+Each chunk is a fixed range of samples for one (model, revision), written atomically when done.
+Rerunning the same command computes only missing chunks. Under `accelerate launch`, process r
+takes every world_size-th chunk; a chunk's result does not depend on which process ran it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.corpus.steps import revision_step
+from dynamics.errors import MemdynError
+from dynamics.family.load import check_data_vocab, load_model, resolve_device
+from dynamics.family.spec import FamilySpec
+from dynamics.files import atomic_path, read_json, write_json
+from dynamics.scoring import NEAR_TIE, cell_scores, score_batch
+
+SETTINGS = "_settings.json"
+GENERATIONS = "_generations"
+FIRST_MEMORIZED = "_first_memorized.parquet"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    family: str
+    corpus_hash: str | None
+    data: str
+    n_data: int
+    contexts: list[int]
+    continuations: list[int]
+    samples: list[int]  # [start, stop) or explicit indices, see `sample_indices`
+    sample_mode: str  # range | random
+    seed: int
+    dtype: str
+    chunk_size: int
+    batch_size: int
+
+
+def parse_int_list(text: str, name: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise MemdynError(f"--{name} must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise MemdynError(f"--{name} must be positive integers, got {text!r}")
+    return values
+
+
+def sample_indices(settings: ScoreSettings) -> np.ndarray:
+    if settings.sample_mode == "range":
+        return np.arange(*settings.samples, dtype=np.int64)
+    n = settings.samples[0]
+    return np.sort(np.random.default_rng(settings.seed).choice(settings.n_data, size=n, replace=False))
+
+
+def make_settings(
+    family: FamilySpec, data: str, contexts: list[int], continuations: list[int], samples: str | None,
+    sample: int | None, seed: int, dtype: str, chunk_size: int, batch_size: int,
+) -> ScoreSettings:
+    """Validate everything that can be checked before any model is loaded."""
+    ds = IndexedDataset(data)
+    length = ds.fixed_length()
+    worst = max(contexts) + max(continuations)
+    if worst > length:
+        raise MemdynError(
+            f"context {max(contexts)} + continuation {max(continuations)} = {worst} tokens is longer than the "
+            f"samples in {ds.bin_path} ({length} tokens); use shorter --contexts/--continuations"
+        )
+    if samples is not None and sample is not None:
+        raise MemdynError("give either --samples START:END or --sample N, not both")
+    if sample is not None:
+        if not 0 < sample <= len(ds):
+            raise MemdynError(f"--sample must be between 1 and the {len(ds)} samples in {ds.bin_path}, got {sample}")
+        mode, spec = "random", [sample]
+    else:
+        start, stop = 0, len(ds)
+        if samples is not None:
+            m = re.fullmatch(r"(\d*):(\d*)", samples.strip())
+            if not m:
+                raise MemdynError(f"--samples must look like START:END (e.g. 0:1000), got {samples!r}")
+            start = int(m[1]) if m[1] else 0
+            stop = min(int(m[2]), len(ds)) if m[2] else len(ds)
+        if stop <= start:
+            raise MemdynError(f"--samples {samples} selects no samples (the data has {len(ds)})")
+        mode, spec = "range", [start, stop]
+    if chunk_size < 1 or batch_size < 1:
+        raise MemdynError("--chunk-size and --batch-size must be >= 1")
+    return ScoreSettings(
+        family=family.name, corpus_hash=family.corpus.get("hash"), data=str(Path(ds.bin_path).with_suffix("").resolve()),
+        n_data=len(ds), contexts=contexts, continuations=continuations, samples=spec, sample_mode=mode,
+        seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+    )
+
+
+def check_settings(out: Path, settings: ScoreSettings) -> None:
+    """A scores directory belongs to one set of settings: refuse to mix, before any work."""
+    path = out / SETTINGS
+    if path.is_file():
+        old = read_json(path)
+        if old != asdict(settings):
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
+            raise MemdynError(f"{out} holds scores computed with other settings ({diff}); use another --out")
+    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise MemdynError(f"{out} is not empty and holds no memdyn scores; choose another --out")
+
+
+def _chunk_name(model: str, revision: str, chunk: int) -> str:
+    return f"part-{model}-{revision}-{chunk:05d}.parquet"
+
+
+def score_chunk(model, model_name: str, revision: str, tokens: np.ndarray, seq_idx: np.ndarray, s: ScoreSettings, device):
+    """Score one chunk; returns (scores table, generations table)."""
+    C = max(s.continuations)
+    score_rows, gen_rows = [], []
+    for start in range(0, len(tokens), s.batch_size):
+        x = torch.from_numpy(tokens[start : start + s.batch_size].astype(np.int64)).to(device)
+        r = score_batch(model, x, s.contexts, C)
+        idx = seq_idx[start : start + s.batch_size]
+        true = np.stack([x[:, k : k + C].cpu().numpy() for k in s.contexts], 1)  # [B, K, C]
+        for c, (matches, prefix) in cell_scores(r.generated, true, s.continuations).items():
+            for j, k in enumerate(s.contexts):
+                score_rows.append(pd.DataFrame({
+                    "seq_idx": idx, "context_len": np.int16(k), "continuation_len": np.int16(c),
+                    "score": (matches[:, j] / c).astype(np.float32), "matches": matches[:, j].astype(np.int16),
+                    "prefix_len": prefix[:, j].astype(np.int16), "near_tie": r.min_gap[:, j] < NEAR_TIE,
+                }))
+        for j, k in enumerate(s.contexts):
+            gen_rows.append(pd.DataFrame({
+                "seq_idx": idx, "context_len": np.int16(k), "generated": list(r.generated[:, j].astype(np.int32)),
+                "loss": r.loss[:, j], "context_loss": r.context_loss[:, j], "min_gap": r.min_gap[:, j],
+            }))
+    head = {"model": model_name, "revision": revision, "step": revision_step(revision) if revision.startswith("step") else -1}
+    keys = ["seq_idx", "context_len", "continuation_len"]
+    scores = pd.concat(score_rows, ignore_index=True).sort_values(keys, kind="stable").reset_index(drop=True)
+    gens = pd.concat(gen_rows, ignore_index=True).sort_values(keys[:2], kind="stable").reset_index(drop=True)
+    for table in (scores, gens):
+        for i, (col, value) in enumerate(head.items()):
+            table.insert(i, col, value)
+    return scores, gens
+
+
+def run_scoring(
+    family: FamilySpec, out: str | Path, settings: ScoreSettings, models: list[str] | None,
+    revisions: list[str] | None, device: str | None = None, progress: bool = True,
+) -> Path:
+    """Compute every missing chunk (this process's share of them) and write the table."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    out = Path(out)
+    sizes = family.select(models)
+    plan = [(size, family.revision(size, r)) for size in sizes for r in (revisions or [None])]
+    if family.kind == "local":
+        for size, rev in plan:  # missing checkpoints fail now, not after hours of work
+            from dynamics.family.load import model_location
+
+            model_location(family, size, rev)
+    check_settings(out, settings)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / GENERATIONS).mkdir(exist_ok=True)
+        write_json(out / SETTINGS, asdict(settings))
+    state.wait_for_everyone()
+
+    idx = sample_indices(settings)
+    ds = IndexedDataset(settings.data)
+    n_chunks = -(-len(idx) // settings.chunk_size)
+    jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
+    mine = [j for i, j in enumerate(jobs) if i % state.num_processes == state.process_index]
+    todo = [j for j in mine if not (out / _chunk_name(j[0].name, j[1], j[2])).is_file()]
+    dev = state.device if device in (None, "auto") else resolve_device(device)
+    work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
+    bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
+    loaded = (None, None, None)
+    for size, rev, chunk in todo:
+        if loaded[:2] != (size.name, rev):
+            model = load_model(family, size, rev, device=dev, dtype=settings.dtype)
+            loaded = (size.name, rev, model)
+        model = loaded[2]
+        chunk_idx = idx[chunk * settings.chunk_size : (chunk + 1) * settings.chunk_size]
+        tokens = np.asarray(ds.batch(0, len(ds))[chunk_idx])
+        check_data_vocab(int(tokens.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), size.name)
+        scores, gens = score_chunk(model, size.name, rev, tokens, chunk_idx, settings, dev)
+        name = _chunk_name(size.name, rev, chunk)
+        with atomic_path(out / GENERATIONS / name) as tmp:
+            gens.to_parquet(tmp, index=False)
+        with atomic_path(out / name) as tmp:  # written last: its presence marks the chunk done
+            scores.to_parquet(tmp, index=False)
+        bar.update(len(chunk_idx))
+    bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process and len({rev for _, rev in plan}) > 1:
+        table = first_memorized(read_scores(out))
+        with atomic_path(out / FIRST_MEMORIZED) as tmp:
+            table.to_parquet(tmp, index=False)
+    state.wait_for_everyone()
+    return out
+
+
+def read_scores(scores: str | Path) -> pd.DataFrame:
+    path = Path(scores)
+    if not (path / SETTINGS).is_file():
+        raise MemdynError(f"{path} is not a memdyn scores directory (no {SETTINGS}); run `memdyn score` first")
+    if not any(path.glob("part-*.parquet")):
+        raise MemdynError(f"{path} holds no finished chunks yet; rerun the `memdyn score` command to compute them")
+    return pd.read_parquet(path)
+
+
+def read_generations(scores: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(scores) / GENERATIONS)
+
+
+def first_memorized(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, seq_idx, context, continuation): the first checkpoint step with score 1 (NaN if
+    none), and whether it stays memorized in every later checkpoint scored."""
+    keys = ["model", "seq_idx", "context_len", "continuation_len"]
+    t = table.sort_values(keys + ["step"])
+    mem = t["score"] >= 1.0
+    t = t.assign(memorized=mem)
+    first = t[mem].groupby(keys, sort=True)["step"].min().rename("first_memorized_step")
+    last_unmem = t[~mem].groupby(keys)["step"].max().rename("last_unmemorized_step")
+    out = t.groupby(keys, sort=True)["step"].agg(steps_scored="count").join(first).join(last_unmem)
+    out["stays_memorized"] = out["first_memorized_step"].notna() & ~(out["last_unmemorized_step"] > out["first_memorized_step"])
+    return out.reset_index()
