@@ -8,7 +8,8 @@ is what infini-gram does; here the search is vectorised across a batch of n-gram
 Building: the suffix array comes from libdivsufsort (the `pydivsufsort` package). It sorts bytes,
 so a uint16 stream is sorted as its big-endian byte pairs and only suffixes at even byte offsets
 are kept (big-endian byte order is token order; pydivsufsort does this itself for wider dtypes).
-Measured on one core: ~2.8M tokens/s on a 50M-token stream, peak RAM ~22 bytes per token.
+Measured on one (shared) core: ~2.3M tokens/s on a 50M-token stream, peak RAM ~22 bytes per
+token; counting runs at ~150k-270k n-grams/s for n = 2..5 (benchmarks/bench_ngrams.py).
 
 On disk (one file, `*.ngi`, memory-mapped when opened):
     0        8 bytes  magic b"MDNGRAM\\0"
@@ -56,6 +57,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dynamics.corpus.megatron import IndexedDataset, paths
 from dynamics.errors import MemdynError
 from dynamics.files import atomic_path, read_json, write_json
 
@@ -372,8 +374,6 @@ def _shard_fingerprint(manifest: dict, i: int) -> dict:
 
 def default_index_dir(prefix: str | os.PathLike) -> Path:
     """`<prefix>.ngrams/`, beside the dataset's .bin/.idx."""
-    from dynamics.corpus.megatron import paths
-
     bin_path, _ = paths(prefix)
     return bin_path.with_suffix(".ngrams")
 
@@ -382,8 +382,6 @@ def build_for_dataset(prefix: str | os.PathLike, out_dir: str | os.PathLike | No
                       max_n: int = DEFAULT_MAX_N, shards: Iterable[int] | None = None) -> ShardedNgramIndex:
     """Index a Megatron .bin/.idx dataset in n_shards shards cut at item boundaries (about equal
     token counts), into out_dir (default `<prefix>.ngrams/`). `shards` builds only those."""
-    from dynamics.corpus.megatron import IndexedDataset
-
     ds = IndexedDataset(prefix)
     if ds.n_tokens == 0:
         raise MemdynError(f"{ds.bin_path}: the dataset has no tokens to index")
@@ -404,8 +402,6 @@ def build_for_dataset(prefix: str | os.PathLike, out_dir: str | os.PathLike | No
 def open_for_dataset(prefix: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                      shards: Iterable[int] | None = None) -> ShardedNgramIndex:
     """Open the index of a dataset, checking that it was built over exactly this data."""
-    from dynamics.corpus.megatron import IndexedDataset
-
     ds = IndexedDataset(prefix)
     expect = data_fingerprint(ds.tokens())
     return ShardedNgramIndex.open(out_dir or default_index_dir(prefix), expect_fingerprint=expect, shards=shards)

@@ -1,0 +1,56 @@
+"""Shared fixtures: the micro family is trained once per test session and scored once."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+MICRO_CONTEXTS = "8,16"
+MICRO_CONTINUATIONS = "4,8,16"
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run `memdyn ARGS` in this process; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from dynamics.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["memdyn", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def micro_family(tmp_path_factory):
+    from dynamics.family.train import train_family
+
+    out = tmp_path_factory.mktemp("family") / "micro"
+    train_family("micro", out, seed=0, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_scores(micro_family, tmp_path_factory):
+    """Final checkpoints of every size plus two checkpoints of the largest, on all samples."""
+    out = tmp_path_factory.mktemp("scores") / "scores"
+    code, _, err = run_cli(
+        "score", "--family", micro_family, "--out", out, "--contexts", MICRO_CONTEXTS,
+        "--continuations", MICRO_CONTINUATIONS, "--chunk-size", "128", "--device", "cpu",
+    )
+    assert code == 0, err
+    return out

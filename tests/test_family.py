@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.load import check_vocab, load_model, load_tokenizer, resolve_dtype
+from dynamics.family.presets import PRESETS
+from dynamics.family.spec import load_family
+from dynamics.family.train import train_family
+from dynamics.files import read_json
+from tests.conftest import run_cli
+
+
+def test_family_directory_contract(micro_family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_json(micro_family / "family.json")
+    assert {"name", "sizes", "tokenizer", "data", "seed", "corpus"} <= set(manifest)
+    assert {"prefix", "seq_length", "batch_size", "dtype"} <= set(manifest["data"])
+    assert len(manifest["corpus"]["hash"]) == 64
+    params = [s["params"] for s in manifest["sizes"]]
+    assert params == sorted(params) and len(params) == len(PRESETS["micro"].shapes)
+    tok = AutoTokenizer.from_pretrained(micro_family / "tokenizer")
+    steps = PRESETS["micro"].checkpoint_steps()
+    for size in manifest["sizes"]:
+        assert size["revisions"] == [f"step{s}" for s in steps]
+        for rev in (size["revisions"][0], size["revisions"][-1]):
+            model = AutoModelForCausalLM.from_pretrained(micro_family / size["path"] / rev)
+            assert type(model).__name__ == "GPTNeoXForCausalLM"
+            assert sum(p.numel() for p in model.parameters()) == size["params"]
+            assert model.config.vocab_size == len(tok)
+    data = IndexedDataset(micro_family / "data" / "train")
+    assert data.fixed_length() == manifest["data"]["seq_length"] + 1
+
+
+def test_training_learned_something(micro_family):
+    import csv
+
+    family = load_family(micro_family)
+    for size in family.sizes:
+        rows = list(csv.DictReader(open(micro_family / size.path / "train_log.csv")))
+        assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 1.0
+
+
+def test_family_info_cli(micro_family):
+    code, out, _ = run_cli("family", "info", micro_family)
+    assert code == 0
+    assert "micro-stdlib" in out and "step120" in out and "samples x 33 tokens" in out
+
+
+def test_resume_after_interruption_gives_identical_weights(micro_family, tmp_path, monkeypatch):
+    """Crash in the middle of training, rerun the same command: same final weights as uninterrupted."""
+    from safetensors.torch import load_file
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def crashing_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 150:  # inside the second size, after some checkpoints
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_family("micro", tmp_path / "f", seed=0, device="cpu")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert not (tmp_path / "f" / "family.json").exists()
+    train_family("micro", tmp_path / "f", seed=0, device="cpu")
+    family = load_family(micro_family)
+    for size in family.sizes:
+        a = load_file(micro_family / size.path / size.final / "model.safetensors")
+        b = load_file(tmp_path / "f" / size.path / size.final / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_family_inputs(micro_family, tmp_path):
+    with pytest.raises(MemdynError, match="unknown preset"):
+        train_family("huge", tmp_path / "x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(MemdynError, match="not empty"):
+        train_family("micro", tmp_path / "busy")
+    (tmp_path / "empty_corpus").mkdir()
+    with pytest.raises(MemdynError, match="no documents"):
+        train_family("micro", tmp_path / "out", corpus=str(tmp_path / "empty_corpus"))
+    assert not (tmp_path / "out" / "family.json").exists()
+    with pytest.raises(MemdynError, match="other settings"):
+        train_family("micro", micro_family, seed=1)
+    code, _, err = run_cli("family", "train", "--preset", "nano", "--out", tmp_path / "y")
+    assert code == 2 and err.strip().startswith("memdyn: error: unknown preset") and len(err.strip().splitlines()) == 1
+
+
+def test_loading_and_checks(micro_family):
+    family = load_family(micro_family)
+    size = family.sizes[0]
+    model = load_model(family, size.name, "step0", device="cpu")
+    assert not model.training
+    tok = load_tokenizer(family)
+    check_vocab(tok, model, size.name)
+    model.resize_token_embeddings(10)
+    with pytest.raises(MemdynError, match="vocabulary mismatch"):
+        check_vocab(tok, model, size.name)
+    with pytest.raises(MemdynError, match="no revision 'step7'"):
+        load_model(family, size.name, "step7", device="cpu")
+    with pytest.raises(MemdynError, match="has no model 'big'"):
+        load_model(family, "big", device="cpu")
+    with pytest.raises(MemdynError, match="fp16 is not supported on the CPU"):
+        resolve_dtype("fp16", torch.device("cpu"))
+    assert load_model(family, size.name, device="cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+def test_hub_family_offline_error_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    family = load_family("pythia-deduped")
+    assert family.size("70m").path == "EleutherAI/pythia-70m-deduped"
+    assert family.revision(family.size("70m"), None) == "step143000"
+    with pytest.raises(MemdynError) as e:
+        load_model(family, "70m", "step1000", device="cpu")
+    msg = str(e.value)
+    assert "EleutherAI/pythia-70m-deduped" in msg and "offline" in msg and "\n" not in msg
+
+
+def test_explicit_model_paths(micro_family):
+    path = micro_family / "models" / load_family(micro_family).sizes[0].name / "step120"
+    family = load_family(str(path))
+    assert family.kind == "models"
+    model = load_model(family, family.sizes[0].name, device="cpu")
+    assert model.config.model_type == "gpt_neox"
+    with pytest.raises(MemdynError, match="unknown family"):
+        load_family("no-such-family")
