@@ -46,7 +46,7 @@ def test_training_learned_something(micro_family):
 def test_family_info_cli(micro_family):
     code, out, _ = run_cli("family", "info", micro_family)
     assert code == 0
-    assert "micro-stdlib" in out and "step120" in out and "samples x 33 tokens" in out
+    assert "micro-stdlib" in out and "step200" in out and "samples x 33 tokens" in out
 
 
 def test_resume_after_interruption_gives_identical_weights(micro_family, tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_resume_after_interruption_gives_identical_weights(micro_family, tmp_pat
 
     def crashing_step(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 150:  # inside the second size, after some checkpoints
+        if calls["n"] == 300:  # inside the second size, after some checkpoints
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
@@ -123,7 +123,7 @@ def test_hub_family_offline_error_is_one_line(monkeypatch):
 
 
 def test_explicit_model_paths(micro_family):
-    path = micro_family / "models" / load_family(micro_family).sizes[0].name / "step120"
+    path = micro_family / "models" / load_family(micro_family).sizes[0].name / "step200"
     family = load_family(str(path))
     assert family.kind == "models"
     model = load_model(family, family.sizes[0].name, device="cpu")

@@ -45,8 +45,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
-        name="micro", vocab_size=384, seq_length=32, corpus_chars=16_000, max_doc_chars=2_000,
-        heldout_fraction=0.2, batch_size=8, steps=120, lr=3e-3, warmup_steps=10,
+        name="micro", vocab_size=384, seq_length=32, corpus_chars=8_000, max_doc_chars=2_000,
+        heldout_fraction=0.2, batch_size=8, steps=200, lr=4e-3, warmup_steps=10,
         shapes=(ModelShape(1, 16, 2), ModelShape(1, 32, 2), ModelShape(2, 64, 4)),
         contexts=(8, 16), continuations=(4, 8, 16),
     ),

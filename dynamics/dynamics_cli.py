@@ -1,0 +1,41 @@
+"""`memdyn dynamics`: register with `app.command("dynamics")(dynamics_command)` in dynamics/cli.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def dynamics_command(
+    family: str = typer.Option(..., help="Family directory, pythia / pythia-deduped, or model ids/paths."),
+    scores: Path = typer.Option(..., help="Scores directory of this family (memdyn score)."),
+    out: Path = typer.Option(..., help="Dynamics directory (created, or resumed)."),
+    per_group: int = typer.Option(1000, help="Sequences per score level, and in the random sample, per model."),
+    layers: str = typer.Option("last", help="Hidden states to keep: last, all, or indexes like 0,3 (0 = embeddings)."),
+    context: Optional[int] = typer.Option(None, help="Context length k (default 32 if scored, else the smallest)."),
+    continuation: Optional[int] = typer.Option(None, help="Continuation length c (default 16 if scored, else the smallest)."),
+    data: Optional[str] = typer.Option(None, help="Megatron prefix of the training samples (default: the family's)."),
+    ngram_index: Optional[Path] = typer.Option(None, help="N-gram index directory (default: <data>.ngrams/, built if missing)."),
+    batch_size: int = typer.Option(32, help="Sequences per forward pass."),
+    hidden_dtype: str = typer.Option("float16", help="Storage type of hidden states: float16 or float32."),
+    jump_window: int = typer.Option(4, help="Context positions m averaged before the boundary in jump statistics."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
+    umap: bool = typer.Option(True, "--umap/--no-umap", help="Also compute UMAP projections (slow first run: numba)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG figures."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (GPU only)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Random seed; the same inputs and seed give the same files."),
+):
+    """Entropy, n-gram frequency and hidden states around the context/continuation boundary, per
+    score level and model size: tables under OUT/tables, figures under OUT/figures."""
+    from dynamics.collect import run_dynamics
+    from dynamics.family.spec import load_family
+
+    run_dynamics(
+        load_family(family, data), scores, out, seed=seed, use_umap=umap, plots=plots, m=jump_window,
+        n_resamples=bootstrap, per_group=per_group, layers=layers, context=context, continuation=continuation,
+        batch_size=batch_size, device=device, dtype=dtype, hidden_dtype=hidden_dtype, ngram_index=ngram_index, data=data,
+    )
+    print(f"dynamics written to {out}")

@@ -1,0 +1,171 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.load import load_model
+from dynamics.family.spec import load_family
+from dynamics.scoretable import read_generations, read_scores
+from dynamics.scoring import NEAR_TIE, reference_scores
+from dynamics.transitions import score_bins, summarize, transition_matrix
+from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS, run_cli
+
+
+def _memdyn(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "dynamics.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=os.environ | {"OMP_NUM_THREADS": "1"}, **kw)
+
+
+def test_table_contract(micro_family, micro_scores):
+    table = pd.read_parquet(micro_scores)
+    family = load_family(micro_family)
+    n = len(IndexedDataset(family.data.prefix))
+    assert set(table.model) == set(family.size_names)
+    assert len(table) == len(family.sizes) * n * 2 * 3
+    assert not table.duplicated(["model", "revision", "seq_idx", "context_len", "continuation_len"]).any()
+    assert np.allclose(table.score, table.matches / table.continuation_len)
+    assert (table.prefix_len <= table.matches).all()
+    gens = read_generations(micro_scores)
+    assert len(gens) == len(family.sizes) * n * 2 and gens.generated.map(len).eq(16).all()
+    # shorter continuations are prefixes of the longest generation
+    data = IndexedDataset(family.data.prefix).batch(0, n)
+    g = gens.set_index(["model", "seq_idx", "context_len"])
+    for row in table.sample(50, random_state=0).itertuples():
+        generated = g.loc[(row.model, row.seq_idx, row.context_len), "generated"][: row.continuation_len]
+        true = data[row.seq_idx, row.context_len : row.context_len + row.continuation_len]
+        assert (generated == true).sum() == row.matches
+
+
+def test_scores_agree_with_plain_generate(micro_family, micro_scores):
+    """Every cell equals transformers `generate` (greedy, one sample at a time, fp32), except
+    near-ties, which are counted and reported."""
+    family = load_family(micro_family)
+    data = IndexedDataset(family.data.prefix)
+    table = read_scores(micro_scores).set_index(["model", "seq_idx", "context_len", "continuation_len"])
+    cells = disagree = near_ties = 0
+    for size in family.sizes:
+        model = load_model(family, size, device="cpu")
+        for seq in range(len(data)):
+            for k in map(int, MICRO_CONTEXTS.split(",")):
+                for c in map(int, MICRO_CONTINUATIONS.split(",")):
+                    generated, gap = reference_scores(model, data[seq], k, c)
+                    matches = int((generated == data[seq][k : k + c]).sum())
+                    row = table.loc[(size.name, seq, k, c)]
+                    cells += 1
+                    if matches != row.matches:
+                        if row.near_tie or gap < NEAR_TIE:
+                            near_ties += 1
+                        else:
+                            disagree += 1
+    print(f"{cells} cells compared, {near_ties} near-ties, {disagree} disagreements")
+    assert disagree == 0 and cells == len(family.sizes) * len(data) * 6
+
+
+def test_memorization_is_found(micro_family, micro_scores):
+    """The micro family memorizes: the largest model far more than the smallest."""
+    s = summarize(read_scores(micro_scores))
+    s = s[(s.context_len == 16) & (s.continuation_len == 4)].set_index("model")
+    sizes = load_family(micro_family).size_names  # smallest first
+    assert s.loc[sizes[-1], "memorized"] > 10 * max(1, s.loc[sizes[0], "memorized"])
+
+
+def test_kill_and_resume_gives_identical_table(micro_family, micro_scores, tmp_path):
+    args = ["score", "--family", micro_family, "--out", tmp_path / "s", "--contexts", MICRO_CONTEXTS,
+            "--continuations", MICRO_CONTINUATIONS, "--chunk-size", "32", "--device", "cpu"]
+    proc = _memdyn(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "s").glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted((tmp_path / "s").glob("part-*.parquet"))
+    assert 2 <= len(done)
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished chunks were not redone
+    keys = ["model", "revision", "seq_idx", "context_len", "continuation_len"]
+    a = read_scores(tmp_path / "s").sort_values(keys).reset_index(drop=True)
+    b = read_scores(micro_scores).sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_two_processes_under_accelerate_give_the_same_table(micro_family, micro_scores, tmp_path):
+    largest = load_family(micro_family).sizes[-1].name
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "dynamics.cli",
+           "score", "--family", str(micro_family), "--out", str(tmp_path / "s"), "--models", largest,
+           "--contexts", MICRO_CONTEXTS, "--continuations", MICRO_CONTINUATIONS, "--chunk-size", "64"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = ["model", "revision", "seq_idx", "context_len", "continuation_len"]
+    a = read_scores(tmp_path / "s").sort_values(keys).reset_index(drop=True)
+    b = read_scores(micro_scores)
+    b = b[b.model == largest].sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_checkpoints_and_first_memorized(micro_family, tmp_path):
+    largest = load_family(micro_family).sizes[-1].name
+    code, _, err = run_cli("score", "--family", micro_family, "--out", tmp_path / "s", "--models", largest,
+                           "--revisions", "step16,step100,step200", "--contexts", "16", "--continuations", "4",
+                           "--samples", "0:120", "--device", "cpu")
+    assert code == 0, err
+    table = read_scores(tmp_path / "s")
+    assert sorted(table.step.unique()) == [16, 100, 200]
+    first = pd.read_parquet(tmp_path / "s" / "_first_memorized.parquet")
+    assert len(first) == len(table.seq_idx.unique()) and (first.steps_scored == 3).all()
+    mem = table[table.score == 1].groupby("seq_idx").step.min()
+    got = first.set_index("seq_idx").first_memorized_step.dropna()
+    pd.testing.assert_series_equal(got.sort_index(), mem.sort_index().astype(float), check_names=False)
+    code, out, _ = run_cli("transitions", "--scores", tmp_path / "s", "--from", f"{largest}@step16", "--to", f"{largest}@step200")
+    assert code == 0 and ">0.8" in out
+
+
+def test_transitions_and_bins():
+    assert list(score_bins([0, 0.2, 0.21, 0.4, 0.8, 0.81, 1.0])) == [0, 0, 1, 1, 3, 4, 4]
+    table = pd.DataFrame({
+        "model": ["a"] * 4 + ["b"] * 4, "revision": "step1", "step": 1, "seq_idx": [0, 1, 2, 3] * 2,
+        "context_len": 32, "continuation_len": 16, "score": [0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0],
+        "matches": 0, "prefix_len": 0,
+    })
+    m = transition_matrix(table, "a", "b")
+    assert m.loc["<=0.2", "<=0.2"] == 0.5 and m.loc["<=0.2", ">0.8"] == 0.5 and m.loc[">0.8", ">0.8"] == 1.0
+    assert list(m["n"]) == [2, 0, 0, 0, 2]
+    s = summarize(table).set_index("model")
+    assert s.loc["b", "memorized"] == 3 and s.loc["a", "unmemorized_share"] == 0.5
+    with pytest.raises(MemdynError, match="no scores for model 'c'"):
+        transition_matrix(table, "a", "c")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--contexts", "30", "--continuations", "4"], "longer than the samples"),
+    (["--models", "huge"], "has no model 'huge'"),
+    (["--revisions", "step999"], "no revision 'step999'"),
+    (["--samples", "50:50"], "selects no samples"),
+    (["--samples", "1-5"], "START:END"),
+    (["--contexts", "a,b"], "--contexts must be"),
+])
+def test_bad_score_inputs(micro_family, tmp_path, extra, message):
+    base = ["score", "--family", micro_family, "--out", tmp_path / "s", "--device", "cpu"]
+    defaults = {"--contexts": "8", "--continuations": "4"}
+    for flag, value in defaults.items():
+        if flag not in extra:
+            base += [flag, value]
+    code, _, err = run_cli(*base, *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not any((tmp_path / "s").glob("part-*"))
+
+
+def test_other_settings_are_refused(micro_family, micro_scores):
+    code, _, err = run_cli("score", "--family", micro_family, "--out", micro_scores, "--contexts", "8",
+                           "--continuations", "4", "--device", "cpu")
+    assert code == 2 and "other settings" in err
+    assert len(list(micro_scores.glob("part-*.parquet"))) > 0
