@@ -262,11 +262,9 @@ def run_collection(
     k, c = pick_cell(table, context, continuation)
     if k + c > ds.fixed_length():
         raise MemdynError(f"context {k} + continuation {c} is longer than the samples in {ds.bin_path}")
-    revisions = {}  # model -> its last revision in the table, in family order
-    last = table.sort_values("step").groupby("model")["revision"].last()
-    for size in family.select(sorted(last.index)):
-        revisions[size.name] = last[size.name]
-    revisions = {s.name: revisions[s.name] for s in family.sizes if s.name in revisions}
+    last = table.sort_values("step").groupby("model")["revision"].last()  # each model's last revision
+    family.select(list(last.index))  # every scored model must belong to the family
+    revisions = {s.name: last[s.name] for s in family.sizes if s.name in last.index}  # in family order
     layer_spec = parse_layers(layers)
     model_layer_ids = {m: model_layers(layer_spec, _num_layers(family, family.size(m), r), m) for m, r in revisions.items()}
     index = open_ngram_index(prefix, ngram_index)

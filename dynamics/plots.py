@@ -52,10 +52,14 @@ def _colors(groups: list[str]) -> dict:
     return {g: cmap(int(g) / top) if g.isdigit() else CLASS_COLORS.get(g, "black") for g in groups}
 
 
-def _panels(n: int, width: float = 4.0, height: float = 3.2) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width * n, height), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    return fig, list(axes)
+def _panels(n: int, width: float = 4.0, height: float = 3.2, max_cols: int = 4) -> tuple[Figure, list]:
+    """n panels in rows of at most max_cols; unused cells are hidden."""
+    cols, rows = min(n, max_cols), -(-n // max_cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
 
 
 def plot_curves(curves: pd.DataFrame, metric: str = "entropy_nats", align: str = "boundary", grouping: str = "level",
@@ -90,7 +94,7 @@ def plot_jumps(jumps: pd.DataFrame, metric: str = "entropy_nats", align: str = "
     models = _models(t)
     groups = _group_order(t["group"])
     colors = _colors(groups)
-    fig = Figure(figsize=(max(4.0, 1.2 * len(models) * max(1, len(groups)) / 2), 3.2), layout="constrained")
+    fig = Figure(figsize=(min(16.0, max(4.0, 1.0 + 0.4 * len(models) * len(groups))), 3.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(groups))
     for i, g in enumerate(groups):

@@ -54,7 +54,8 @@ def _models(out):
     return list(read_settings(out)["models"].items())
 
 
-def _fed(positions: pd.DataFrame, column: str, n_rows: int) -> np.ndarray:
+def _grid(positions: pd.DataFrame, column: str, n_rows: int) -> np.ndarray:
+    """A positions column as [n_rows, T]."""
     return positions.sort_values(["row", "position"])[column].to_numpy().reshape(n_rows, -1)
 
 
@@ -101,7 +102,7 @@ def test_entropy_and_greedy_refeed_match_direct_computation(dyn, micro_family, m
     gens = read_generations(micro_scores)
     for model, revision in _models(dyn):
         _, seqs, positions = read_model(dyn, model)
-        fed, true = _fed(positions, "generated", len(seqs)), _fed(positions, "token", len(seqs))
+        fed, true = _grid(positions, "generated", len(seqs)), _grid(positions, "token", len(seqs))
         # the fed continuation is the scorer's greedy generation, and gives the scored matches
         g = gens[(gens.model == model) & (gens.revision == revision) & (gens.context_len == K)].set_index("seq_idx")
         assert (np.stack([v[:C] for v in g.loc[seqs.seq_idx, "generated"]]) == fed[:, K:]).all()
@@ -110,17 +111,17 @@ def test_entropy_and_greedy_refeed_match_direct_computation(dyn, micro_family, m
 
         logits = _plain_pass(family, model, revision, fed).logits.double()  # [n, T, V]
         direct = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).numpy()  # predicts token p + 1
-        entropy = _fed(positions, "entropy_nats", len(seqs))
+        entropy = _grid(positions, "entropy_nats", len(seqs))
         assert np.isnan(entropy[:, 0]).all()
         np.testing.assert_allclose(entropy[:, 1:], direct[:, :-1], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(_fed(positions, "entropy_bits", len(seqs)), entropy / math.log(2), rtol=1e-5)
+        np.testing.assert_allclose(_grid(positions, "entropy_bits", len(seqs)), entropy / math.log(2), rtol=1e-5)
         # one pass over context + generation reproduces greedy decoding: the argmax at each
         # generated position's predecessor is that generated token (except at recorded near-ties)
         argmax = logits[:, K - 1 : K - 1 + C].argmax(-1).numpy()
         clear = (g.loc[seqs.seq_idx, "min_gap"] >= NEAR_TIE).to_numpy()
         assert clear.sum() > 0.8 * len(seqs)
         assert (argmax[clear] == fed[clear, K:]).all()
-        top1 = _fed(positions, "top1", len(seqs))
+        top1 = _grid(positions, "top1", len(seqs))
         assert top1[clear, K:].all()
         assert (top1[:, 1:] == (logits[:, :-1].argmax(-1).numpy() == fed[:, 1:])).all()
 
@@ -129,7 +130,7 @@ def test_hidden_states_match_plain_forward(dyn, micro_family):
     family = load_family(micro_family)
     for model, revision in _models(dyn):
         meta, seqs, positions = read_model(dyn, model)
-        states = _plain_pass(family, model, revision, _fed(positions, "generated", len(seqs))).hidden_states
+        states = _plain_pass(family, model, revision, _grid(positions, "generated", len(seqs))).hidden_states
         for layer in meta["layers"]:
             np.testing.assert_allclose(read_hidden(dyn, model, layer), states[layer].numpy(), rtol=1e-5, atol=1e-5)
 
@@ -141,11 +142,11 @@ def test_ngram_counts_equal_brute_force(dyn, micro_family):
     for model, _ in _models(dyn):
         _, seqs, positions = read_model(dyn, model)
         for name, column in (("orig", "token"), ("gen", "generated")):
-            tokens = _fed(positions, column, len(seqs))
+            tokens = _grid(positions, column, len(seqs))
             for n in range(1, 6):
                 expect = np.array([[counts[n][tuple(row[p - n + 1 : p + 1])] if p >= n - 1 else -1 for p in range(K + C)]
                                    for row in tokens.tolist()])
-                assert (_fed(positions, f"{name}_n{n}", len(seqs)) == expect).all(), (model, name, n)
+                assert (_grid(positions, f"{name}_n{n}", len(seqs)) == expect).all(), (model, name, n)
             span = [(windows == row).all(1).sum() for row in tokens]
             assert seqs["span_count" if name == "orig" else "gen_span_count"].tolist() == span
         assert (seqs.span_count >= 1).all()  # a training sample occurs in its own training data
@@ -155,8 +156,8 @@ def test_same_seed_same_outputs(dyn, micro_family, micro_scores, tmp_path):
     out = tmp_path / "again"
     run_dynamics(load_family(micro_family), micro_scores, out, use_umap=False, plots=False, n_resamples=100,
                  progress=False, **ARGS)
-    files = sorted(p.relative_to(dyn) for p in dyn.rglob("*") if p.is_file() and p.suffix != ".csv")
-    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.suffix != ".csv")
+    files = sorted(p.relative_to(dyn) for p in dyn.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     for f in files:
         if f.suffix == ".parquet":
             pd.testing.assert_frame_equal(pd.read_parquet(dyn / f), pd.read_parquet(out / f))
@@ -192,7 +193,7 @@ def test_words_table_on_decoded_samples(dyn, micro_family):
 
     meta, seqs, positions = read_model(dyn, _models(dyn)[-1][0])
     seqs = seqs.assign(matches=np.where(seqs.matches > 0, C, 0))  # the micro models memorize ~nothing: relabel
-    table = words_table(seqs, _fed(positions, "token", len(seqs)), load_tokenizer(load_family(micro_family)), meta, top=5)
+    table = words_table(seqs, _grid(positions, "token", len(seqs)), load_tokenizer(load_family(micro_family)), meta, top=5)
     assert set(table.domain) == {"all", "code"} and (table.model == meta["model"]).all()
     assert set(table.order) <= {1, 2, 3} and len(table) <= 2 * 2 * 5
     for _, part in table.groupby("domain"):

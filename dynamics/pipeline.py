@@ -1,0 +1,62 @@
+"""`memdyn run`: every stage on the embedded default, each cached and resumable.
+
+The work directory holds one family's whole run:
+  WORKDIR/run.json             preset and seed the directory belongs to
+  WORKDIR/family/              `memdyn family train` output
+  WORKDIR/scores/              final checkpoints of every size over the preset's grid
+  WORKDIR/scores_checkpoints/  every checkpoint of every size at the main cell (k=32, c=16)
+Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dynamics.errors import MemdynError
+from dynamics.family.presets import get_preset
+from dynamics.files import read_json, write_json
+
+
+def _stage(name: str, number: int, total: int):
+    print(f"[{number}/{total}] {name}", flush=True)
+    return time.time()
+
+
+def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
+    from dynamics.family.train import train_family
+    from dynamics.scoretable import make_settings, run_scoring
+    from dynamics.transitions import summarize
+    from dynamics.scoretable import read_scores
+
+    p = get_preset(preset)
+    workdir = Path(workdir)
+    marker = {"preset": p.name, "seed": seed}
+    if (workdir / "run.json").is_file() and read_json(workdir / "run.json") != marker:
+        raise MemdynError(f"{workdir} holds a run with {read_json(workdir / 'run.json')}; use another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "run.json", marker)
+    total = 3
+
+    t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
+    family = train_family(p.name, workdir / "family", seed=seed)
+    print(f"      {', '.join(family.size_names)} trained ({time.time() - t:.0f} s)")
+
+    t = _stage("scores: final checkpoints over the context x continuation grid", 2, total)
+    settings = make_settings(family, family.data.prefix, list(p.contexts), list(p.continuations), None, None,
+                             seed, "fp32", 256, 32)
+    run_scoring(family, workdir / "scores", settings, None, None)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("scores: every checkpoint at the main cell", 3, total)
+    k, c = min(p.contexts, key=lambda v: abs(v - 32)), min(p.continuations, key=lambda v: abs(v - 16))
+    settings = make_settings(family, family.data.prefix, [k], [c], None, None, seed, "fp32", 256, 32)
+    revisions = sorted({r for s in family.sizes for r in s.revisions}, key=lambda r: int(r[4:]))
+    run_scoring(family, workdir / "scores_checkpoints", settings, None, revisions)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    table = summarize(read_scores(workdir / "scores"))
+    main = table[(table.context_len == k) & (table.continuation_len == c)]
+    print(f"\nmemorized share at context {k} / continuation {c}:")
+    for row in main.itertuples():
+        print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")

@@ -1,0 +1,1 @@
+"""Memorization predictor: predicts from a context whether a model will reproduce its continuation."""
