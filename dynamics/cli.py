@@ -89,6 +89,11 @@ def score(
     print(f"scores written to {out}")
 
 
+from dynamics.dynamics_cli import dynamics_command  # noqa: E402
+
+app.command("dynamics")(dynamics_command)
+
+
 @app.command()
 def transitions(
     scores: Path = typer.Option(..., help="Scores directory."),

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
-from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device
+from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, read_json, write_json
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
@@ -222,11 +222,10 @@ def collect_model(model, orig: np.ndarray, fed: np.ndarray, layers: list[int], b
 def positions_table(seqs: pd.DataFrame, orig: np.ndarray, fed: np.ndarray, entropy: np.ndarray, top1: np.ndarray,
                     index, k: int) -> pd.DataFrame:
     """Long table, one row per (row, position); see the module docstring."""
-    n, T = orig.shape
-    rep = lambda col: np.repeat(seqs[col].to_numpy(), T)  # noqa: E731  per-sequence -> per-position
-    position = np.tile(np.arange(T) - k, n)
+    n_rows, T = orig.shape
+    position = np.tile(np.arange(T) - k, n_rows)
     table = pd.DataFrame({
-        "row": rep("row"), "seq_idx": rep("seq_idx"), "matches": rep("matches"), "group": rep("group"),
+        **{col: np.repeat(seqs[col].to_numpy(), T) for col in ("row", "seq_idx", "matches", "group")},
         "position": position.astype(np.int16),
         "segment": np.where(position < 0, "context", "continuation"),
         "token": orig.reshape(-1).astype(np.int32), "generated": fed.reshape(-1).astype(np.int32),
@@ -234,8 +233,8 @@ def positions_table(seqs: pd.DataFrame, orig: np.ndarray, fed: np.ndarray, entro
         "top1": top1.reshape(-1),
     })
     for name, tokens in (("orig", orig), ("gen", fed)):
-        for n_ in NGRAM_ORDERS:
-            table[f"{name}_n{n_}"] = index.count_positions(tokens, n_).reshape(-1)
+        for n in NGRAM_ORDERS:
+            table[f"{name}_n{n}"] = index.count_positions(tokens, n).reshape(-1)
     return table
 
 
@@ -253,6 +252,8 @@ def run_collection(
         raise MemdynError(f"--batch-size must be >= 1, got {batch_size}")
     if hidden_dtype not in HIDDEN_DTYPES:
         raise MemdynError(f"--hidden-dtype must be one of {', '.join(HIDDEN_DTYPES)}, got {hidden_dtype!r}")
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)
     check_scores_family(family, scores)
     prefix = data or (family.data.prefix if family.data else None)
     if not prefix:
@@ -277,7 +278,6 @@ def run_collection(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SETTINGS, asdict(settings))
 
-    dev = resolve_device(device)
     gens = read_generations(scores)
     domains = sample_domains(prefix)
     all_tokens = ds.batch(0, len(ds))  # [N, L] memory-mapped

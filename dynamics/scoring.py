@@ -87,6 +87,7 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
     """Greedy continuations of `continuation` tokens after every context length, for a batch.
 
     tokens: [B, >= max(contexts) + continuation] true samples (on the model's device).
+    decode_batch: most (sample, context) items decoded together (default: all of the batch's).
     """
     B, C = tokens.size(0), continuation
     T = max(contexts) + C
@@ -118,9 +119,11 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         for row in torch.nonzero(m < C - 1).flatten().tolist():
             todo.append((row, j, int(m[row])))
 
-    # decode the diverged items, longest remaining work first, in batches of similar length
+    # decode the diverged items together: one decoding step costs about the same for B or B*K
+    # items (per-step overhead dominates on CPU; memory-bound on GPU), so by default all of them
+    # form one group; with a smaller decode_batch, groups hold items of similar remaining length
     todo.sort(key=lambda item: (item[2], item[1], item[0]))
-    decode_batch = decode_batch or B
+    decode_batch = decode_batch or max(1, len(todo))
     for start in range(0, len(todo), decode_batch):
         group = todo[start : start + decode_batch]
         rows = torch.tensor([g[0] for g in group], device=x.device)

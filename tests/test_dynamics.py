@@ -24,8 +24,10 @@ from dynamics.ngrams import ShardedNgramIndex
 from dynamics.scoretable import read_generations, read_scores
 from dynamics.scoring import NEAR_TIE
 from dynamics.words import log_odds, word_ngrams
+from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS
 
-PER_GROUP, K, C = 6, 8, 4  # micro scores: contexts 8,16 and continuations 4,8,16
+PER_GROUP = 6
+K, C = (int(v.split(",")[0]) for v in (MICRO_CONTEXTS, MICRO_CONTINUATIONS))  # the smallest scored cell
 ARGS = dict(per_group=PER_GROUP, layers="all", continuation=C, hidden_dtype="float32", device="cpu")
 TABLES = ("curves", "jumps", "distances", "projections", "separation", "words")
 
@@ -73,7 +75,7 @@ def test_sampling_and_schema(dyn, micro_family, micro_scores):
     family = load_family(micro_family)
     settings = read_settings(dyn)
     assert (settings["context_len"], settings["continuation_len"]) == (K, C)
-    assert settings["models"] == {m: "step120" for m in family.size_names}  # every model, last revision
+    assert settings["models"] == {s.name: s.final for s in family.sizes}  # every model, last revision
     for model, revision in _models(dyn):
         meta, seqs, positions = read_model(dyn, model)
         assert meta["layers"] == list(range(family.size(model).layers + 1))

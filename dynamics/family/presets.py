@@ -31,7 +31,7 @@ class Preset:
     lr: float
     warmup_steps: int
     shapes: tuple[ModelShape, ...]
-    # contexts and continuations that fit the samples, used as the preset's scoring grid
+    # the preset's scoring grid; max(contexts) + max(continuations) must fit in seq_length + 1
     contexts: tuple[int, ...] = field(default=(32, 48, 64, 96))
     continuations: tuple[int, ...] = field(default=(16, 32, 48, 64))
 
@@ -51,8 +51,8 @@ PRESETS: dict[str, Preset] = {
         contexts=(8, 16), continuations=(4, 8, 16),
     ),
     "tiny": Preset(
-        name="tiny", vocab_size=4096, seq_length=128, corpus_chars=900_000, max_doc_chars=12_000,
-        heldout_fraction=0.1, batch_size=16, steps=500, lr=2e-3, warmup_steps=30,
+        name="tiny", vocab_size=4096, seq_length=160, corpus_chars=600_000, max_doc_chars=12_000,
+        heldout_fraction=0.1, batch_size=16, steps=400, lr=2e-3, warmup_steps=30,
         shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
     ),
     "small": Preset(

@@ -1,0 +1,444 @@
+"""Synthetic capacity sweep (Morris et al. 2025): how many bits can a GPT-2 model store?
+
+Data are uniformly random token sequences, so there is nothing to generalise and every bit a
+model gains over H(x) is memorization. For each model of a grid (layers x width) and each
+dataset size N, we train to saturation and measure
+
+    memorized bits = sum_x max(0, H(x) - NLL_bits(x)),   H(x) = (S - 1) * log2 V.
+
+The first token of a sequence has no context, so a causal LM cannot predict it beyond the
+uniform prior: we neither score it nor count it in H(x). (The paper writes H(x) = S log2 V;
+with its S = 64 the difference is 1/64 of H and it can only add free bits, never real ones.)
+
+capacity(model) = max over N of memorized bits; alpha = capacity / params, fitted through the
+origin across models. Every parameter counts, embeddings included (tied lm_head counted once),
+as in the paper.
+
+Each (model, N) is an independent job whose result is one JSON file under DIR/runs/, written
+atomically; a rerun skips finished jobs. Under `accelerate launch` the jobs split by rank and
+rank 0 writes the table and figures after a barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dynamics.capacity.bits import model_token_logprobs, nll_bits, sequence_entropy_bits, token_logprobs
+from dynamics.capacity.membership import loss_threshold_attack
+from dynamics.errors import MemdynError
+from dynamics.files import atomic_path, read_json, write_json
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep: data shape, model grid, dataset sizes and the training recipe."""
+
+    name: str
+    vocab_size: int  # V
+    seq_len: int  # S
+    models: tuple[tuple[int, int], ...]  # (n_layer, d_model)
+    # dataset sizes as multiples of the expected capacity: N = frac * alpha_prior * params / H(x)
+    data_fractions: tuple[float, ...]
+    alpha_prior: float = 3.6
+    head_dim: int = 4  # small heads memorize faster at these widths (see benchmarks/capacity_cpu.py)
+    lr: float = 3e-2
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 50
+    batch_size: int | None = None  # None = the whole dataset every step
+    max_steps: int = 10_000
+    eval_every: int = 100
+    # convergence: a plateau is `plateau_evals` evaluations gaining < plateau_tol (relative);
+    # on a plateau the LR drops by lr_decay_factor, `lr_decays` times; the last plateau ends it
+    plateau_evals: int = 5
+    plateau_tol: float = 0.005
+    lr_decays: int = 2
+    lr_decay_factor: float = 0.1
+    n_nonmembers: int = 1000  # fresh random sequences for membership inference (capped at N)
+
+    def params(self, n_layer: int, d_model: int) -> int:
+        return gpt2_param_count(self.vocab_size, self.seq_len, n_layer, d_model)
+
+    def bits_per_sample(self) -> float:
+        return sequence_entropy_bits(self.seq_len - 1, self.vocab_size)
+
+    def dataset_sizes(self, n_layer: int, d_model: int) -> list[int]:
+        expected = self.alpha_prior * self.params(n_layer, d_model)  # bits
+        return sorted({max(2, round(f * expected / self.bits_per_sample())) for f in self.data_fractions})
+
+    def jobs(self) -> list["Job"]:
+        return [Job(L, d, n) for L, d in self.models for n in self.dataset_sizes(L, d)]
+
+
+PRESETS: dict[str, SweepConfig] = {
+    # 2 CPU cores, < 20 min. V=64 keeps H(x) = 15 * 6 = 90 bits per sequence; models of
+    # ~3k to ~30k parameters; dataset sizes from ~0.5x to ~2.5x of 3.6 bits/param.
+    "cpu": SweepConfig(
+        name="cpu",
+        vocab_size=64,
+        seq_len=16,
+        models=((1, 16), (2, 16), (1, 32), (2, 32)),
+        data_fractions=(0.5, 1.0, 1.5, 2.5),
+        max_steps=4000,
+    ),
+    # Morris et al.: V 2048, S 64, layers {1,2,4,8} x d {32,64,128,256}; for GPUs.
+    "paper": SweepConfig(
+        name="paper",
+        vocab_size=2048,
+        seq_len=64,
+        models=tuple((L, d) for L in (1, 2, 4, 8) for d in (32, 64, 128, 256)),
+        data_fractions=(0.5, 1.0, 1.5, 2.0, 3.0),
+        head_dim=16,
+        lr=1e-3,
+        batch_size=2048,
+        max_steps=1_000_000,
+        eval_every=1000,
+        plateau_evals=10,
+        plateau_tol=0.002,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    n_layer: int
+    d_model: int
+    n_samples: int
+
+    @property
+    def key(self) -> str:
+        return f"L{self.n_layer}-d{self.d_model}-N{self.n_samples}"
+
+
+# ---------------------------------------------------------------------------------------------
+# model and data
+
+
+def gpt2_param_count(vocab_size: int, seq_len: int, n_layer: int, d_model: int) -> int:
+    """Parameters of GPT2LMHeadModel with tied embeddings and n_positions = seq_len.
+
+    wte V*d + wpe S*d + per layer (ln 2*2d, attn 4d^2+4d, mlp 8d^2+5d) + ln_f 2d.
+    Paper check: V=2048, S=64, 1 layer, d=32 -> 80,352.
+    """
+    d = d_model
+    return vocab_size * d + seq_len * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+
+
+def make_model(cfg: SweepConfig, n_layer: int, d_model: int, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_head = max(1, d_model // cfg.head_dim)
+    config = GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.seq_len, n_embd=d_model, n_layer=n_layer,
+        n_head=n_head, n_inner=4 * d_model,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # memorization: no regularisation
+        bos_token_id=0, eos_token_id=0,  # no special tokens in random data; keeps config valid
+    )
+    torch.manual_seed(seed)  # GPT-2 init draws from the global generator
+    model = GPT2LMHeadModel(config)
+    n = sum(p.numel() for p in model.parameters())  # tied lm_head is the same tensor: once
+    assert n == cfg.params(n_layer, d_model), (n, cfg.params(n_layer, d_model))
+    return model
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (independent streams for data, model, non-members)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+               .astype(np.uint64) @ np.array([1 << 31, 1], dtype=np.uint64))
+
+
+def random_tokens(n: int, seq_len: int, vocab_size: int, seed: int) -> torch.Tensor:
+    """(n, seq_len) int64 tokens, i.i.d. uniform over the vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (n, seq_len), generator=g)
+
+
+# ---------------------------------------------------------------------------------------------
+# convergence
+
+
+def detect_plateau(values, window: int, rel_tol: float) -> bool:
+    """True when the last `window` evaluations gained less than rel_tol (relative) over the
+    best value before them. Noise-tolerant: compares with the running best, not one point."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) <= window:
+        return False
+    before, last = v[:-window].max(), v[-1]
+    return last - before <= rel_tol * max(abs(last), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# resources
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise MemdynError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
+    if dtype == "fp16" and device.type == "cpu":
+        raise MemdynError("fp16 training is not supported on CPU; use --dtype fp32 or --dtype bf16")
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MemdynError("this GPU does not support bf16; use --dtype fp32")
+    return DTYPES[dtype]
+
+
+def estimate_bytes(cfg: SweepConfig, job: Job, dtype: torch.dtype) -> int:
+    """Rough peak training memory: weights + grads + Adam moments + activations of one batch.
+
+    Activations per token and layer follow Korthikanti et al. (~34 d + 5 heads S values); the
+    logits and their softmax gradient are kept in fp32 by the loss (3 V floats per token).
+    """
+    p = cfg.params(job.n_layer, job.d_model)
+    item = torch.finfo(dtype).bits // 8
+    n_head = max(1, job.d_model // cfg.head_dim)
+    tokens = min(job.n_samples, cfg.batch_size or job.n_samples) * cfg.seq_len
+    act = tokens * (job.n_layer * (34 * job.d_model + 5 * n_head * cfg.seq_len) * item + 3 * cfg.vocab_size * 4)
+    return 4 * p * item + act
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(cfg: SweepConfig, jobs: list[Job], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, before any training, a job whose estimated memory exceeds what is free."""
+    free = available_bytes(device)
+    for job in jobs:
+        need = estimate_bytes(cfg, job, dtype)
+        if need > 0.8 * free:
+            raise MemdynError(
+                f"job {job.key} needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is "
+                f"free on {device.type}; use a smaller preset or set a batch size")
+
+
+# ---------------------------------------------------------------------------------------------
+# one job
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    converged: bool
+    curve: list = field(default_factory=list)  # [step, memorized bits, lr]
+
+
+def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
+                        entropy_bits: float, progress=None) -> TrainResult:
+    """Adam on next-token loss until the memorized bits plateau at the lowest LR.
+
+    data: (N, S) on the model's device. Reduce-on-plateau: a plateau at the current LR drops it
+    by lr_decay_factor; a plateau after `lr_decays` drops is convergence. Hitting max_steps
+    first returns converged=False.
+    """
+    n = data.shape[0]
+    bs = min(n, cfg.batch_size or n)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    g = torch.Generator(device="cpu").manual_seed(seed)  # minibatch order
+    lr, decays_left, curve, bits_hist = cfg.lr, cfg.lr_decays, [], []
+    model.train()
+    for step in range(1, cfg.max_steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / cfg.warmup_steps)
+        batch = data if bs == n else data[torch.randint(0, n, (bs,), generator=g).to(data.device)]
+        logits = model(batch).logits  # (B, S, V)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % cfg.eval_every and step != cfg.max_steps:
+            continue
+        if bs == n:  # full batch: reuse this step's logits (pre-update) instead of a new forward
+            with torch.no_grad():
+                per_sample = nll_bits(token_logprobs(logits.detach(), batch))
+        else:
+            per_sample = nll_bits(model_token_logprobs(model, data))
+        bits = float((entropy_bits - per_sample).clamp(min=0).sum())
+        curve.append([step, round(bits, 3), lr])
+        bits_hist.append(bits)
+        if progress is not None:
+            progress(step, bits, lr)
+        if detect_plateau(bits_hist, cfg.plateau_evals, cfg.plateau_tol):
+            if decays_left == 0:
+                return TrainResult(step, True, curve)
+            decays_left -= 1
+            lr *= cfg.lr_decay_factor
+            bits_hist = [bits]  # the next plateau is judged at the new LR only
+    return TrainResult(cfg.max_steps, False, curve)
+
+
+def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.device,
+            progress=None) -> dict:
+    """Train one (model, N) to saturation; measure memorized bits and membership inference."""
+    torch_dtype = check_dtype(dtype, device)
+    H = cfg.bits_per_sample()
+    data = random_tokens(job.n_samples, cfg.seq_len, cfg.vocab_size,
+                         derive_seed(seed, 1, cfg.vocab_size, cfg.seq_len, job.n_samples)).to(device)
+    model = make_model(cfg, job.n_layer, job.d_model, derive_seed(seed, 2, job.n_layer, job.d_model))
+    model = model.to(device=device, dtype=torch_dtype)
+    params = cfg.params(job.n_layer, job.d_model)
+    t0 = time.time()
+    result = train_to_saturation(model, data, cfg, derive_seed(seed, 3, job.n_samples), H, progress)
+    wall = time.time() - t0
+
+    nll_members = nll_bits(model_token_logprobs(model, data)).numpy()  # (N,) bits
+    memorized = float(np.clip(H - nll_members, 0, None).sum())
+    n_non = min(job.n_samples, cfg.n_nonmembers)
+    nonmembers = random_tokens(n_non, cfg.seq_len, cfg.vocab_size,
+                               derive_seed(seed, 4, cfg.vocab_size, cfg.seq_len, job.n_samples)).to(device)
+    nll_non = nll_bits(model_token_logprobs(model, nonmembers)).numpy()  # (n_non,) bits
+    attack = loss_threshold_attack(nll_members, nll_non, seed=derive_seed(seed, 5, job.n_samples))
+    return dict(
+        preset=cfg.name, n_layer=job.n_layer, d_model=job.d_model, n_head=max(1, job.d_model // cfg.head_dim),
+        params=params, n_samples=job.n_samples, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len,
+        tokens_per_param=job.n_samples * cfg.seq_len / params,
+        dataset_bits=job.n_samples * H, memorized_bits=memorized, bits_per_param=memorized / params,
+        converged=result.converged, steps=result.steps,
+        f1=attack.f1, f1_oracle=attack.f1_oracle, auroc=attack.auroc,
+        dtype=dtype, seed=seed, device=device.type, train_seconds=round(wall, 2), curve=result.curve,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+
+TABLE_COLUMNS = ["n_layer", "d_model", "params", "n_samples", "dataset_bits", "memorized_bits",
+                 "bits_per_param", "converged", "steps", "f1", "f1_oracle", "auroc",
+                 "tokens_per_param", "train_seconds"]
+
+
+def fit_alpha(params, capacity_bits) -> float:
+    """Least-squares slope through the origin: argmin_a sum (capacity - a * params)^2."""
+    p = np.asarray(params, dtype=np.float64)
+    c = np.asarray(capacity_bits, dtype=np.float64)
+    return float((p @ c) / (p @ p))
+
+
+def summarize(table):
+    """Per-model capacity (max over N) and the fitted alpha -> (per_model DataFrame, alpha)."""
+    g = table.groupby(["n_layer", "d_model", "params"], as_index=False)
+    per_model = g.agg(capacity_bits=("memorized_bits", "max"), all_converged=("converged", "all"),
+                      n_sizes=("n_samples", "count"))
+    per_model["bits_per_param"] = per_model["capacity_bits"] / per_model["params"]
+    return per_model, fit_alpha(per_model["params"], per_model["capacity_bits"])
+
+
+def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
+    """Memorized bits against dataset bits, one line per model, capacity levels dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, row in enumerate(per_model.itertuples()):
+        t = table[(table.n_layer == row.n_layer) & (table.d_model == row.d_model)].sort_values("dataset_bits")
+        c = f"C{i % 10}"
+        ax.plot(t.dataset_bits, t.memorized_bits, "o-", c=c, ms=4,
+                label=f"L{row.n_layer} d{row.d_model} ({row.params:,} p): {row.bits_per_param:.2f} b/p")
+        bad = t[~t.converged]
+        ax.scatter(bad.dataset_bits, bad.memorized_bits, marker="x", c="k", s=30, zorder=4)
+        ax.axhline(alpha * row.params, c=c, ls="--", lw=0.8)
+    lim = [table.dataset_bits.min() * 0.8, table.dataset_bits.max() * 1.2]
+    ax.plot(lim, lim, c="grey", lw=0.8, ls=":", label="memorized = dataset bits")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dataset size (bits)")
+    ax.set_ylabel("memorized bits")
+    ax.set_title(f"Synthetic capacity: alpha = {alpha:.2f} bits/param (dashed: alpha x params; x: not converged)",
+                 fontsize=8)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        with atomic_path(f"{path_stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)
+
+
+def collect_table(out_dir: Path, jobs: list[Job]):
+    import pandas as pd
+
+    rows = [read_json(out_dir / "runs" / f"{job.key}.json") for job in jobs]
+    table = pd.DataFrame(rows)
+    cols = TABLE_COLUMNS + [c for c in table.columns if c not in TABLE_COLUMNS and c != "curve"]
+    return table[cols].sort_values(["params", "n_layer", "d_model", "n_samples"]).reset_index(drop=True)
+
+
+def write_outputs(out_dir: Path, table, cfg: SweepConfig) -> dict:
+    """Table (Parquet + CSV), per-model capacities, alpha, both figures, summary.json."""
+    from dynamics.capacity.membership import fit_sigmoid, plot_sigmoid_fit
+
+    per_model, alpha = summarize(table)
+    with atomic_path(out_dir / "capacity.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "capacity.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "models.csv") as tmp:
+        per_model.to_csv(tmp, index=False)
+    plot_memorization(table, per_model, alpha, out_dir / "memorization")
+    summary = dict(preset=cfg.name, alpha=alpha, config=dataclasses.asdict(cfg),
+                   paper_alpha_fit=3.64, paper_alpha_mean_fp32=3.83, paper_alpha_mean_bf16=3.51,
+                   n_jobs=len(table), n_not_converged=int((~table.converged).sum()),
+                   models=per_model.to_dict(orient="records"))
+    try:  # membership-inference law on the sweep's own points
+        fit = fit_sigmoid(table.tokens_per_param, table.f1)
+        summary["mi_sigmoid"] = fit.as_dict()
+        plot_sigmoid_fit(table.tokens_per_param, table.f1, fit, out_dir / "membership",
+                         title=f"Loss-threshold MI on the {cfg.name} sweep (2-fold F1)")
+    except (RuntimeError, ValueError) as e:
+        summary["mi_sigmoid"] = {"error": str(e)}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, seed: int = 0, dtype: str = "fp32",
+              threads: int | None = None, log=print) -> dict | None:
+    """Run (or resume) the sweep; returns the summary on the main process, None elsewhere."""
+    from accelerate import PartialState
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    state = PartialState()
+    device = state.device
+    if threads:
+        torch.set_num_threads(threads)
+    check_dtype(dtype, device)
+    jobs = cfg.jobs()
+    check_memory(cfg, jobs, DTYPES[dtype], device)
+    if state.is_main_process:
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", dict(config=dataclasses.asdict(cfg), seed=seed, dtype=dtype))
+    state.wait_for_everyone()
+
+    mine = jobs[state.process_index::state.num_processes]
+    todo = [j for j in mine if not (out_dir / "runs" / f"{j.key}.json").exists()]
+    if len(todo) < len(mine):
+        log(f"[rank {state.process_index}] {len(mine) - len(todo)} of {len(mine)} jobs already done; skipping them")
+    for job in tqdm(todo, desc=f"capacity[{state.process_index}]", disable=not todo, position=state.process_index):
+        row = run_job(cfg, job, seed, dtype, device)
+        write_json(out_dir / "runs" / f"{job.key}.json", row)
+        flag = "" if row["converged"] else "  NOT CONVERGED (hit max_steps)"
+        log(f"{job.key}: {row['memorized_bits']:.0f} bits, {row['bits_per_param']:.2f} bits/param, "
+            f"{row['steps']} steps, {row['train_seconds']:.0f}s, F1 {row['f1']:.3f}{flag}")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    table = collect_table(out_dir, jobs)
+    return write_outputs(out_dir, table, cfg)
