@@ -5,6 +5,7 @@ The work directory holds one family's whole run:
   WORKDIR/family/              `memdyn family train` output
   WORKDIR/scores/              final checkpoints of every size over the preset's grid
   WORKDIR/scores_checkpoints/  every checkpoint of every size at the main cell (k=32, c=16)
+  WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
 Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
 """
 
@@ -36,7 +37,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
         raise MemdynError(f"{workdir} holds a run with {read_json(workdir / 'run.json')}; use another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", marker)
-    total = 3
+    total = 4
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, workdir / "family", seed=seed)
@@ -53,6 +54,12 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
     settings = make_settings(family, family.data.prefix, [k], [c], None, None, seed, "fp32", 256, 32)
     revisions = sorted({r for s in family.sizes for r in s.revisions}, key=lambda r: int(r[4:]))
     run_scoring(family, workdir / "scores_checkpoints", settings, None, revisions)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)
+    from dynamics.collect import run_dynamics
+
+    run_dynamics(family, workdir / "scores", workdir / "dynamics", seed=seed, per_group=200, context=k, continuation=c)
     print(f"      done ({time.time() - t:.0f} s)")
 
     table = summarize(read_scores(workdir / "scores"))

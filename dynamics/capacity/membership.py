@@ -175,9 +175,8 @@ def fit_sigmoid(tokens_per_param, f1, p0=(1.0, -3.0, 3.0), fix_c1: float | None 
 
 def fit_paper_rows(rows=PAPER_VALIDATION_ROWS, seq_len: int = PAPER_SEQ_LEN, fix_c1: float | None = None) -> SigmoidFit:
     """Fit the sigmoid to the paper's validation table (params, |D| samples, F1)."""
-    params = np.array([r[0] for r in rows], dtype=np.float64)
-    tokens = np.array([r[1] for r in rows], dtype=np.float64) * seq_len
-    return fit_sigmoid(tokens / params, [r[2] for r in rows], fix_c1=fix_c1)
+    tpp, f1 = paper_points(rows, seq_len)
+    return fit_sigmoid(tpp, f1, fix_c1=fix_c1)
 
 
 def plot_sigmoid_fit(tokens_per_param, f1, fit: SigmoidFit, path_stem, title: str = "", labels=None):
@@ -211,3 +210,18 @@ def plot_sigmoid_fit(tokens_per_param, f1, fit: SigmoidFit, path_stem, title: st
         with atomic_path(f"{path_stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
     plt.close(fig)
+
+
+def paper_points(rows=PAPER_VALIDATION_ROWS, seq_len: int = PAPER_SEQ_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens per parameter, F1) of the paper's validation rows."""
+    tpp = np.array([r[1] * seq_len / r[0] for r in rows], dtype=np.float64)
+    return tpp, np.array([r[2] for r in rows], dtype=np.float64)
+
+
+def fit_from_table(path, f1_column: str = "f1") -> tuple[SigmoidFit, np.ndarray, np.ndarray]:
+    """Fit the sigmoid to a synthetic sweep table (columns tokens_per_param and f1)."""
+    import pandas as pd
+
+    t = pd.read_parquet(path)
+    tpp, f1 = t["tokens_per_param"].to_numpy(), t[f1_column].to_numpy()
+    return fit_sigmoid(tpp, f1), tpp, f1

@@ -1,0 +1,71 @@
+"""`memdyn capacity ...`: the synthetic capacity sweep and the membership-inference law."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dynamics.errors import MemdynError
+
+app = typer.Typer(
+    help="Bit-level capacity: synthetic sweeps (bits per parameter) and membership inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def synthetic(
+    out: Path = typer.Option(..., "--out", help="Output directory (resumable: finished jobs are kept)."),
+    preset: str = typer.Option("cpu", help="cpu (2 cores, < 20 min) or paper (Morris et al. grid, GPU)."),
+    dtype: str = typer.Option("fp32", help="Training precision: fp32 or bf16 (fp16 only on GPU)."),
+    seed: int = typer.Option(0, help="Seed for data, initialisation and minibatch order."),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
+) -> None:
+    """Train GPT-2 models on uniformly random tokens to saturation; fit bits per parameter."""
+    from dynamics.capacity.synthetic import PRESETS, run_sweep
+
+    if preset not in PRESETS:
+        raise MemdynError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise MemdynError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
+    summary = run_sweep(PRESETS[preset], out, seed=seed, dtype=dtype, threads=threads or None)
+    if summary is None:  # not the main process
+        return
+    for m in summary["models"]:
+        flag = "" if m["all_converged"] else "  (some sizes NOT converged)"
+        typer.echo(f"L{m['n_layer']} d{m['d_model']:>4} {m['params']:>9,} params: "
+                   f"{m['capacity_bits']:>12,.0f} bits = {m['bits_per_param']:.2f} bits/param{flag}")
+    typer.echo(f"alpha = {summary['alpha']:.3f} bits/param (paper: 3.64 fit; 3.83 fp32 / 3.51 bf16 means)")
+    if summary["n_not_converged"]:
+        typer.echo(f"WARNING: {summary['n_not_converged']} of {summary['n_jobs']} runs hit max_steps "
+                   f"without converging (converged=False in the table)")
+    typer.echo(f"table: {out / 'capacity.parquet'} (+ .csv); figure: {out / 'memorization.png'} (+ .svg)")
+
+
+@app.command("mi-law")
+def mi_law(
+    out: Path = typer.Option(..., "--out", help="Directory for mi_law.json and mi_law.{png,svg}."),
+    table: Path = typer.Option(None, help="A synthetic sweep's capacity.parquet to fit instead of "
+                                          "the paper's validation rows."),
+) -> None:
+    """Fit F1 = 0.5 (1 + c1 sigmoid(c2 log10(tokens/param) + c3)) and plot points and curve."""
+    from dynamics.capacity.membership import fit_from_table, fit_paper_rows, paper_points, plot_sigmoid_fit
+    from dynamics.files import write_json
+
+    if table is None:
+        fit = fit_paper_rows()
+        tpp, f1 = paper_points()
+        title = "Morris et al. 2025 validation rows (loss-attack F1)"
+    else:
+        if not table.exists():
+            raise MemdynError(f"table {table} does not exist; run `memdyn capacity synthetic` first")
+        fit, tpp, f1 = fit_from_table(table)
+        title = f"Loss-threshold MI, {table.parent.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "mi_law.json", fit.as_dict())
+    plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
+    typer.echo(f"c1={fit.c1:.4f} c2={fit.c2:.4f} c3={fit.c3:.4f} (x = {fit.x}), rmse {fit.rmse:.4f} "
+               f"over {fit.n_points} points; F1=0.55 at {fit.tokens_per_param_at(0.55):.2f} tokens/param")

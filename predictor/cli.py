@@ -1,0 +1,118 @@
+"""`memdyn predictor ...`: train, evaluate and apply memorization predictors.
+
+Registered by the main CLI with `app.add_typer(predictor_app, name="predictor")`; errors are
+MemdynErrors, which the main CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dynamics.errors import MemdynError
+
+app = typer.Typer(help="Predict memorization from a context (or a model's hidden states); compare with baselines.",
+                  no_args_is_help=True)
+
+
+def _fmt(x) -> str:
+    return "nan" if x != x else f"{x:.3f}"
+
+
+def print_summary(metrics: dict) -> None:
+    """One line per (system, evaluation set): accuracy, macro-F1, AUROC, ECE."""
+    print(f"model {metrics['model']} (k={metrics['context_len']}, c={metrics['continuation_len']}), "
+          f"trained on {metrics.get('trained_on', metrics['model'])}, {metrics['n_train']} training rows")
+    print(f"{'system':<10} {'set':<9} {'n':>5} {'acc':>6} {'macroF1':>8} {'AUROC':>6} {'ECE':>6}")
+    systems = {"predictor": metrics["predictor"], **metrics.get("baselines", {})}
+    for name, sets in systems.items():
+        for s in ("natural", "balanced"):
+            m = sets[s]
+            print(f"{name:<10} {s:<9} {m['n']:>5} {_fmt(m['accuracy']):>6} {_fmt(m['macro_f1']):>8} "
+                  f"{_fmt(m['auroc']):>6} {_fmt(m['ece']):>6}")
+    if "tokens" in metrics["predictor"]:
+        t = metrics["predictor"]["tokens"]
+        print(f"tokens: accuracy {_fmt(t['token_accuracy'])}, full-sequence accuracy {_fmt(t['sequence_accuracy'])}")
+
+
+@app.command("train")
+def train(
+    family: Path = typer.Option(..., help="Family directory (its tokenizer and training data)."),
+    scores: Path = typer.Option(..., help="Scores directory of the family (labels)."),
+    model: str = typer.Option(..., help="Target model size whose memorization is predicted."),
+    out: Path = typer.Option(..., help="Predictor directory to write."),
+    input: str = typer.Option("context", "--input", help="context (token ids) or hidden (needs --dynamics)."),
+    dynamics: Optional[Path] = typer.Option(None, help="Dynamics directory (memdyn dynamics), for --input hidden."),
+    seed: int = typer.Option(0, help="Seed of the split, the balancing and the training."),
+    epochs: int = typer.Option(20, help="Training epochs."),
+    max_per_class: Optional[int] = typer.Option(None, help="At most N training samples per score level."),
+    context: Optional[int] = typer.Option(None, help="Context length of the scored cell (default 32 if scored, else the smallest)."),
+    continuation: Optional[int] = typer.Option(None, help="Continuation length of the cell (default 16 if scored, else the smallest)."),
+    edges: str = typer.Option("0.2,1.0", help="LO,HI: unmemorized score <= LO, memorized score >= HI, partial between."),
+    d_model: int = typer.Option(64, help="Predictor width."),
+    layers: int = typer.Option(2, help="Encoder layers."),
+    heads: int = typer.Option(4, help="Attention heads."),
+    positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
+    batch_size: int = typer.Option(32, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    test_size: float = typer.Option(0.2, help="Share of training documents held out for testing."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Train a predictor of MODEL's memorization; prints test metrics beside the baselines."""
+    from predictor.data import parse_edges
+    from predictor.train import TrainSettings, train_predictor
+
+    if epochs < 1 or batch_size < 1 or (max_per_class is not None and max_per_class < 1):
+        raise MemdynError("--epochs, --batch-size and --max-per-class must be >= 1")
+    if positional not in ("learned", "sinusoidal"):
+        raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
+    if d_model % heads:
+        raise MemdynError(f"--d-model {d_model} must be a multiple of --heads {heads}")
+    settings = TrainSettings(seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_per_class=max_per_class,
+                             test_size=test_size, device=device)
+    arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional}
+    metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
+                              settings, arch)
+    print_summary(metrics)
+    print(f"saved {out}")
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: Path = typer.Option(..., help="Predictor directory (predictor train --out)."),
+    scores: Path = typer.Option(..., help="Scores directory holding the labels."),
+    model: Optional[str] = typer.Option(None, help="Size whose labels to use (default: the one trained on; another size = cross-size transfer)."),
+    dynamics: Optional[Path] = typer.Option(None, help="Dynamics directory, for hidden-mode predictors."),
+    family: Optional[Path] = typer.Option(None, help="Family directory (default: the one recorded in the predictor)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+) -> None:
+    """Evaluate a predictor on samples from documents it never saw in training."""
+    from dynamics.files import write_json
+    from predictor.train import evaluate_predictor
+
+    metrics = evaluate_predictor(model_dir, scores, model, dynamics, family)
+    print_summary(metrics)
+    if json_out:
+        write_json(json_out, metrics)
+
+
+@app.command("predict")
+def predict(
+    model_dir: Path = typer.Option(..., help="Predictor directory (context mode)."),
+    text: Optional[str] = typer.Option(None, help="The context, as text."),
+    file: Optional[Path] = typer.Option(None, help="Read the context from this file."),
+) -> None:
+    """Print the predicted class of a context, its probability and the predicted score."""
+    from predictor.train import predict_text
+
+    if (text is None) == (file is None):
+        raise MemdynError("give either --text or --file")
+    if file is not None:
+        if not file.is_file():
+            raise MemdynError(f"--file {file}: no such file")
+        text = file.read_text()
+    r = predict_text(model_dir, text)
+    print(f"{r['class']}\t{r['probability']:.3f}\tscore={r['score']:.3f}\t" + json.dumps({k: round(v, 4) for k, v in r["proba"].items()}))

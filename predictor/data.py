@@ -1,0 +1,233 @@
+"""Datasets for the predictor: labels from the score table, inputs from the training data (context
+mode) or from the dynamics outputs (hidden mode), and leak-free splits by training document.
+
+Classes (sequence level, from the score of one (context k, continuation c) cell):
+  0 unmemorized  score <= edges[0]            (default 0.2: the paper's lowest transition bin)
+  1 partial      edges[0] < score < edges[1]
+  2 memorized    score >= edges[1]            (default 1.0: k-extractable, every token reproduced)
+
+Split: a training sample is a window of the packed token stream and may span documents
+first_doc..last_doc (data/samples.parquet). Samples are grouped by first_doc and split with
+sklearn's GroupShuffleSplit; the train side then owns every document any of its samples touches,
+and test samples touching one of those documents are dropped, so no document is seen on both
+sides. Families without samples.parquet (hub families) treat each sample as its own document.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit
+
+from dynamics.collect import check_scores_family, read_hidden, read_model, read_settings
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.spec import FamilySpec
+from dynamics.scoretable import read_generations, read_scores
+from dynamics.transitions import pick_cell
+
+CLASSES = ("unmemorized", "partial", "memorized")
+MEMORIZED = 2
+DEFAULT_EDGES = (0.2, 1.0)
+MIN_TRAIN_PER_CLASS = 2  # fewer cannot teach a class; the test side needs at least 1 of each
+SPLIT_TRIES = 20  # candidate GroupShuffleSplit draws; the first leaving a non-empty test side wins
+
+
+def parse_edges(text: str | None) -> tuple[float, float]:
+    if text is None:
+        return DEFAULT_EDGES
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MemdynError(f"--edges must be two numbers LO,HI (unmemorized <= LO, memorized >= HI), got {text!r}") from None
+    if not 0 <= lo < hi <= 1:
+        raise MemdynError(f"--edges needs 0 <= LO < HI <= 1, got {text!r}")
+    return lo, hi
+
+
+def score_classes(scores, edges=DEFAULT_EDGES) -> np.ndarray:
+    """Class index per score: 0 unmemorized, 1 partial, 2 memorized (see the module docstring)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.where(s <= edges[0], 0, np.where(s >= edges[1] - 1e-9, 2, 1)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- documents and splits
+
+
+def sample_documents(family: FamilySpec, seq_idx: np.ndarray) -> pd.DataFrame:
+    """first_doc, last_doc per seq_idx (index) from data/samples.parquet beside the training data."""
+    seq_idx = np.asarray(seq_idx)
+    path = Path(family.data.prefix).parent / "samples.parquet" if family.data and family.data.prefix else None
+    if path is None or not path.is_file():
+        return pd.DataFrame({"first_doc": seq_idx, "last_doc": seq_idx}, index=pd.Index(seq_idx, name="seq_idx"))
+    t = pd.read_parquet(path)
+    t = t[t["split"] == "train"].set_index("sample_idx")[["first_doc", "last_doc"]]
+    missing = np.setdiff1d(seq_idx, t.index.to_numpy())
+    if len(missing):
+        raise MemdynError(f"{path} does not map training samples {missing[:5].tolist()} to documents; wrong family?")
+    return t.loc[seq_idx].rename_axis("seq_idx")
+
+
+def touches(docs: pd.DataFrame, owned: np.ndarray) -> np.ndarray:
+    """Per sample: does its document range first_doc..last_doc contain a document in `owned` (sorted)?"""
+    lo = np.searchsorted(owned, docs["first_doc"].to_numpy(), side="left")
+    hi = np.searchsorted(owned, docs["last_doc"].to_numpy(), side="right")
+    return hi > lo
+
+
+def owned_documents(docs: pd.DataFrame) -> np.ndarray:
+    """Sorted ids of every document the samples of `docs` touch."""
+    ranges = [np.arange(a, b + 1) for a, b in zip(docs["first_doc"], docs["last_doc"])]
+    return np.unique(np.concatenate(ranges)) if ranges else np.zeros(0, np.int64)
+
+
+def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train positions, test positions, train documents) of the rows of docs, leak-free."""
+    groups = docs["first_doc"].to_numpy()
+    if len(np.unique(groups)) < 2:
+        raise MemdynError(f"all {len(docs)} samples come from one training document; a split by document needs two or more")
+    splitter = GroupShuffleSplit(n_splits=SPLIT_TRIES, test_size=test_size, random_state=seed)
+    for train, test in splitter.split(np.zeros(len(docs)), groups=groups):
+        owned = owned_documents(docs.iloc[train])
+        test = test[~touches(docs.iloc[test], owned)]
+        if len(test):
+            return np.sort(train), np.sort(test), owned
+    raise MemdynError(f"no split by document of these {len(docs)} samples leaves a test set; the documents overlap too much")
+
+
+def balance(levels: np.ndarray, max_per_level: int | None, seed: int) -> np.ndarray:
+    """Positions keeping at most max_per_level rows of each level (seeded), in the original order."""
+    if not max_per_level:
+        return np.arange(len(levels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(levels == v), size=min(max_per_level, int((levels == v).sum())), replace=False)
+            for v in np.unique(levels)]
+    return np.sort(np.concatenate(keep))
+
+
+def check_classes(labels: np.ndarray, where: str, minimum: int) -> None:
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    for name, n in zip(CLASSES, counts):
+        if n < minimum:
+            raise MemdynError(
+                f"too few {name} samples in the {where} ({n}, need {minimum}; counts: "
+                + ", ".join(f"{c} {k}" for c, k in zip(CLASSES, counts))
+                + "); score more samples, pick another --context/--continuation or --edges"
+            )
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Dataset:
+    """One row per training sample of the target model's scored cell."""
+
+    model: str
+    revision: str
+    context_len: int
+    continuation_len: int
+    rows: pd.DataFrame  # seq_idx, score, matches, label, context_loss, first_doc, last_doc (+ dynamics columns)
+    inputs: np.ndarray  # context: tokens [n, k] int64; hidden: features [n, k + c, d + 1] float32
+    token_labels: np.ndarray | None = None  # hidden: [n, c] bool, generated token == true token
+    extra: dict = field(default_factory=dict)
+
+
+def model_cell(table: pd.DataFrame, model: str, context: int | None, continuation: int | None):
+    """Rows of `model` at its last revision in one (k, c) cell; (rows, revision, k, c)."""
+    part = table[table["model"] == model]
+    if part.empty:
+        raise MemdynError(f"the scores hold no model {model!r} (models there: {', '.join(sorted(table['model'].unique()))})")
+    revision = part.sort_values("step")["revision"].iloc[-1]
+    part = part[part["revision"] == revision]
+    k, c = pick_cell(part, context, continuation)
+    cell = part[(part["context_len"] == k) & (part["continuation_len"] == c)]
+    return cell.sort_values("seq_idx").reset_index(drop=True), revision, k, c
+
+
+def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DEFAULT_EDGES,
+                    context: int | None = None, continuation: int | None = None) -> Dataset:
+    """Context tokens seq[0:k] from the family's training data, labels from the scores."""
+    check_scores_family(family, Path(scores))
+    cell, revision, k, c = model_cell(read_scores(scores), model, context, continuation)
+    gens = read_generations(scores)
+    gens = gens[(gens["model"] == model) & (gens["revision"] == revision) & (gens["context_len"] == k)]
+    rows = cell[["seq_idx", "score", "matches"]].copy()
+    rows["label"] = score_classes(rows["score"], edges)
+    rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
+    docs = sample_documents(family, rows["seq_idx"].to_numpy())
+    rows["first_doc"], rows["last_doc"] = docs["first_doc"].to_numpy(), docs["last_doc"].to_numpy()
+    data = IndexedDataset(family.data.prefix).batch(0, len(IndexedDataset(family.data.prefix)))
+    tokens = np.asarray(data[rows["seq_idx"].to_numpy()][:, :k], dtype=np.int64)  # [n, k]
+    return Dataset(model, revision, k, c, rows, tokens)
+
+
+def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=DEFAULT_EDGES) -> Dataset:
+    """Last collected layer's hidden states + entropy over context + greedy continuation."""
+    settings = read_settings(dynamics)
+    if (settings.get("family"), settings.get("corpus_hash")) != (family.name, family.corpus.get("hash")):
+        raise MemdynError(f"--dynamics {dynamics} was collected for family {settings.get('family')!r}, not {family.name!r}")
+    if model not in settings.get("models", {}):
+        raise MemdynError(f"--dynamics {dynamics} holds no model {model!r} (models there: {', '.join(settings.get('models', {}))})")
+    meta, seqs, pos = read_model(dynamics, model)
+    k, c = meta["context_len"], meta["continuation_len"]
+    T = k + c
+    layer = meta["layers"][-1]
+    hidden = np.asarray(read_hidden(dynamics, model, layer), dtype=np.float32)  # [n, T, d]
+    pos = pos.sort_values(["row", "position"])
+    entropy = pos["entropy_nats"].to_numpy(np.float32).reshape(-1, T)  # [n, T]
+    entropy = np.nan_to_num(entropy, nan=0.0)  # position 0 has no predicting distribution (NaN)
+    match = (pos["token"].to_numpy() == pos["generated"].to_numpy()).reshape(-1, T)[:, k:]  # [n, c]
+    rows = seqs[["seq_idx", "score", "matches", "random_draw", "span_count"]].copy()
+    rows["label"] = score_classes(rows["score"], edges)
+    docs = sample_documents(family, rows["seq_idx"].to_numpy())
+    rows["first_doc"], rows["last_doc"] = docs["first_doc"].to_numpy(), docs["last_doc"].to_numpy()
+    gens = read_generations(settings["scores"])  # context loss for the baselines
+    gens = gens[(gens["model"] == model) & (gens["revision"] == meta["revision"]) & (gens["context_len"] == k)]
+    rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
+    rows["entropy_context"] = entropy[:, 1:k].mean(1)
+    rows["entropy_continuation"] = entropy[:, k:].mean(1)
+    feats = np.concatenate([hidden, entropy[..., None]], axis=-1)  # [n, T, d + 1]
+    return Dataset(model, meta["revision"], k, c, rows.reset_index(drop=True), feats, match, {"layer": layer})
+
+
+def context_tokens(family: FamilySpec, seq_idx: np.ndarray, k: int) -> np.ndarray:
+    ds = IndexedDataset(family.data.prefix)
+    return np.asarray(ds.batch(0, len(ds))[np.asarray(seq_idx)][:, :k], dtype=np.int64)  # [n, k]
+
+
+# ---------------------------------------------------------------------------- baseline features
+
+
+def zlib_ratio(tokens: np.ndarray) -> np.ndarray:
+    """Compressed / raw size of each row's token bytes: low = repetitive, boilerplate-like."""
+    out = np.empty(len(tokens))
+    for i, row in enumerate(np.asarray(tokens, dtype=np.uint32)):
+        raw = row.tobytes()
+        out[i] = len(zlib.compress(raw, 9)) / max(1, len(raw))
+    return out
+
+
+def scalar_features(family: FamilySpec, data: Dataset, tokens: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """[n, F] features for the baselines: context loss, zlib ratio, n-gram frequencies of the
+    context (log1p of mean unigram / bigram count, and of the whole context's duplicate count),
+    and mean entropy (hidden mode only, where the dynamics outputs hold it)."""
+    from dynamics.collect import open_ngram_index
+
+    cols, names = [], []
+    if "context_loss" in data.rows:
+        cols.append(data.rows["context_loss"].to_numpy()); names.append("context_loss")
+    cols.append(zlib_ratio(tokens)); names.append("zlib_ratio")
+    index = open_ngram_index(family.data.prefix, None)
+    for n in (1, 2):
+        counts = index.count_positions(tokens, n)[:, n - 1 :]  # [n, k - n + 1]
+        cols.append(np.log1p(counts.mean(1))); names.append(f"log_mean_{n}gram_count")
+    cols.append(np.log1p(index.count(tokens))); names.append("log_context_duplicates")
+    for col in ("entropy_context", "entropy_continuation"):
+        if col in data.rows:
+            cols.append(data.rows[col].to_numpy()); names.append(col)
+    return np.stack(cols, 1).astype(np.float64), names

@@ -1,0 +1,47 @@
+"""Metrics shared by the predictor and the baselines (sklearn where it has them)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+from predictor.data import CLASSES, MEMORIZED
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
+    """Top-label ECE: sum over confidence bins of |accuracy - mean confidence| * share of rows."""
+    conf = proba.max(1)
+    correct = proba.argmax(1) == y
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict:
+    """y [n] class ids, proba [n, C]. AUROC is memorized vs not (NaN when one side is absent)."""
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=np.float64)
+    pred = proba.argmax(1)
+    labels = list(range(len(CLASSES)))
+    is_mem = y == MEMORIZED
+    auroc = float(roc_auc_score(is_mem, proba[:, MEMORIZED])) if 0 < is_mem.sum() < len(y) else float("nan")
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "auroc": auroc,
+        "ece": expected_calibration_error(proba, y),
+        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),  # rows true, columns predicted
+    }
+
+
+def token_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
+    """pred, true: [n, c] bool per continuation token (will the model reproduce it?)."""
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    return {
+        "token_accuracy": float((pred == true).mean()),
+        "sequence_accuracy": float((pred == true).all(1).mean()),
+    }

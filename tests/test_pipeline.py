@@ -1,0 +1,33 @@
+import shutil
+
+import pandas as pd
+
+from dynamics.family.spec import load_family
+from tests.conftest import run_cli
+
+
+def test_memdyn_run_end_to_end_and_resumes(micro_family, tmp_path):
+    """`memdyn run` on the micro preset (reusing the session's micro family, which it recognises as
+    finished) runs every stage; a second run finds everything done."""
+    workdir = tmp_path / "runs"
+    shutil.copytree(micro_family, workdir / "family")
+    code, out, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
+    assert code == 0, err
+    assert "memorized share" in out
+    family = load_family(workdir / "family")
+    scores = pd.read_parquet(workdir / "scores")
+    assert set(scores.model) == set(family.size_names)
+    checkpoints = pd.read_parquet(workdir / "scores_checkpoints")
+    assert checkpoints.revision.nunique() == len(family.sizes[0].revisions)
+    assert (workdir / "dynamics" / "tables").is_dir()
+    stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("scores*/part-*.parquet")}
+    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
+    assert code == 0, err
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_run_refuses_another_preset(micro_family, tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "run.json").write_text('{"preset": "tiny", "seed": 0}')
+    code, _, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro")
+    assert code == 2 and "holds a run with" in err
