@@ -93,6 +93,10 @@ from dynamics.dynamics_cli import dynamics_command  # noqa: E402
 
 app.command("dynamics")(dynamics_command)
 
+from predictor.cli import app as predictor_app  # noqa: E402
+
+app.add_typer(predictor_app, name="predictor")
+
 
 @app.command()
 def transitions(

@@ -57,7 +57,7 @@ from dynamics.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.files import atomic_path, check_output_dir, read_json, write_json
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
 from dynamics.scoretable import SETTINGS as SCORE_SETTINGS
 from dynamics.scoretable import read_generations, read_scores
@@ -146,14 +146,7 @@ def open_ngram_index(prefix: str, index_dir: str | Path | None):
 
 
 def check_out(out: Path, settings: DynamicsSettings) -> None:
-    path = out / SETTINGS
-    if path.is_file():
-        old = read_json(path)
-        if old != asdict(settings):
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-            raise MemdynError(f"--out {out} holds dynamics computed with other settings ({diff}); use another --out")
-    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-        raise MemdynError(f"--out {out} is not empty and holds no memdyn dynamics; choose another --out")
+    check_output_dir(out, SETTINGS, asdict(settings), "dynamics")
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -37,3 +37,18 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -> None:
+    """An output directory belongs to one set of settings: refuse a directory written with other
+    settings, or one that holds something else, before any work starts."""
+    from dynamics.errors import MemdynError
+
+    path = Path(out) / settings_file
+    if path.is_file():
+        old = read_json(path)
+        if old != settings:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+            raise MemdynError(f"{out} holds {what} computed with other settings ({diff}); use another --out")
+    elif Path(out).exists() and any(p for p in Path(out).iterdir() if not p.name.startswith(".")):
+        raise MemdynError(f"{out} is not empty and holds no memdyn {what}; choose another --out")

@@ -32,7 +32,7 @@ from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, resolve_device
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.files import atomic_path, check_output_dir, write_json
 from dynamics.scoring import NEAR_TIE, cell_scores, score_batch
 
 SETTINGS = "_settings.json"
@@ -114,14 +114,7 @@ def make_settings(
 
 def check_settings(out: Path, settings: ScoreSettings) -> None:
     """A scores directory belongs to one set of settings: refuse to mix, before any work."""
-    path = out / SETTINGS
-    if path.is_file():
-        old = read_json(path)
-        if old != asdict(settings):
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-            raise MemdynError(f"{out} holds scores computed with other settings ({diff}); use another --out")
-    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-        raise MemdynError(f"{out} is not empty and holds no memdyn scores; choose another --out")
+    check_output_dir(out, SETTINGS, asdict(settings), "scores")
 
 
 def _chunk_name(model: str, revision: str, chunk: int) -> str:

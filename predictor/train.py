@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.files import atomic_path, read_json
 from predictor.baselines import run_baselines
 from predictor.data import (
     CLASSES, DEFAULT_EDGES, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
-    context_tokens, hidden_dataset, owned_documents, scalar_features, split_by_document, touches,
+    context_tokens, hidden_dataset, scalar_features, split_by_document, touches,
 )
 from predictor.metrics import classification_metrics, token_metrics
 from predictor.model import MemPredictor, PredictorConfig, loss_fn

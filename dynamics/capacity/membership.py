@@ -50,7 +50,9 @@ def best_threshold_f1(member_losses: np.ndarray, nonmember_losses: np.ndarray) -
     cuts = losses[last_of_run]
     f1 = 2 * tp / (2 * tp + fp + (len(m) - tp))  # 2TP / (2TP + FP + FN)
     i = int(np.argmax(f1))
-    return float(f1[i]), float(cuts[i])
+    # threshold midway to the next distinct loss: the same F1 here, a margin for unseen samples
+    t = cuts[i] if i + 1 == len(cuts) else 0.5 * (cuts[i] + cuts[i + 1])
+    return float(f1[i]), float(t)
 
 
 def f1_at_threshold(member_losses: np.ndarray, nonmember_losses: np.ndarray, threshold: float) -> float:

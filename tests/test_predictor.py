@@ -1,0 +1,194 @@
+"""Memorization predictor: splits, model, metrics, save/load and CLI on the micro family."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dynamics.errors import MemdynError
+from predictor.data import balance, score_classes, split_by_document, touches
+from predictor.metrics import classification_metrics, expected_calibration_error, token_metrics
+from predictor.model import MemPredictor, PredictorConfig
+
+torch.set_num_threads(1)
+# 37k at context 16 / continuation 4 has all three classes in both micro documents
+CELL = ["--model", "37k", "--context", "16", "--continuation", "4"]
+SMALL = ["--epochs", "3", "--d-model", "16", "--layers", "1", "--heads", "2"]
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from predictor.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained(micro_family, micro_scores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "p"
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", out, *CELL, *SMALL)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return out
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_score_classes_edges():
+    assert score_classes([0.0, 0.2, 0.25, 0.99, 1.0]).tolist() == [0, 0, 1, 1, 2]
+    assert score_classes([0.5, 0.75], edges=(0.25, 0.75)).tolist() == [1, 2]
+
+
+def test_split_is_leak_free_with_spanning_samples():
+    rng = np.random.default_rng(0)
+    first = np.sort(rng.integers(0, 30, 300))
+    last = first + (rng.random(300) < 0.3)  # ~30% of samples run into the next document
+    docs = pd.DataFrame({"first_doc": first, "last_doc": last})
+    for seed in range(5):
+        train, test, owned = split_by_document(docs, seed)
+        assert len(test) and not set(train) & set(test)
+        train_docs = {d for a, b in zip(first[train], last[train]) for d in range(a, b + 1)}
+        test_docs = {d for a, b in zip(first[test], last[test]) for d in range(a, b + 1)}
+        assert not train_docs & test_docs
+        assert set(owned) == train_docs and not touches(docs.iloc[test], owned).any()
+    assert split_by_document(docs, 3)[1].tolist() == split_by_document(docs, 3)[1].tolist()  # seeded
+
+
+def test_split_needs_two_documents():
+    with pytest.raises(MemdynError, match="one training document"):
+        split_by_document(pd.DataFrame({"first_doc": [0, 0], "last_doc": [0, 0]}), 0)
+
+
+def test_balance_caps_each_level():
+    levels = np.array([0] * 10 + [1] * 3 + [2] * 5)
+    keep = balance(levels, 4, seed=0)
+    assert np.bincount(levels[keep]).tolist() == [4, 3, 4]
+    assert balance(levels, None, 0).tolist() == list(range(18))
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_batch_first_shapes_and_positions_matter(positional):
+    torch.manual_seed(0)
+    net = MemPredictor(PredictorConfig(vocab_size=50, max_len=12, d_model=16, n_layers=1, n_heads=2,
+                                       dropout=0.0, positional=positional)).eval()
+    x = torch.randint(0, 50, (3, 7))  # [B, T]
+    out = net(x)
+    assert out["logits"].shape == (3, 3) and out["score"].shape == (3,) and out["token_logits"].shape == (3, 7)
+    perm = net(x[:, torch.randperm(7, generator=torch.Generator().manual_seed(1))])
+    assert not torch.allclose(out["logits"], perm["logits"])  # no positions => mean pooling is permutation-invariant
+    # batch items are independent (a swapped batch/sequence axis would mix them)
+    assert torch.allclose(net(x[:1])["logits"], out["logits"][:1], atol=1e-6)
+    hid = MemPredictor(PredictorConfig(input="hidden", n_features=9, max_len=12, d_model=16, n_layers=1, n_heads=2)).eval()
+    assert hid(torch.randn(2, 12, 9))["token_logits"].shape == (2, 12)
+
+
+def test_metrics_on_known_inputs():
+    y = np.array([0, 1, 2, 2])
+    proba = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.1, 0.3]])
+    m = classification_metrics(y, proba)
+    assert m["accuracy"] == 0.75
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)  # class 0: P 1/2 R 1; class 2: P 1 R 1/2
+    assert m["auroc"] == 1.0  # memorized rows have the two highest memorized probabilities
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    # ECE: bins 0.9 (acc 1), 0.8 (2 rows, acc 1), 0.6 (acc 0) -> (0.1 + 2*0.2 + 0.6) / 4
+    assert expected_calibration_error(proba, y) == pytest.approx((0.1 + 0.4 + 0.6) / 4)
+    assert np.isnan(classification_metrics(np.array([0, 1]), proba[:2])["auroc"])
+    t = token_metrics(np.array([[1, 1, 0], [1, 1, 1]]), np.array([[1, 1, 0], [1, 0, 1]]))
+    assert t == {"token_accuracy": pytest.approx(5 / 6), "sequence_accuracy": 0.5}
+
+
+# ---------------------------------------------------------------------------- micro family
+
+
+def test_train_writes_predictor_and_baselines(trained):
+    for name in ("config.json", "model.safetensors", "split.json", "metrics.json", "tokenizer"):
+        assert (trained / name).exists()
+    m = json.loads((trained / "metrics.json").read_text())
+    assert set(m["baselines"]) == {"majority", "logistic", "gboost"}
+    assert {"context_loss", "zlib_ratio", "log_context_duplicates"} <= set(m["baseline_features"])
+    for s in ("natural", "balanced"):
+        assert 0 <= m["predictor"][s]["accuracy"] <= 1 and len(m["predictor"][s]["confusion"]) == 3
+
+
+def test_saved_predictor_reloads_with_identical_predictions(trained, micro_family):
+    from predictor.data import context_tokens
+    from predictor.train import load_predictor, predict_arrays, predict_text
+    from dynamics.family.spec import load_family
+
+    x = context_tokens(load_family(micro_family), np.arange(10), 16)
+    a = predict_arrays(load_predictor(trained)[0], x)
+    b = predict_arrays(load_predictor(trained)[0], x)
+    assert np.array_equal(a["proba"], b["proba"]) and np.array_equal(a["score"], b["score"])
+    assert predict_text(trained, "def f(x):") == predict_text(trained, "def f(x):")
+
+
+def test_eval_and_cross_size_transfer(trained, micro_scores):
+    r = invoke("eval", "--model-dir", trained, "--scores", micro_scores)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "predictor" in r.output and "logistic" in r.output
+    r = invoke("eval", "--model-dir", trained, "--scores", micro_scores, "--model", "149k")
+    # 149k memorizes most samples: either it evaluates, or it says which class is missing
+    assert r.exit_code == 0 or "too few" in str(r.exception), repr(r.exception)
+    if r.exit_code == 0:
+        assert "trained on 37k" in r.output
+
+
+def test_predict_cli_and_too_long_text(trained):
+    r = invoke("predict", "--model-dir", trained, "--text", "import os")
+    assert r.exit_code == 0 and r.output.split("\t")[0] in ("unmemorized", "partial", "memorized")
+    r = invoke("predict", "--model-dir", trained, "--text", "x = 1\n" * 40)
+    assert isinstance(r.exception, MemdynError) and "at most 16 tokens" in str(r.exception)
+
+
+def test_other_family_tokenizer_is_refused(trained, micro_scores, tmp_path):
+    import shutil
+
+    from predictor.train import evaluate_predictor, predict_text
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vocab_hash"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MemdynError, match="another corpus or tokenizer"):
+        evaluate_predictor(other, micro_scores)
+    with pytest.raises(MemdynError, match="not the tokenizer"):
+        predict_text(other, "import os")
+
+
+def test_bad_inputs(micro_family, micro_scores, tmp_path):
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "a",
+               "--model", "999k", *SMALL)
+    assert isinstance(r.exception, MemdynError) and "no model '999k'" in str(r.exception)
+    # 16k never reproduces all 8 tokens at context 16: no memorized samples at all
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "b",
+               "--model", "16k", "--context", "16", "--continuation", "8", *SMALL)
+    assert isinstance(r.exception, MemdynError) and "too few" in str(r.exception) and "(0, need" in str(r.exception)
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "c", *CELL,
+               "--input", "hidden", *SMALL)
+    assert isinstance(r.exception, MemdynError) and "--dynamics" in str(r.exception)
+    r = invoke("predict", "--model-dir", tmp_path, "--text", "x")
+    assert isinstance(r.exception, MemdynError) and "not a memdyn predictor" in str(r.exception)
+
+
+def test_hidden_mode_token_metrics(micro_family, micro_scores, tmp_path):
+    from dynamics.collect import run_collection
+    from dynamics.family.spec import load_family
+
+    dyn = tmp_path / "dyn"
+    run_collection(load_family(micro_family), micro_scores, dyn, per_group=30, context=16, continuation=4,
+                   device="cpu", progress=False)
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--dynamics", dyn, "--input", "hidden",
+               "--out", tmp_path / "h", *CELL, *SMALL)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    m = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert 0 <= m["predictor"]["tokens"]["token_accuracy"] <= 1
+    assert "entropy_continuation" in m["baseline_features"]
+    r = invoke("predict", "--model-dir", tmp_path / "h", "--text", "x")
+    assert isinstance(r.exception, MemdynError) and "context" in str(r.exception)
