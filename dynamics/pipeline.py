@@ -6,6 +6,8 @@ The work directory holds one family's whole run:
   WORKDIR/scores/              final checkpoints of every size over the preset's grid
   WORKDIR/scores_checkpoints/  every checkpoint of every size at the main cell (k=32, c=16)
   WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
+  WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size
+  WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class to train on
 Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
 """
 
@@ -37,7 +39,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
         raise MemdynError(f"{workdir} holds a run with {read_json(workdir / 'run.json')}; use another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", marker)
-    total = 4
+    total = 5
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, workdir / "family", seed=seed)
@@ -62,8 +64,33 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
     run_dynamics(family, workdir / "scores", workdir / "dynamics", seed=seed, per_group=200, context=k, continuation=c)
     print(f"      done ({time.time() - t:.0f} s)")
 
+    t = _stage("predictor: memorization from context tokens and from hidden states, per size", 5, total)
+    run_predictors(family, workdir, k, c, seed)
+    print(f"      done ({time.time() - t:.0f} s)")
+
     table = summarize(read_scores(workdir / "scores"))
     main = table[(table.context_len == k) & (table.continuation_len == c)]
     print(f"\nmemorized share at context {k} / continuation {c}:")
     for row in main.itertuples():
         print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")
+
+
+def run_predictors(family, workdir: Path, context: int, continuation: int, seed: int) -> None:
+    """One predictor per (size, input mode); a size whose labels lack a class is skipped and said so."""
+    from predictor.train import TrainSettings, train_predictor
+
+    skipped = {}
+    for size in family.size_names:
+        for mode in ("context", "hidden"):
+            out = workdir / "predictor" / f"{size}-{mode}"
+            if (out / "metrics.json").is_file():
+                continue
+            try:
+                train_predictor(
+                    workdir / "family", out, size, mode=mode, scores=workdir / "scores", dynamics=workdir / "dynamics",
+                    context=context, continuation=continuation, settings=TrainSettings(seed=seed),
+                )
+            except MemdynError as e:
+                skipped[f"{size}-{mode}"] = str(e)
+                print(f"      {size} {mode}: skipped ({e})")
+    write_json(workdir / "predictor" / "skipped.json", skipped)

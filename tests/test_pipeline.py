@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pandas as pd
@@ -20,6 +21,9 @@ def test_memdyn_run_end_to_end_and_resumes(micro_family, tmp_path):
     checkpoints = pd.read_parquet(workdir / "scores_checkpoints")
     assert checkpoints.revision.nunique() == len(family.sizes[0].revisions)
     assert (workdir / "dynamics" / "tables").is_dir()
+    trained = {p.name for p in (workdir / "predictor").iterdir() if (p / "metrics.json").is_file()}
+    skipped = set(json.loads((workdir / "predictor" / "skipped.json").read_text()))
+    assert trained | skipped == {f"{s}-{m}" for s in family.size_names for m in ("context", "hidden")} and trained
     stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("scores*/part-*.parquet")}
     code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
     assert code == 0, err

@@ -1,0 +1,134 @@
+"""Reports, notebooks and the findings check on a micro work directory built once by `memdyn run`."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dynamics.errors import MemdynError
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("embedding_plots", "boundary_effects", "capacity")
+
+
+@pytest.fixture(scope="session")
+def micro_workdir(micro_family, tmp_path_factory):
+    """Every pipeline stage on the micro preset (reusing the session's micro family)."""
+    workdir = tmp_path_factory.mktemp("report") / "runs"
+    shutil.copytree(micro_family, workdir / "family")
+    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
+    assert code == 0, err
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def reports(micro_workdir, tmp_path_factory):
+    from dynamics.report import write_reports
+
+    out = tmp_path_factory.mktemp("reports")
+    write_reports(micro_workdir, out)
+    return out / "micro-stdlib"
+
+
+def test_report_files_for_family_and_every_size(reports, micro_workdir):
+    from dynamics.family.spec import load_family
+
+    assert (reports / "index.html").is_file() and (reports / "index.md").is_file()
+    for size in load_family(micro_workdir / "family").size_names:
+        assert (reports / size / "report.html").is_file()
+        md = (reports / size / "report.md").read_text()
+        assert "Most memorized samples" in md and "duplicates" in md
+        for link in re.findall(r"\]\((figures/[^)]+)\)", md):  # Markdown figures are written beside it
+            assert (reports / size / link).is_file()
+
+
+def test_html_is_self_contained(reports):
+    for page in reports.rglob("*.html"):
+        text = page.read_text()
+        srcs = re.findall(r'src="([^"]*)"', text)
+        assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), page
+        hrefs = re.findall(r'href="([^"]*)"', text)
+        assert all(h.endswith(".html") and "://" not in h for h in hrefs), hrefs  # links between reports only
+
+
+def test_captions_state_numbers(reports):
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", (reports / "index.html").read_text())
+    assert len(captions) >= 6
+    assert all(re.search(r"\d", c) for c in captions), captions
+    assert re.search(r"reproduces [\d.]+% of samples exactly at context \d+ / continuation \d+", captions[0])
+    assert "capacity stage not run: `memdyn capacity text --family" in (reports / "index.html").read_text()
+
+
+def test_capacity_section_when_the_stage_ran(micro_workdir, tmp_path):
+    from dynamics.report.build import capacity_section
+    from dynamics.report.workdir import Run
+
+    run = Run.open(micro_workdir)
+    run.capacity = pd.DataFrame({"model": run.sizes, "params": [run.params[s] for s in run.sizes],
+                                 "bits_memorized": [100.0, 400.0, 2000.0]})  # stands in for the capacity stage
+    section = capacity_section(run)
+    assert "2000 bits" in section.blocks[0].caption and "bits memorized rises with size" in section.blocks[0].caption
+
+
+def test_missing_stage_names_the_command(micro_workdir, tmp_path):
+    from dynamics.report import write_reports
+
+    partial = tmp_path / "runs"
+    partial.mkdir()
+    shutil.copy(micro_workdir / "run.json", partial / "run.json")
+    shutil.copytree(micro_workdir / "family", partial / "family", symlinks=True)
+    shutil.copytree(micro_workdir / "scores", partial / "scores")
+    shutil.copytree(micro_workdir / "scores_checkpoints", partial / "scores_checkpoints")
+    with pytest.raises(MemdynError, match=r"stage dynamics is missing .*`memdyn dynamics --family .*--out .*dynamics`"):
+        write_reports(partial, tmp_path / "out")
+    with pytest.raises(MemdynError, match="not a memdyn work directory"):
+        write_reports(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(MemdynError, match="holds a run of preset 'micro', not 'tiny'"):
+        write_reports(micro_workdir, tmp_path / "out", preset="tiny")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(reports, tmp_path):
+    from matplotlib.image import imread
+
+    shot = tmp_path / "out.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+         (reports / "index.html").as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )
+    pixels = imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and (pixels < 0.9).mean() > 0.02  # figures and text drawn, not a blank page
+
+
+def test_validate_findings_prints_checks(micro_workdir):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "validate_findings.py"), "--workdir", str(micro_workdir)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "memorized share rises with model size" in result.stdout
+    assert re.search(r"\[\s*(PASS|FAIL|NOT SHOWN)\] entropy jumps up at the boundary", result.stdout)
+    assert "capacity stage not run" in result.stdout
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes(name, micro_workdir, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MEMDYN_WORKDIR", str(micro_workdir))
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if name == "capacity":
+        assert any("capacity stage not run" in o.get("text", "") for o in outputs)
+    else:
+        assert any("image/png" in o.get("data", {}) for o in outputs)
