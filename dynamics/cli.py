@@ -97,6 +97,10 @@ from predictor.cli import app as predictor_app  # noqa: E402
 
 app.add_typer(predictor_app, name="predictor")
 
+from dynamics.report_cli import report_command  # noqa: E402
+
+app.command("report")(report_command)
+
 
 @app.command()
 def transitions(
@@ -149,12 +153,13 @@ def summarize(
 def run(
     workdir: Path = typer.Option(Path("runs"), help="Work directory for every stage's outputs."),
     preset: str = typer.Option("tiny", help="Family preset: tiny (default) or micro."),
+    reports: Path = typer.Option(Path("reports"), help="Reports go to REPORTS/<family>/."),
     seed: int = SEED,
 ):
     """The whole pipeline on the embedded default (no downloads); every stage resumes."""
     from dynamics.pipeline import run_pipeline
 
-    run_pipeline(workdir, preset, seed)
+    run_pipeline(workdir, preset, seed, reports)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ The work directory holds one family's whole run:
   WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
   WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size
   WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class to train on
+  REPORTS/<family>/            family overview (index.html) and <size>/report.{html,md}
 Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
 """
 
@@ -26,7 +27,7 @@ def _stage(name: str, number: int, total: int):
     return time.time()
 
 
-def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
+def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports") -> None:
     from dynamics.family.train import train_family
     from dynamics.scoretable import make_settings, run_scoring
     from dynamics.transitions import summarize
@@ -39,7 +40,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
         raise MemdynError(f"{workdir} holds a run with {read_json(workdir / 'run.json')}; use another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", marker)
-    total = 5
+    total = 6
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, workdir / "family", seed=seed)
@@ -67,6 +68,12 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int) -> None:
     t = _stage("predictor: memorization from context tokens and from hidden states, per size", 5, total)
     run_predictors(family, workdir, k, c, seed)
     print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("reports: family overview and one report per size", 6, total)
+    from dynamics.report import write_reports
+
+    paths = write_reports(workdir, reports, p.name)
+    print(f"      {paths[0]} ({time.time() - t:.0f} s)")
 
     table = summarize(read_scores(workdir / "scores"))
     main = table[(table.context_len == k) & (table.continuation_len == c)]

@@ -55,3 +55,17 @@ def micro_scores(micro_family, tmp_path_factory):
     )
     assert code == 0, err
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_workdir(micro_family, tmp_path_factory):
+    """Every `memdyn run` stage on the micro preset, reusing the session's micro family (which the
+    run recognises as finished); reports go to the sibling folder `reports/`."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("run")
+    shutil.copytree(micro_family, root / "runs" / "family")
+    code, out, err = run_cli("run", "--workdir", root / "runs", "--preset", "micro", "--reports", root / "reports")
+    assert code == 0, err
+    assert "memorized share" in out
+    return root / "runs"

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pandas as pd
 
@@ -7,14 +6,9 @@ from dynamics.family.spec import load_family
 from tests.conftest import run_cli
 
 
-def test_memdyn_run_end_to_end_and_resumes(micro_family, tmp_path):
-    """`memdyn run` on the micro preset (reusing the session's micro family, which it recognises as
-    finished) runs every stage; a second run finds everything done."""
-    workdir = tmp_path / "runs"
-    shutil.copytree(micro_family, workdir / "family")
-    code, out, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
-    assert code == 0, err
-    assert "memorized share" in out
+def test_memdyn_run_end_to_end_and_resumes(micro_workdir):
+    """`memdyn run` on the micro preset ran every stage; a second run finds everything done."""
+    workdir = micro_workdir
     family = load_family(workdir / "family")
     scores = pd.read_parquet(workdir / "scores")
     assert set(scores.model) == set(family.size_names)
@@ -24,8 +18,10 @@ def test_memdyn_run_end_to_end_and_resumes(micro_family, tmp_path):
     trained = {p.name for p in (workdir / "predictor").iterdir() if (p / "metrics.json").is_file()}
     skipped = set(json.loads((workdir / "predictor" / "skipped.json").read_text()))
     assert trained | skipped == {f"{s}-{m}" for s in family.size_names for m in ("context", "hidden")} and trained
+    reports = workdir.parent / "reports"
+    assert (reports / family.name / "index.html").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("scores*/part-*.parquet")}
-    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
+    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro", "--reports", reports)
     assert code == 0, err
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 

@@ -1,6 +1,5 @@
 """Reports, notebooks and the findings check on a micro work directory built once by `memdyn run`."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,29 +10,14 @@ import pandas as pd
 import pytest
 
 from dynamics.errors import MemdynError
-from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("embedding_plots", "boundary_effects", "capacity")
 
 
 @pytest.fixture(scope="session")
-def micro_workdir(micro_family, tmp_path_factory):
-    """Every pipeline stage on the micro preset (reusing the session's micro family)."""
-    workdir = tmp_path_factory.mktemp("report") / "runs"
-    shutil.copytree(micro_family, workdir / "family")
-    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro")
-    assert code == 0, err
-    return workdir
-
-
-@pytest.fixture(scope="session")
-def reports(micro_workdir, tmp_path_factory):
-    from dynamics.report import write_reports
-
-    out = tmp_path_factory.mktemp("reports")
-    write_reports(micro_workdir, out)
-    return out / "micro-stdlib"
+def reports(micro_workdir):
+    return micro_workdir.parent / "reports" / "micro-stdlib"  # written by `memdyn run`
 
 
 def test_report_files_for_family_and_every_size(reports, micro_workdir):
