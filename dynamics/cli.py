@@ -97,6 +97,33 @@ from predictor.cli import app as predictor_app  # noqa: E402
 
 app.add_typer(predictor_app, name="predictor")
 
+from dynamics.capacity.cli import app as capacity_app  # noqa: E402
+
+app.add_typer(capacity_app, name="capacity")
+
+
+@capacity_app.command("text")
+def capacity_text(
+    family: str = typer.Option(..., help="Family directory (memdyn family train) with reference models."),
+    out: Path = typer.Option(..., help="Output directory for the tables and figure."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model sizes (default: all)."),
+    reference: Optional[str] = typer.Option(None, help="Reference model for every size (default: the family's own, per size)."),
+    batch_size: int = typer.Option(32, help="Samples per forward pass."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (GPU only)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    seed: int = SEED,
+):
+    """Unintended memorization in bits per size (vs a reference model), bits per parameter, and
+    loss-threshold membership inference with its sigmoid fit."""
+    from dynamics.capacity.text import text_capacity
+    from dynamics.family.spec import load_family
+
+    table = text_capacity(load_family(family), out, models, reference, device, dtype, batch_size, seed)
+    cols = ["model", "params", "unintended_bits_per_sample", "bits_memorized", "bits_per_param", "mi_f1", "mi_auroc"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {out}")
+
+
 from dynamics.report_cli import report_command  # noqa: E402
 
 app.command("report")(report_command)

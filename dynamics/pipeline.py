@@ -8,6 +8,7 @@ The work directory holds one family's whole run:
   WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
   WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size
   WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class to train on
+  WORKDIR/capacity/            unintended memorization in bits per size, membership inference
   REPORTS/<family>/            family overview (index.html) and <size>/report.{html,md}
 Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
 """
@@ -40,7 +41,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         raise MemdynError(f"{workdir} holds a run with {read_json(workdir / 'run.json')}; use another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", marker)
-    total = 6
+    total = 7
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, workdir / "family", seed=seed)
@@ -69,7 +70,14 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     run_predictors(family, workdir, k, c, seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
-    t = _stage("reports: family overview and one report per size", 6, total)
+    t = _stage("capacity: bits memorized per size against same-size reference models", 6, total)
+    if not (workdir / "capacity" / "text_capacity.parquet").is_file():
+        from dynamics.capacity.text import text_capacity
+
+        text_capacity(family, workdir / "capacity", seed=seed)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("reports: family overview and one report per size", 7, total)
     from dynamics.report import write_reports
 
     paths = write_reports(workdir, reports, p.name)

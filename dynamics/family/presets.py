@@ -34,6 +34,9 @@ class Preset:
     # the preset's scoring grid; max(contexts) + max(continuations) must fit in seq_length + 1
     contexts: tuple[int, ...] = field(default=(32, 48, 64, 96))
     continuations: tuple[int, ...] = field(default=(16, 32, 48, 64))
+    # also train, per size, a reference model that never sees a probe set of training documents
+    # (capacity estimates compare each size with it; doubles training time)
+    references: bool = True
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""

@@ -57,6 +57,8 @@ class FamilySpec:
     seed: int | None = None
     corpus: dict = field(default_factory=dict)
     preset: str | None = None
+    # {"data", "members", "n_members", "sizes": {size: path of its reference model}}; see train.py
+    references: dict = field(default_factory=dict)
 
     def size(self, name: str) -> SizeSpec:
         for s in self.sizes:
@@ -104,6 +106,7 @@ def _from_json(obj: dict, root: Path) -> FamilySpec:
         seed=obj.get("seed"),
         corpus=obj.get("corpus", {}),
         preset=obj.get("preset"),
+        references=obj.get("references", {}),
     )
 
 

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -234,6 +235,16 @@ def train_family(
         name = size_name(params)
         revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev)
         sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
+    references = {}
+    if p.references:
+        record_ref = build_reference_data(out / "data", seed)
+        reference = megatron.IndexedDataset(out / "data" / "reference")
+        for shape, size in zip(p.shapes, sizes):
+            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, out / "references" / size.name, seed, dev)
+        references = {
+            "data": "data/reference", "members": "data/reference.json", "n_members": len(record_ref["members"]),
+            "sizes": {size.name: f"references/{size.name}/{size.final}" for size in sizes},
+        }
     family = FamilySpec(
         name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
         kind="local",
@@ -243,11 +254,59 @@ def train_family(
         seed=seed,
         corpus=record,
         preset=p.name,
+        references=references,
     )
     manifest = family.to_json() | {"plan": plan, "steps": p.steps, "checkpoint_steps": p.checkpoint_steps()}
     write_json(out / "family.json", manifest)
     (out / PLAN_FILE).unlink()
     return load_family(out)
+
+
+def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> dict:
+    """Data for reference models, which capacity estimates compare each size against.
+
+    A seeded set of "probe" training documents is chosen until about `fraction` of the training
+    samples lie wholly inside it; those samples are the members whose unintended memorization is
+    measured. The reference data is every training sample that touches no probe document, plus the
+    held-out samples (so it is about as large as the training data), shuffled with the seed.
+    Packing joins a split's documents in ascending id order, so a sample covers exactly the
+    split's documents with ids in [first_doc, last_doc].
+    """
+    path = data_dir / "reference.json"
+    if path.is_file() and megatron.paths(data_dir / "reference")[1].is_file():
+        return read_json(path)
+    meta = pd.read_parquet(data_dir / "samples.parquet")
+    train = meta[meta.split == "train"].sort_values("sample_idx")
+    rng = np.random.default_rng(seed + 1)
+    first, last = train.first_doc.to_numpy(), train.last_doc.to_numpy()
+    if (first < 0).all():  # no document boundaries (adopted Megatron samples): one sample, one document
+        first = last = np.arange(len(train))
+    docs = np.unique(np.r_[first, last])
+    probe = np.zeros(0, dtype=np.int64)
+    touched = members = np.zeros(len(train), dtype=bool)
+    for doc in rng.permutation(docs):
+        probe = np.sort(np.append(probe, doc))
+        n_probe = np.searchsorted(probe, last, "right") - np.searchsorted(probe, first, "left")
+        n_docs = np.searchsorted(docs, last, "right") - np.searchsorted(docs, first, "left")
+        touched, members = n_probe > 0, n_probe == n_docs
+        if members.sum() >= fraction * len(train):
+            break
+    if members.all() or not members.any():
+        raise MemdynError(f"the corpus has too few documents ({len(docs)}) to hold some out for reference models")
+    train_ds = megatron.IndexedDataset(data_dir / "train")
+    held = megatron.IndexedDataset(data_dir / "heldout")
+    rows = np.r_[train.sample_idx.to_numpy()[~touched], -1 - np.arange(len(held))]  # negative: held-out rows
+    rows = rows[rng.permutation(len(rows))]
+    items = (train_ds[int(r)] if r >= 0 else held[int(-1 - r)] for r in rows)
+    megatron.write(data_dir / "reference", items, train_ds.dtype)
+    record = {
+        "members": train.sample_idx.to_numpy()[members].tolist(),
+        "probe_docs": probe.tolist(),
+        "reference_samples": int(len(rows)),
+        "excluded_train_samples": int(touched.sum()),
+    }
+    write_json(path, record)
+    return record
 
 
 def _count_params(shape: ModelShape, vocab_size: int, seq_length: int) -> int:

@@ -1,0 +1,148 @@
+"""Unintended memorization of text, per size of a family (Morris et al. 2025; REFERENCE section 3).
+
+For a member sample x (trained on by the target model t, never by the reference model r):
+  bits_baseline(x)   code length under the training data's unigram distribution (no model)
+  bits_reference(x)  -log2 p_r(x): what a same-size model that never saw x needs
+  bits_target(x)     -log2 p_t(x)
+  generalization(x)  = max(0, bits_baseline - bits_reference): what is learnable without x
+  unintended(x)      = max(0, bits_reference - bits_target): what t stores about x itself
+The first token of a sample has no context and is not scored, under any of the three.
+Dataset totals extrapolate the members' mean to every training sample; bits per parameter divides
+that total by the target's parameter count. Membership inference (loss threshold) compares the
+target's loss on members with held-out samples no model of the family trained on.
+
+Reference models: `memdyn family train` trains one per size on data without a seeded set of
+probe documents (family.json "references"); `--reference PATH` uses another model instead, which
+must share the family's tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dynamics.capacity.bits import model_token_logprobs, nll_bits
+from dynamics.capacity.membership import fit_sigmoid, loss_threshold_attack, plot_sigmoid_fit
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.load import load_model, load_tokenizer, resolve_device, resolve_dtype
+from dynamics.family.spec import FamilySpec
+from dynamics.files import atomic_path, read_json, write_json
+
+
+def unigram_bits_per_token(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """-log2 p(token) under add-one smoothed unigram frequencies of `tokens` -> [vocab_size]."""
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64).ravel(), minlength=vocab_size)[:vocab_size] + 1.0
+    return -np.log2(counts / counts.sum())
+
+
+def _sample_bits(model, samples: np.ndarray, batch_size: int, device) -> np.ndarray:
+    """NLL bits of every sample (first token unscored) -> [n] float64."""
+    ids = torch.from_numpy(samples.astype(np.int64)).to(device)
+    return nll_bits(model_token_logprobs(model, ids, batch_size)).numpy()
+
+
+def _check_reference_tokenizer(family: FamilySpec, reference: str) -> None:
+    """A reference with another tokenizer scores other token sequences: refuse it."""
+    from transformers import AutoTokenizer
+
+    try:
+        ref_tok = AutoTokenizer.from_pretrained(reference)
+    except (OSError, ValueError):
+        return  # a bare checkpoint without tokenizer files: its vocabulary size is checked instead
+    if ref_tok.get_vocab() != load_tokenizer(family).get_vocab():
+        raise MemdynError(f"reference model {reference} uses another tokenizer than family {family.name!r}; "
+                          "give a reference trained with the family's tokenizer")
+
+
+def _reference_model(family: FamilySpec, size: str, reference: str | None, device, dtype: str):
+    from transformers import AutoModelForCausalLM
+
+    if reference is None:
+        paths = family.references.get("sizes", {})
+        if size not in paths:
+            raise MemdynError(
+                f"family {family.name!r} has no reference model for {size!r}: train the family with a preset that "
+                "has references (memdyn family train), or pass --reference PATH"
+            )
+        location = str(family.root / paths[size])
+    else:
+        location = reference
+        _check_reference_tokenizer(family, reference)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
+    except OSError:
+        raise MemdynError(f"reference model {location} could not be loaded (not a model directory or hub id here)") from None
+    return model.to(device).eval()
+
+
+def members_and_nonmembers(family: FamilySpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(member sample indices, member samples [M, L], held-out samples [K, L])."""
+    if family.kind != "local" or not family.references:
+        raise MemdynError(f"family {family.name!r} records no member/reference split; train it with `memdyn family train`")
+    members = np.asarray(read_json(family.root / family.references["members"])["members"], dtype=np.int64)
+    train = IndexedDataset(family.data.prefix)
+    held = IndexedDataset(family.data.heldout_prefix)
+    return members, np.asarray(train.batch(0, len(train))[members]), np.asarray(held.batch(0, len(held)))
+
+
+def text_capacity(family: FamilySpec, out: str | Path, models: str | None = None, reference: str | None = None,
+                  device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Per-sample and per-size unintended memorization, membership inference and its sigmoid fit."""
+    out = Path(out)
+    sizes = family.select(models)
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)  # fp16 on a CPU fails here, before any model loads
+    members, member_samples, heldout = members_and_nonmembers(family)
+    if len(members) < 2 or len(heldout) < 2:
+        raise MemdynError(f"too few samples for capacity estimates ({len(members)} members, {len(heldout)} held out)")
+    train = IndexedDataset(family.data.prefix)
+    vocab_size = len(load_tokenizer(family))
+    per_token = unigram_bits_per_token(train.tokens(), vocab_size)
+    baseline = per_token[member_samples[:, 1:]].sum(1)
+    n_train, length = len(train), train.fixed_length()
+    rows, per_sample = [], []
+    for size in sizes:
+        target = load_model(family, size, device=dev, dtype=dtype)
+        ref = _reference_model(family, size.name, reference, dev, dtype)
+        if ref.get_input_embeddings().num_embeddings != target.get_input_embeddings().num_embeddings:
+            raise MemdynError(f"reference model for {size.name} has another vocabulary size than the target")
+        bits_t = _sample_bits(target, member_samples, batch_size, dev)
+        bits_r = _sample_bits(ref, member_samples, batch_size, dev)
+        bits_held = _sample_bits(target, heldout, batch_size, dev)
+        unintended = np.maximum(0.0, bits_r - bits_t)
+        general = np.maximum(0.0, baseline - bits_r)
+        attack = loss_threshold_attack(bits_t, bits_held, seed=seed)
+        params = size.params or sum(p.numel() for p in target.parameters())
+        per_sample.append(pd.DataFrame({
+            "model": size.name, "seq_idx": members, "bits_baseline": baseline, "bits_reference": bits_r,
+            "bits_target": bits_t, "unintended_bits": unintended, "generalization_bits": general,
+        }))
+        rows.append({
+            "model": size.name, "params": params, "n_members": len(members), "n_heldout": len(heldout),
+            "train_samples": n_train, "tokens_per_param": n_train * (length - 1) / params,
+            "mean_bits_baseline": baseline.mean(), "mean_bits_reference": bits_r.mean(), "mean_bits_target": bits_t.mean(),
+            "unintended_bits_per_sample": unintended.mean(), "generalization_bits_per_sample": general.mean(),
+            "bits_memorized": unintended.mean() * n_train, "generalization_bits": general.mean() * n_train,
+            "bits_per_param": unintended.mean() * n_train / params,
+            "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc,
+        })
+        del target, ref
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "text_samples.parquet") as tmp:
+        pd.concat(per_sample, ignore_index=True).to_parquet(tmp, index=False)
+    with atomic_path(out / "text_capacity.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(out / "text_capacity.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(table) >= 2:
+        # with fewer points than 3 free constants, pin c1 = 1 (F1 starts at 1 for tiny datasets)
+        fit = fit_sigmoid(table.tokens_per_param, table.mi_f1, fix_c1=None if len(table) >= 3 else 1.0)
+        write_json(out / "membership_fit.json", fit.as_dict() | {"points": table[["model", "tokens_per_param", "mi_f1"]].to_dict("records")})
+        plot_sigmoid_fit(table.tokens_per_param, table.mi_f1, fit, out / "membership_sigmoid",
+                         title=f"{family.name}: loss-threshold membership inference", labels=list(table.model))
+    return table
