@@ -42,6 +42,19 @@ def family_train(
     print(f"trained family {family.name} in {out}: {', '.join(family.size_names)}")
 
 
+@family_app.command("references")
+def family_references(
+    family: Path = typer.Argument(..., help="Family directory (memdyn family train)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+):
+    """Train, per size, a reference model that never sees a seeded set of probe documents (for
+    `memdyn capacity text`); resumes if interrupted."""
+    from dynamics.family.train import train_references
+
+    fam = train_references(family, device)
+    print(f"reference models of {fam.name}: {', '.join(fam.references['sizes'].values())}")
+
+
 @family_app.command("info")
 def family_info(family: str = typer.Argument(..., help="Family directory, hub family name or model ids.")):
     """Sizes, parameter counts, checkpoints and data size of a family."""

@@ -9,6 +9,7 @@ The work directory holds one family's whole run:
   WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size
   WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class to train on
   WORKDIR/capacity/            unintended memorization in bits per size, membership inference
+                               (reference models are trained into family/references/ first)
   REPORTS/<family>/            family overview (index.html) and <size>/report.{html,md}
 Each stage skips work that is already done, so rerunning after a crash continues where it stopped.
 """
@@ -73,7 +74,9 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     t = _stage("capacity: bits memorized per size against same-size reference models", 6, total)
     if not (workdir / "capacity" / "text_capacity.parquet").is_file():
         from dynamics.capacity.text import text_capacity
+        from dynamics.family.train import train_references
 
+        family = train_references(workdir / "family")
         text_capacity(family, workdir / "capacity", seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 

@@ -10,7 +10,8 @@ from dynamics.files import read_json
 from tests.conftest import run_cli
 
 
-def test_reference_models_never_see_the_members(micro_family):
+def test_reference_models_never_see_the_members(micro_workdir):
+    micro_family = micro_workdir / "family"  # `memdyn run` trained its reference models
     family = load_family(micro_family)
     members = read_json(micro_family / "data" / "reference.json")["members"]
     train = IndexedDataset(family.data.prefix).batch(0, len(IndexedDataset(family.data.prefix)))
@@ -42,21 +43,24 @@ def test_unigram_baseline_is_a_code_length():
     np.testing.assert_allclose(2.0 ** -bits, [4 / 7, 2 / 7, 1 / 7])
 
 
-def test_capacity_bad_inputs(micro_family, tmp_path):
+def test_capacity_bad_inputs(micro_family, micro_workdir, tmp_path):
     from transformers import AutoTokenizer
 
     from dynamics.corpus.tokenizer import train_tokenizer
 
     train_tokenizer(["another corpus entirely " * 50], 300, tmp_path / "tok")
     other = tmp_path / "other_ref"
-    ref = micro_family / load_family(micro_family).references["sizes"][load_family(micro_family).size_names[0]]
+    with_refs = micro_workdir / "family"
+    ref = with_refs / load_family(with_refs).references["sizes"][load_family(with_refs).size_names[0]]
     import shutil
 
     shutil.copytree(ref, other)
     AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(other)
     with pytest.raises(MemdynError, match="another tokenizer"):
-        text_capacity(load_family(micro_family), tmp_path / "c", models=load_family(micro_family).size_names[0],
+        text_capacity(load_family(with_refs), tmp_path / "c", models=load_family(with_refs).size_names[0],
                       reference=str(other), device="cpu")
-    code, _, err = run_cli("capacity", "text", "--family", micro_family, "--out", tmp_path / "c", "--dtype", "fp16", "--device", "cpu")
+    with pytest.raises(MemdynError, match="memdyn family references"):
+        text_capacity(load_family(micro_family), tmp_path / "c", device="cpu")  # the bare family has none
+    code, _, err = run_cli("capacity", "text", "--family", with_refs, "--out", tmp_path / "c", "--dtype", "fp16", "--device", "cpu")
     assert code == 2 and "fp16 is not supported on the CPU" in err
     assert not (tmp_path / "c" / "text_capacity.parquet").exists()

@@ -7,6 +7,10 @@ trained on, so the model is more confident on them). Two honest numbers come out
   and F1 is evaluated on the other half, then the halves swap and the two F1s are averaged.
   `f1_oracle` (best threshold chosen and scored on all samples) is reported alongside; it is
   optimistic by construction, never below `f1` in expectation.
+  With no signal the best-F1 rule is "everyone is a member": F1 = 2/3 at balanced classes.
+- `f1_median`: threshold = median of all losses (half the samples called members), nothing
+  fitted. With no signal F1 = 1/2, the floor of the paper's scaling law, so this is the F1
+  to compare with Morris et al. and the one the sigmoid is fitted to by default.
 
 Scaling law (Morris et al. 2025, shared/REFERENCE.md section 3): F1 falls from 1 to 1/2 as
 training data per parameter grows. We fit
@@ -66,6 +70,7 @@ def f1_at_threshold(member_losses: np.ndarray, nonmember_losses: np.ndarray, thr
 class AttackResult:
     f1: float  # threshold chosen on one half, scored on the other (2-fold, averaged)
     f1_oracle: float  # threshold chosen and scored on everything (optimistic)
+    f1_median: float  # threshold at the pooled median: half called members (paper-comparable)
     auroc: float
     threshold: float  # the oracle threshold, in the unit of the losses given
     n_members: int
@@ -89,6 +94,7 @@ def loss_threshold_attack(member_losses, nonmember_losses, seed: int = 0) -> Att
     y = np.r_[np.ones(len(m)), np.zeros(len(n))]
     auroc = float(roc_auc_score(y, -np.r_[m, n]))  # low loss = member
     f1_oracle, threshold = best_threshold_f1(m, n)
+    f1_median = f1_at_threshold(m, n, float(np.median(np.r_[m, n])))
 
     # 2-fold: split each class in halves; choose the threshold on one, score on the other
     rng = np.random.default_rng(seed)
@@ -98,7 +104,7 @@ def loss_threshold_attack(member_losses, nonmember_losses, seed: int = 0) -> Att
     for fit, ev in [(0, 1), (1, 0)]:
         _, t = best_threshold_f1(m[halves[fit][0]], n[halves[fit][1]])
         f1s.append(f1_at_threshold(m[halves[ev][0]], n[halves[ev][1]], t))
-    return AttackResult(float(np.mean(f1s)), f1_oracle, auroc, threshold, len(m), len(n))
+    return AttackResult(float(np.mean(f1s)), f1_oracle, f1_median, auroc, threshold, len(m), len(n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def paper_points(rows=PAPER_VALIDATION_ROWS, seq_len: int = PAPER_SEQ_LEN) -> tu
     return tpp, np.array([r[2] for r in rows], dtype=np.float64)
 
 
-def fit_from_table(path, f1_column: str = "f1") -> tuple[SigmoidFit, np.ndarray, np.ndarray]:
+def fit_from_table(path, f1_column: str = "f1_median") -> tuple[SigmoidFit, np.ndarray, np.ndarray]:
     """Fit the sigmoid to a synthetic sweep table (columns tokens_per_param and f1)."""
     import pandas as pd
 

@@ -11,9 +11,9 @@ Dataset totals extrapolate the members' mean to every training sample; bits per 
 that total by the target's parameter count. Membership inference (loss threshold) compares the
 target's loss on members with held-out samples no model of the family trained on.
 
-Reference models: `memdyn family train` trains one per size on data without a seeded set of
-probe documents (family.json "references"); `--reference PATH` uses another model instead, which
-must share the family's tokenizer.
+Reference models: `memdyn family references DIR` trains one per size on data without a seeded set
+of probe documents (family.json "references"; `memdyn run` does this in its capacity stage);
+`--reference PATH` uses another model instead, which must share the family's tokenizer.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def _reference_model(family: FamilySpec, size: str, reference: str | None, devic
         paths = family.references.get("sizes", {})
         if size not in paths:
             raise MemdynError(
-                f"family {family.name!r} has no reference model for {size!r}: train the family with a preset that "
-                "has references (memdyn family train), or pass --reference PATH"
+                f"family {family.name!r} has no reference model for {size!r}: train them with "
+                f"`memdyn family references {family.root}`, or pass --reference PATH"
             )
         location = str(family.root / paths[size])
     else:
@@ -82,7 +82,7 @@ def _reference_model(family: FamilySpec, size: str, reference: str | None, devic
 def members_and_nonmembers(family: FamilySpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(member sample indices, member samples [M, L], held-out samples [K, L])."""
     if family.kind != "local" or not family.references:
-        raise MemdynError(f"family {family.name!r} records no member/reference split; train it with `memdyn family train`")
+        raise MemdynError(f"family {family.name!r} records no member/reference split: run `memdyn family references DIR` on it")
     members = np.asarray(read_json(family.root / family.references["members"])["members"], dtype=np.int64)
     train = IndexedDataset(family.data.prefix)
     held = IndexedDataset(family.data.heldout_prefix)

@@ -34,9 +34,6 @@ class Preset:
     # the preset's scoring grid; max(contexts) + max(continuations) must fit in seq_length + 1
     contexts: tuple[int, ...] = field(default=(32, 48, 64, 96))
     continuations: tuple[int, ...] = field(default=(16, 32, 48, 64))
-    # also train, per size, a reference model that never sees a probe set of training documents
-    # (capacity estimates compare each size with it; doubles training time)
-    references: bool = True
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
@@ -54,7 +51,7 @@ PRESETS: dict[str, Preset] = {
         contexts=(8, 16), continuations=(4, 8, 16),
     ),
     "tiny": Preset(
-        name="tiny", vocab_size=4096, seq_length=160, corpus_chars=600_000, max_doc_chars=12_000,
+        name="tiny", vocab_size=4096, seq_length=160, corpus_chars=300_000, max_doc_chars=12_000,
         heldout_fraction=0.1, batch_size=16, steps=400, lr=2e-3, warmup_steps=30,
         shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
     ),

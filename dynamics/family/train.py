@@ -235,16 +235,6 @@ def train_family(
         name = size_name(params)
         revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev)
         sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
-    references = {}
-    if p.references:
-        record_ref = build_reference_data(out / "data", seed)
-        reference = megatron.IndexedDataset(out / "data" / "reference")
-        for shape, size in zip(p.shapes, sizes):
-            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, out / "references" / size.name, seed, dev)
-        references = {
-            "data": "data/reference", "members": "data/reference.json", "n_members": len(record_ref["members"]),
-            "sizes": {size.name: f"references/{size.name}/{size.final}" for size in sizes},
-        }
     family = FamilySpec(
         name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
         kind="local",
@@ -254,12 +244,40 @@ def train_family(
         seed=seed,
         corpus=record,
         preset=p.name,
-        references=references,
     )
     manifest = family.to_json() | {"plan": plan, "steps": p.steps, "checkpoint_steps": p.checkpoint_steps()}
     write_json(out / "family.json", manifest)
     (out / PLAN_FILE).unlink()
     return load_family(out)
+
+
+def train_references(family_dir: str | Path, device: str | None = None) -> FamilySpec:
+    """Per size, a reference model with the size's architecture and schedule, trained without a
+    seeded set of probe documents (see `build_reference_data`); recorded in family.json.
+    Capacity estimates compare each size with its reference. Resumes like family training."""
+    family_dir = Path(family_dir)
+    family = load_family(family_dir)
+    if family.kind != "local" or not family.preset:
+        raise MemdynError(f"{family_dir}: reference models can be trained only for a family trained by memdyn")
+    if family.references:
+        return family
+    p = get_preset(family.preset)
+    seed = family.seed or 0
+    record = build_reference_data(family_dir / "data", seed)
+    reference = megatron.IndexedDataset(family_dir / "data" / "reference")
+    from transformers import AutoTokenizer
+
+    vocab_size = len(AutoTokenizer.from_pretrained(family_dir / "tokenizer"))
+    dev = resolve_device(device)
+    for shape, size in zip(p.shapes, family.sizes):
+        train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name, seed, dev)
+    manifest = read_json(family_dir / "family.json")
+    manifest["references"] = {
+        "data": "data/reference", "members": "data/reference.json", "n_members": len(record["members"]),
+        "sizes": {size.name: f"references/{size.name}/{size.final}" for size in family.sizes},
+    }
+    write_json(family_dir / "family.json", manifest)
+    return load_family(family_dir)
 
 
 def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> dict:
