@@ -48,29 +48,30 @@ def test_family_info_cli(micro_family):
     assert "micro-stdlib" in out and "step200" in out and "samples x 33 tokens" in out
 
 
-def test_resume_after_interruption_gives_identical_weights(micro_family, tmp_path, monkeypatch):
-    """Crash in the middle of training, rerun the same command: same final weights as uninterrupted."""
+def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch):
+    """Crash in the middle of training, rerun the same command: same final weights as an
+    uninterrupted run (both trained here, under the same torch thread settings)."""
     from safetensors.torch import load_file
 
+    train_family("micro", tmp_path / "a", seed=0, device="cpu")
     calls = {"n": 0}
     real_step = torch.optim.AdamW.step
 
     def crashing_step(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 300:  # inside the second size, after some checkpoints
+        if calls["n"] == 300:  # inside the second size, between checkpoints
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        train_family("micro", tmp_path / "f", seed=0, device="cpu")
+        train_family("micro", tmp_path / "b", seed=0, device="cpu")
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    assert not (tmp_path / "f" / "family.json").exists()
-    train_family("micro", tmp_path / "f", seed=0, device="cpu")
-    family = load_family(micro_family)
-    for size in family.sizes:
-        a = load_file(micro_family / size.path / size.final / "model.safetensors")
-        b = load_file(tmp_path / "f" / size.path / size.final / "model.safetensors")
+    assert not (tmp_path / "b" / "family.json").exists()
+    train_family("micro", tmp_path / "b", seed=0, device="cpu")
+    for size in load_family(tmp_path / "a").sizes:
+        a = load_file(tmp_path / "a" / size.path / size.final / "model.safetensors")
+        b = load_file(tmp_path / "b" / size.path / size.final / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
