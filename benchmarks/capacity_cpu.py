@@ -56,9 +56,11 @@ def main() -> None:
     print(f"{'mean bits/param':<28} {mean:>8.2f} {PAPER[args.dtype]:>8.2f}  ({args.dtype})")
     ok = TARGET[0] <= summary["alpha"] <= TARGET[1]
     print(f"target band {TARGET[0]}-{TARGET[1]}: {'MET' if ok else 'MISSED'}")
-    if "c1" in summary.get("mi_sigmoid", {}):
-        s = summary["mi_sigmoid"]
+    s = summary.get("mi_sigmoid", {})
+    if "c1" in s:
         print(f"MI sigmoid on the sweep: c1={s['c1']:.3f} c2={s['c2']:.3f} c3={s['c3']:.3f} rmse={s['rmse']:.3f}")
+    else:
+        print(f"MI sigmoid on the sweep: not fitted ({s.get('error')})")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"not converged: {summary['n_not_converged']} of {summary['n_jobs']} runs; "
           f"wall {wall / 60:.1f} min; peak RSS {peak_mib:.0f} MiB")

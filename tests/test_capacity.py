@@ -126,6 +126,8 @@ def test_resumption_recomputes_only_missing(tmp_path, monkeypatch):
     second = pd.read_parquet(tmp_path / "capacity.parquet")
     # identical apart from wall time: same seed -> same training -> same bits
     pd.testing.assert_frame_equal(first.drop(columns="train_seconds"), second.drop(columns="train_seconds"))
+    with pytest.raises(MemdynError, match="other settings"):  # never mix runs of two settings
+        synthetic.run_sweep(MICRO, tmp_path, seed=4, log=lambda *_: None)
     assert set(first.columns) >= {"n_layer", "d_model", "params", "n_samples", "dataset_bits",
                                   "memorized_bits", "bits_per_param", "converged", "f1", "f1_median", "auroc"}
 

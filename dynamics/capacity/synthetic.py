@@ -15,14 +15,15 @@ origin across models. Every parameter counts, embeddings included (tied lm_head 
 as in the paper.
 
 Each (model, N) is an independent job whose result is one JSON file under DIR/runs/, written
-atomically; a rerun skips finished jobs. Under `accelerate launch` the jobs split by rank and
-rank 0 writes the table and figures after a barrier.
+atomically; a rerun skips finished jobs. Under `accelerate launch --num_processes K` (GPUs) or
+`torchrun --nproc_per_node K` (CPU: accelerate's own CPU launcher needs MPI) the jobs split by
+rank and rank 0 writes the table and figures after a barrier.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class SweepConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 50
     batch_size: int | None = None  # samples per step; None = batch_fraction of the dataset
-    batch_fraction: float = 1.0  # minibatches of N/4 memorize ~1.5x faster per FLOP than full batch
+    batch_fraction: float = 1.0  # minibatches memorize more per FLOP than the full batch
     max_steps: int = 10_000
     eval_every: int = 100
     # convergence: a plateau is `plateau_evals` evaluations gaining < plateau_tol (relative);
@@ -83,15 +84,29 @@ class SweepConfig:
 
 
 PRESETS: dict[str, SweepConfig] = {
-    # 2 CPU cores, < 20 min. V=64 keeps H(x) = 15 * 6 = 90 bits per sequence; models of
-    # ~3k to ~30k parameters; dataset sizes from ~0.5x to ~2.5x of 3.6 bits/param.
+    # 2 CPU cores, < 20 min. V=512, S=16: H(x) = 15 * 9 = 135 bits per sequence. Small
+    # vocabularies (V=64) memorize markedly less per parameter at these step counts, d=8 too;
+    # heads of dimension 2 memorize faster than the GPT-2 default. Minibatches of 96.
     "cpu": SweepConfig(
         name="cpu",
-        vocab_size=64,
+        vocab_size=512,
         seq_len=16,
-        models=((1, 16), (2, 16), (1, 32), (2, 32)),
-        data_fractions=(0.5, 1.0, 1.5, 2.5),
-        max_steps=4000,
+        models=((1, 12), (1, 16), (2, 16), (1, 24)),
+        data_fractions=(0.5, 1.5, 3.0),
+        head_dim=2,
+        lr=3e-2,
+        batch_size=96,
+        max_steps=10_000,
+        eval_every=200,
+        plateau_evals=4,
+        plateau_tol=0.01,
+        n_nonmembers=1000,
+    ),
+    # seconds, for smoke tests of the plumbing; its numbers mean nothing
+    "smoke": SweepConfig(
+        name="smoke", vocab_size=8, seq_len=6, models=((1, 8), (1, 12)), data_fractions=(0.5, 2.0),
+        head_dim=4, warmup_steps=5, max_steps=40, eval_every=10, plateau_evals=2, lr_decays=1,
+        n_nonmembers=20,
     ),
     # Morris et al.: V 2048, S 64, layers {1,2,4,8} x d {32,64,128,256}; for GPUs.
     "paper": SweepConfig(
@@ -249,8 +264,8 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
     """Adam on next-token loss until the memorized bits plateau at the lowest LR.
 
     data: (N, S) on the model's device. Reduce-on-plateau: a plateau at the current LR drops it
-    by lr_decay_factor; a plateau after `lr_decays` drops is convergence. Hitting max_steps
-    first returns converged=False.
+    by lr_decay_factor; a plateau after `lr_decays` drops is convergence, and so is memorizing
+    all but plateau_tol/10 of the dataset's bits. Hitting max_steps first: converged=False.
     """
     n = data.shape[0]
     bs = batch_size(cfg, n)
@@ -286,6 +301,8 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
         bits_hist.append(bits)
         if progress is not None:
             progress(step, bits, lr)
+        if bits >= (1 - cfg.plateau_tol / 10) * n * entropy_bits:  # all data memorized: done
+            return TrainResult(step, True, curve)
         if detect_plateau(bits_hist, cfg.plateau_evals, cfg.plateau_tol):
             if decays_left == 0:
                 return TrainResult(step, True, curve)
@@ -315,12 +332,18 @@ def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.dev
     nonmembers = random_tokens(n_non, cfg.seq_len, cfg.vocab_size,
                                derive_seed(seed, 4, cfg.vocab_size, cfg.seq_len, job.n_samples)).to(device)
     nll_non = nll_bits(model_token_logprobs(model, nonmembers)).numpy()  # (n_non,) bits
-    attack = loss_threshold_attack(nll_members, nll_non, seed=derive_seed(seed, 5, job.n_samples))
+    # balanced classes (F1 depends on the ratio): as many members as non-members, drawn at random
+    pick = np.random.default_rng(derive_seed(seed, 6, job.n_samples)).permutation(job.n_samples)[:n_non]
+    # the clipped sum also credits chance: a never-seen sequence can score NLL < H by luck.
+    # chance_bits = what N fresh sequences would "memorize"; large N inflates the max over N
+    chance = float(np.clip(H - nll_non, 0, None).mean()) * job.n_samples
+    attack = loss_threshold_attack(nll_members[pick], nll_non, seed=derive_seed(seed, 5, job.n_samples))
     return dict(
         preset=cfg.name, n_layer=job.n_layer, d_model=job.d_model, n_head=max(1, job.d_model // cfg.head_dim),
         params=params, n_samples=job.n_samples, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len,
         tokens_per_param=job.n_samples * cfg.seq_len / params,
         dataset_bits=job.n_samples * H, memorized_bits=memorized, bits_per_param=memorized / params,
+        chance_bits=chance, excess_bits_per_param=(memorized - chance) / params,
         converged=result.converged, steps=result.steps,
         f1=attack.f1, f1_oracle=attack.f1_oracle, f1_median=attack.f1_median, auroc=attack.auroc,
         dtype=dtype, seed=seed, device=device.type, train_seconds=round(wall, 2), curve=result.curve,
@@ -333,7 +356,7 @@ def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.dev
 
 TABLE_COLUMNS = ["n_layer", "d_model", "params", "n_samples", "dataset_bits", "memorized_bits",
                  "bits_per_param", "converged", "steps", "f1", "f1_oracle", "f1_median", "auroc",
-                 "tokens_per_param", "train_seconds"]
+                 "chance_bits", "excess_bits_per_param", "tokens_per_param", "train_seconds"]
 
 
 def fit_alpha(params, capacity_bits) -> float:
@@ -355,6 +378,7 @@ def summarize(table):
 def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
     """Memorized bits against dataset bits, one line per model, capacity levels dashed."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -372,6 +396,8 @@ def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
     ax.plot(lim, lim, c="grey", lw=0.8, ls=":", label="memorized = dataset bits")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # minor-tick labels collide on a narrow log range
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("dataset size (bits)")
     ax.set_ylabel("memorized bits")
     ax.set_title(f"Synthetic capacity: alpha = {alpha:.2f} bits/param (dashed: alpha x params; x: not converged)",
@@ -409,8 +435,13 @@ def write_outputs(out_dir: Path, table, cfg: SweepConfig) -> dict:
                    paper_alpha_fit=3.64, paper_alpha_mean_fp32=3.83, paper_alpha_mean_bf16=3.51,
                    n_jobs=len(table), n_not_converged=int((~table.converged).sum()),
                    models=per_model.to_dict(orient="records"))
+    f1 = table.f1_median
     try:  # membership-inference law on the sweep's own points
-        fit = fit_sigmoid(table.tokens_per_param, table.f1_median)
+        if f1.max() - f1.min() < 0.05:  # e.g. every model near capacity separates perfectly
+            raise ValueError(f"F1 spans only {f1.min():.3f}..{f1.max():.3f} over "
+                             f"{table.tokens_per_param.min():.2f}..{table.tokens_per_param.max():.2f} "
+                             f"tokens/param: the sigmoid is not identified by this sweep")
+        fit = fit_sigmoid(table.tokens_per_param, f1)
         summary["mi_sigmoid"] = dict(fit.as_dict(), f1="f1_median")
         plot_sigmoid_fit(table.tokens_per_param, table.f1_median, fit, out_dir / "membership",
                          title=f"Loss-threshold MI on the {cfg.name} sweep (median-threshold F1)")
@@ -427,16 +458,22 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, seed: int = 0, dtype
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    state = PartialState()
+    # cpu=True without a GPU: only then does accelerate take torchrun's ranks as MULTI_CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device
     if threads:
         torch.set_num_threads(threads)
     check_dtype(dtype, device)
     jobs = cfg.jobs()
     check_memory(cfg, jobs, DTYPES[dtype], device)
+    settings = json.loads(json.dumps(dict(config=dataclasses.asdict(cfg), seed=seed, dtype=dtype)))
+    if (out_dir / "config.json").exists() and read_json(out_dir / "config.json") != settings:
+        raise MemdynError(f"{out_dir} holds a sweep run with other settings (preset, seed or dtype); "
+                          f"resume it with the same ones or use a new --out")
+    state.wait_for_everyone()  # everyone has read config.json before rank 0 writes it
     if state.is_main_process:
         (out_dir / "runs").mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", dict(config=dataclasses.asdict(cfg), seed=seed, dtype=dtype))
+        write_json(out_dir / "config.json", settings)
     state.wait_for_everyone()
 
     mine = jobs[state.process_index::state.num_processes]
