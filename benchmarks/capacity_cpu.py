@@ -1,6 +1,11 @@
 """Synthetic capacity on 2 CPU cores: run the `cpu` preset and compare alpha with the paper.
 
+    torchrun --nproc_per_node 2 benchmarks/capacity_cpu.py --threads 1 [--out DIR] [--dtype ...]
     python benchmarks/capacity_cpu.py [--out DIR] [--dtype fp32|bf16] [--seed N] [--threads 2]
+
+Two processes of one thread each (jobs split by rank) beat one process of two threads: these
+models are too small for intra-op parallelism, and on a shared machine two spinning OpenMP
+threads slowed steps ~30x (470 vs 13 ms for L1 d12, batch 96).
 
 Prints per-model capacity (max over dataset sizes) in bits/param, the fitted alpha against
 Morris et al. 2025 (3.64 fit; 3.83 fp32 / 3.51 bf16 means over 16 configurations), wall time
