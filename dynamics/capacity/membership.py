@@ -194,8 +194,6 @@ def plot_sigmoid_fit(tokens_per_param, f1, fit: SigmoidFit, path_stem, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dynamics.files import atomic_path
-
     tpp = np.asarray(tokens_per_param, dtype=np.float64)
     lo, hi = np.log10(tpp.min()) - 0.5, np.log10(tpp.max()) + 0.5
     grid = np.logspace(lo, hi, 200)
@@ -214,9 +212,9 @@ def plot_sigmoid_fit(tokens_per_param, f1, fit: SigmoidFit, path_stem, title: st
     ax.set_title(title or "Membership inference F1 vs data per parameter")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+    from dynamics.plots import save
+
+    save(fig, path_stem)
     plt.close(fig)
 
 

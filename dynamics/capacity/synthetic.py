@@ -407,9 +407,9 @@ def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
                  fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+    from dynamics.plots import save
+
+    save(fig, path_stem)
     plt.close(fig)
 
 
