@@ -54,6 +54,17 @@ def memdyn_grid(model, data: np.ndarray, contexts, continuations, batch_size):
     return {cell: np.concatenate(v) for cell, v in out.items()}, np.concatenate(ties)
 
 
+def benchmark_samples(ds: IndexedDataset, n: int, seed: int) -> np.ndarray:
+    """n sequences of the samples' length: the first n samples, or, when the data holds fewer (the
+    tiny family trains on ~250), windows at seeded random offsets in the concatenated samples."""
+    samples = np.asarray(ds.batch(0, len(ds)))  # [n_samples, length]
+    if n <= len(samples):
+        return samples[:n]
+    stream, length = samples.reshape(-1), samples.shape[1]
+    starts = np.random.default_rng(seed).integers(0, len(stream) - length + 1, size=n)
+    return np.stack([stream[s : s + length] for s in starts])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="runs/family")
@@ -64,13 +75,15 @@ def main() -> None:
     ap.add_argument("--contexts", default="32,48,64,96")
     ap.add_argument("--continuations", default="16,32,48,64")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     contexts = [int(v) for v in args.contexts.split(",")]
     continuations = [int(v) for v in args.continuations.split(",")]
     family = load_family(args.family, args.data)
     ds = IndexedDataset(family.data.prefix)
-    data = np.asarray(ds.batch(0, min(args.samples, len(ds))))
-    print(f"family {family.name}: {len(data)} samples, grid {contexts} x {continuations}, batch {args.batch_size}, "
+    data = benchmark_samples(ds, args.samples, args.seed)
+    kind = "samples" if args.samples <= len(ds) else f"windows of the {len(ds)} samples' token stream"
+    print(f"family {family.name}: {len(data)} {kind}, grid {contexts} x {continuations}, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}, device {args.device}")
     header = f"{'model':>8} {'reference seq/s':>16} {'memdyn seq/s':>13} {'speedup':>8} {'cells':>8} {'differ':>7} {'not near-tie':>13}"
     print("\n" + header, flush=True)

@@ -58,19 +58,20 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: int):
     (the first mismatching prediction) at position lengths[i]. Returns tokens [G, steps] and the
     top-2 logit gaps [G, steps] of those predictions.
     """
-    from transformers import DynamicCache
+    from transformers import StaticCache
 
     G, width = len(rows), int(lengths.max())
-    cache = DynamicCache(config=model.config)
+    # a preallocated cache written in place: a growing cache re-copies every layer's keys and
+    # values at each step, which costs about as much as the step's matrix products on a CPU
+    cache = StaticCache(config=model.config, max_cache_len=width + steps)
     for i, layer in enumerate(full_cache.layers):
         cache.update(_gather_prefixes(layer.keys, rows, lengths), _gather_prefixes(layer.values, rows, lengths), i)
-    pad = torch.arange(width, device=lengths.device)[None, :] < (width - lengths)[:, None]
-    mask = (~pad).long()  # [G, width]
+    pad = torch.arange(width + steps, device=lengths.device)[None, :] < (width - lengths)[:, None]
+    mask = (~pad).long()  # [G, width + steps]; slots not yet written are hidden by causality
     token = first_tokens  # [G]
     out_tokens = torch.empty(G, steps, dtype=torch.long, device=rows.device)
     out_gaps = torch.empty(G, steps, dtype=torch.float32, device=rows.device)
     for t in range(steps):
-        mask = torch.cat([mask, mask.new_ones(G, 1)], dim=1)
         logits = model(
             input_ids=token[:, None], past_key_values=cache, attention_mask=mask,
             position_ids=(lengths + t)[:, None], use_cache=True,

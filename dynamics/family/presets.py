@@ -51,8 +51,8 @@ PRESETS: dict[str, Preset] = {
         contexts=(8, 16), continuations=(4, 8, 16),
     ),
     "tiny": Preset(
-        name="tiny", vocab_size=4096, seq_length=160, corpus_chars=300_000, max_doc_chars=12_000,
-        heldout_fraction=0.1, batch_size=16, steps=400, lr=2e-3, warmup_steps=30,
+        name="tiny", vocab_size=2048, seq_length=160, corpus_chars=160_000, max_doc_chars=12_000,
+        heldout_fraction=0.1, batch_size=16, steps=300, lr=3e-3, warmup_steps=30,
         shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
     ),
     "small": Preset(
