@@ -84,7 +84,13 @@ def plot_curves(curves: pd.DataFrame, metric: str = "entropy_nats", align: str =
             ax.set_yscale("log")
     if models:
         axes[0].set_ylabel(LABELS.get(metric, metric))
-        axes[-1].legend(title="matches" if grouping == "level" else grouping, fontsize=7, ncols=2 if len(groups) > 8 else 1)
+        # one legend for every group of every panel: a group can be missing from the last panel
+        from matplotlib.lines import Line2D
+
+        order = _group_order(t["group"])
+        handles = [Line2D([], [], color=colors[g], ls="--" if g == "random" else "-", label=g) for g in order]
+        axes[-1].legend(handles=handles, title="matches" if grouping == "level" else grouping, fontsize=7,
+                        ncols=2 if len(order) > 8 else 1)
     return fig
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dynamics.family.train import size_name
+
 
 def plot_share_lines(t: pd.DataFrame, x: str, line: str, xlabel: str, logx: bool = False, title: str = "") -> Figure:
     """memorized_share (y, percent) against column x, one line per value of column `line`."""
@@ -18,6 +20,8 @@ def plot_share_lines(t: pd.DataFrame, x: str, line: str, xlabel: str, logx: bool
         ax.plot(part[x], 100 * part["memorized_share"], "-o", ms=3, label=str(value))
     if logx:
         ax.set_xscale("log")
+        ax.set_xticks(sorted(t[x].unique()), [size_name(int(v)) for v in sorted(t[x].unique())], fontsize=7)
+        ax.minorticks_off()  # minor labels of a short log axis overlap
     ax.set_xlabel(xlabel)
     ax.set_ylabel("memorized (score 1), % of samples")
     ax.set_title(title, fontsize=9)
