@@ -1,14 +1,17 @@
 """Quality of the memorization predictor against its baselines, per model size and input mode.
 
     python benchmarks/predictor_quality.py --family DIR --scores DIR [--dynamics DIR]
-        [--context K --continuation C] [--epochs 20] [--seed 0] [--edges 0.2,1.0] [--max-per-class N]
+        [--context K --continuation C] [--folds 5] [--epochs 20] [--seed 0] [--edges 0.2,1.0] [--max-per-class N]
 
-For every size in the scores: trains a context-mode predictor (and a hidden-mode one when
---dynamics is given) on a split by training document, and prints one row per (model, mode) on the
-natural test distribution: predictor accuracy / macro-F1 / AUROC (memorized vs not) beside the
-majority class and logistic regression / gradient boosting on scalar features (context loss, zlib
-ratio, n-gram counts, duplicate count, mean entropy in hidden mode). Sizes whose split lacks a
-class are listed with the reason. Predictors go to a temporary directory (or --out).
+For every size in the scores: K-fold cross-validation by training document (predictor.train.
+cross_validate) of a context-mode predictor (and a hidden-mode one when --dynamics is given), and
+one row per (model, mode) of the pooled out-of-fold predictions on the natural distribution:
+predictor accuracy / macro-F1 / AUROC (memorized vs not) / ECE / score MAE (token and sequence
+accuracy in hidden mode) beside the majority class and logistic regression / gradient boosting on
+scalar features (context loss, zlib ratio, n-gram counts, duplicate count, mean entropy in hidden
+mode), fitted on the same folds; `n` samples pooled, `n_out` spanning two folds and evaluated in
+none, `memorized`/`not` the AUROC's classes among the n, and `bal_f1` the predictor's macro-F1 on a
+class-balanced subset. Sizes whose folds lack a class are listed with the reason.
 Runs single-threaded. On the micro fixtures: --context 16 --continuation 4 gives all classes.
 """
 
@@ -17,28 +20,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from dynamics.errors import MemdynError  # noqa: E402
+from dynamics.family.spec import load_family  # noqa: E402
 from dynamics.scoretable import read_scores  # noqa: E402
-from predictor.data import parse_edges  # noqa: E402
-from predictor.train import TrainSettings, train_predictor  # noqa: E402
+from predictor.data import MEMORIZED, parse_edges  # noqa: E402
+from predictor.train import TrainSettings, cross_validate  # noqa: E402
 
 
-def row(model: str, mode: str, m: dict, which: str) -> dict:
-    p, b = m["predictor"][which], m["baselines"]
-    out = {"model": model, "mode": mode, "set": which, "n_test": p["n"], "acc": p["accuracy"], "macro_f1": p["macro_f1"],
-           "auroc": p["auroc"], "ece": p["ece"], "majority_acc": b["majority"][which]["accuracy"],
-           "logreg_acc": b["logistic"][which]["accuracy"], "logreg_f1": b["logistic"][which]["macro_f1"],
-           "logreg_auroc": b["logistic"][which]["auroc"], "gboost_acc": b["gboost"][which]["accuracy"],
-           "gboost_auroc": b["gboost"][which]["auroc"]}
+def row(model: str, mode: str, m: dict) -> dict:
+    p, b = m["predictor"]["natural"], {name: r["natural"] for name, r in m["baselines"].items()}
+    memorized = int(np.asarray(p["confusion"])[MEMORIZED].sum())
+    out = {"model": model, "mode": mode, "n": p["n"], "n_out": m["cv"]["n_straddling"], "memorized": memorized,
+           "not": p["n"] - memorized, "acc": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"],
+           "ece": p["ece"], "score_mae": p["score_mae"], "bal_f1": m["predictor"]["balanced"]["macro_f1"],
+           "majority_acc": b["majority"]["accuracy"], "majority_f1": b["majority"]["macro_f1"],
+           "logreg_acc": b["logistic"]["accuracy"], "logreg_f1": b["logistic"]["macro_f1"],
+           "logreg_auroc": b["logistic"]["auroc"], "gboost_acc": b["gboost"]["accuracy"],
+           "gboost_f1": b["gboost"]["macro_f1"], "gboost_auroc": b["gboost"]["auroc"]}
     if "tokens" in m["predictor"]:
         out["token_acc"] = m["predictor"]["tokens"]["token_accuracy"]
         out["seq_acc"] = m["predictor"]["tokens"]["sequence_accuracy"]
@@ -52,30 +59,31 @@ def main() -> None:
     ap.add_argument("--dynamics")
     ap.add_argument("--context", type=int)
     ap.add_argument("--continuation", type=int)
+    ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--edges", default="0.2,1.0")
     ap.add_argument("--max-per-class", type=int)
-    ap.add_argument("--out", help="keep the predictors here (default: a temporary directory)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     edges = parse_edges(args.edges)
-    sizes = sorted(read_scores(args.scores)["model"].unique())
+    scored = set(read_scores(args.scores)["model"])
+    sizes = [s for s in load_family(args.family).size_names if s in scored]  # smallest first
     settings = TrainSettings(seed=args.seed, epochs=args.epochs, max_per_class=args.max_per_class)
     modes = ["context"] + (["hidden"] if args.dynamics else [])
-    rows, skipped = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.out or tmp)
-        for model in sizes:
-            for mode in modes:
-                try:
-                    m = train_predictor(args.family, root / f"{model}-{mode}", model, mode, args.scores, args.dynamics,
-                                        edges, args.context, args.continuation, settings)
-                except MemdynError as e:
-                    skipped.append(f"{model} {mode}: {e}")
-                    continue
-                rows += [row(model, mode, m, "natural"), row(model, mode, m, "balanced")]
+    rows, skipped, used = [], [], set()
+    for model in sizes:
+        for mode in modes:
+            try:
+                m = cross_validate(args.family, model, mode, args.scores, args.dynamics, edges, args.context,
+                                   args.continuation, settings, args.folds)
+            except MemdynError as e:
+                skipped.append(f"{model} {mode}: {e}")
+                continue
+            rows.append(row(model, mode, m))
+            used.add(m["cv"]["folds"])  # fewer than --folds where there are fewer documents
     if rows:
+        print(f"{'/'.join(map(str, sorted(used)))}-fold cross-validation by training document, pooled out-of-fold predictions, natural set")
         with pd.option_context("display.width", 250, "display.max_columns", 30):
             print(pd.DataFrame(rows).round(3).to_string(index=False))
     for s in skipped:

@@ -6,7 +6,8 @@ The work directory holds one family's whole run:
   WORKDIR/scores/              final checkpoints of every size over the preset's grid
   WORKDIR/scores_checkpoints/  every checkpoint of every size at the main cell (k=32, c=16)
   WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
-  WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size
+  WORKDIR/predictor/<size>-<mode>/  memorization predictors (context tokens; hidden states) per size,
+                               with 5-fold cross-validated metrics by document (cv.json)
   WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class to train on
   WORKDIR/capacity/            unintended memorization in bits per size, membership inference
                                (reference models are trained into family/references/ first)
@@ -93,20 +94,22 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")
 
 
-def run_predictors(family, workdir: Path, context: int, continuation: int, seed: int) -> None:
-    """One predictor per (size, input mode); a size whose labels lack a class is skipped and said so."""
+def run_predictors(family, workdir: Path, context: int, continuation: int, seed: int, folds: int = 5) -> None:
+    """One predictor per (size, input mode), cross-validated by document over `folds` folds (one
+    split leaves too few test samples on a small family); a size whose labels lack a class is
+    skipped and said so."""
     from predictor.train import TrainSettings, train_predictor
 
     skipped = {}
     for size in family.size_names:
         for mode in ("context", "hidden"):
             out = workdir / "predictor" / f"{size}-{mode}"
-            if (out / "metrics.json").is_file():
+            if (out / "cv.json").is_file():
                 continue
             try:
                 train_predictor(
                     workdir / "family", out, size, mode=mode, scores=workdir / "scores", dynamics=workdir / "dynamics",
-                    context=context, continuation=continuation, settings=TrainSettings(seed=seed),
+                    context=context, continuation=continuation, settings=TrainSettings(seed=seed), folds=folds,
                 )
             except MemdynError as e:
                 skipped[f"{size}-{mode}"] = str(e)

@@ -1,5 +1,5 @@
-"""Baselines on the same split as the predictor: majority class, logistic regression and gradient
-boosting on scalar features (predictor.data.scalar_features)."""
+"""Baselines fitted on the same training rows as the predictor: majority class, logistic regression
+and gradient boosting on scalar features (predictor.data.scalar_features)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from predictor.data import CLASSES
-from predictor.metrics import classification_metrics
 
 
 def make_baselines(seed: int) -> dict:
@@ -31,10 +30,6 @@ def full_proba(clf, X: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_baselines(X_train, y_train, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> dict:
-    """{baseline: {eval set: metrics}} for every baseline fitted on (X_train, y_train)."""
-    results = {}
-    for name, clf in make_baselines(seed).items():
-        clf.fit(X_train, y_train)
-        results[name] = {s: classification_metrics(y, full_proba(clf, X)) for s, (X, y) in eval_sets.items()}
-    return results
+def baseline_proba(X_train, y_train, X, seed: int) -> dict[str, np.ndarray]:
+    """{baseline: class probabilities [len(X), C]} of every baseline fitted on (X_train, y_train)."""
+    return {name: full_proba(clf.fit(X_train, y_train), X) for name, clf in make_baselines(seed).items()}

@@ -25,7 +25,12 @@ def _fmt(x) -> str:
 def print_summary(metrics: dict) -> None:
     """One line per (system, evaluation set): accuracy, macro-F1, AUROC, ECE."""
     print(f"model {metrics['model']} (k={metrics['context_len']}, c={metrics['continuation_len']}), "
-          f"trained on {metrics.get('trained_on', metrics['model'])}, {metrics['n_train']} training rows")
+          f"trained on {metrics.get('trained_on', metrics['model'])}, {metrics['n_train']} training rows"
+          + (" per fold" if "cv" in metrics else ""))
+    if "cv" in metrics:
+        cv = metrics["cv"]
+        print(f"{cv['folds']}-fold cross-validation by document: out-of-fold predictions of {cv['n_evaluated']} samples "
+              f"pooled; {cv['n_straddling']} samples spanning two folds are evaluated in none")
     print(f"{'system':<10} {'set':<9} {'n':>5} {'acc':>6} {'macroF1':>8} {'AUROC':>6} {'ECE':>6}")
     systems = {"predictor": metrics["predictor"], **metrics.get("baselines", {})}
     for name, sets in systems.items():
@@ -59,14 +64,18 @@ def train(
     batch_size: int = typer.Option(32, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     test_size: float = typer.Option(0.2, help="Share of training documents held out for testing."),
+    folds: int = typer.Option(0, help="K >= 2: also cross-validate by document over K folds (cv.json); 0: no."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Train a predictor of MODEL's memorization; prints test metrics beside the baselines."""
+    from dynamics.files import read_json
     from predictor.data import parse_edges
     from predictor.train import TrainSettings, train_predictor
 
     if epochs < 1 or batch_size < 1 or (max_per_class is not None and max_per_class < 1):
         raise MemdynError("--epochs, --batch-size and --max-per-class must be >= 1")
+    if folds == 1 or folds < 0:
+        raise MemdynError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     if positional not in ("learned", "sinusoidal"):
         raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
     if d_model % heads:
@@ -75,8 +84,10 @@ def train(
                              test_size=test_size, device=device)
     arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional}
     metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
-                              settings, arch)
+                              settings, arch, folds=folds)
     print_summary(metrics)
+    if folds:
+        print_summary(read_json(out / "cv.json"))
     print(f"saved {out}")
 
 
@@ -101,11 +112,14 @@ def evaluate(
 
 @app.command("predict")
 def predict(
-    model_dir: Path = typer.Option(..., help="Predictor directory (context mode)."),
-    text: Optional[str] = typer.Option(None, help="The context, as text."),
+    model_dir: Path = typer.Option(..., help="Predictor directory."),
+    text: Optional[str] = typer.Option(None, help="The context, as text (hidden mode: its first context_len tokens)."),
     file: Optional[Path] = typer.Option(None, help="Read the context from this file."),
+    family: Optional[Path] = typer.Option(None, help="Hidden mode: family of the target model (default: the one recorded)."),
+    device: str = typer.Option("cpu", help="Hidden mode: device of the target model (cpu or cuda)."),
 ) -> None:
-    """Print the predicted class of a context, its probability and the predicted score."""
+    """Print the predicted class of a context, its probability and the predicted score; in hidden
+    mode also each greedy continuation token and the probability that the model reproduces it."""
     from predictor.train import predict_text
 
     if (text is None) == (file is None):
@@ -114,5 +128,7 @@ def predict(
         if not file.is_file():
             raise MemdynError(f"--file {file}: no such file")
         text = file.read_text()
-    r = predict_text(model_dir, text)
+    r = predict_text(model_dir, text, family, device)
     print(f"{r['class']}\t{r['probability']:.3f}\tscore={r['score']:.3f}\t" + json.dumps({k: round(v, 4) for k, v in r["proba"].items()}))
+    for i, (token, p) in enumerate(zip(r.get("continuation", []), r.get("token_proba", []))):
+        print(f"{i}\t{token!r}\treproduced={p:.3f}")

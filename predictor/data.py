@@ -11,6 +11,10 @@ first_doc..last_doc (data/samples.parquet). Samples are grouped by first_doc and
 sklearn's GroupShuffleSplit; the train side then owns every document any of its samples touches,
 and test samples touching one of those documents are dropped, so no document is seen on both
 sides. Families without samples.parquet (hub families) treat each sample as its own document.
+
+Cross-validation (fold_splits): the documents go to K seeded folds; fold f tests the samples whose
+documents all lie in f and trains on the samples touching none of them. A sample spanning two
+folds is tested in no fold.
 """
 
 from __future__ import annotations
@@ -79,10 +83,15 @@ def touches(docs: pd.DataFrame, owned: np.ndarray) -> np.ndarray:
     return hi > lo
 
 
+def touched_documents(docs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted ids of every document the samples of `docs` touch, number of samples touching each)."""
+    ranges = [np.arange(a, b + 1) for a, b in zip(docs["first_doc"], docs["last_doc"])]
+    return np.unique(np.concatenate(ranges), return_counts=True) if ranges else (np.zeros(0, np.int64),) * 2
+
+
 def owned_documents(docs: pd.DataFrame) -> np.ndarray:
     """Sorted ids of every document the samples of `docs` touch."""
-    ranges = [np.arange(a, b + 1) for a, b in zip(docs["first_doc"], docs["last_doc"])]
-    return np.unique(np.concatenate(ranges)) if ranges else np.zeros(0, np.int64)
+    return touched_documents(docs)[0]
 
 
 def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,6 +108,30 @@ def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2) -> 
     raise MemdynError(f"no split by document of these {len(docs)} samples leaves a test set; the documents overlap too much")
 
 
+def document_folds(docs: pd.DataFrame, folds: int, seed: int) -> list[np.ndarray]:
+    """Sorted document ids of each fold: documents in seeded random order, each to the fold with the
+    fewest samples so far (so one large document does not leave a fold nearly empty). More folds
+    than documents give one fold per document."""
+    ids, size = touched_documents(docs)
+    if len(ids) < 2:
+        raise MemdynError(f"all {len(docs)} samples come from one training document; "
+                          "cross-validation by document needs two or more")
+    folds = min(folds, len(ids))
+    load, fold = np.zeros(folds), np.empty(len(ids), np.int64)
+    for i in np.random.default_rng(seed).permutation(len(ids)):
+        fold[i] = load.argmin()
+        load[fold[i]] += size[i]
+    return [ids[fold == f] for f in range(folds)]
+
+
+def fold_splits(docs: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train positions, test positions) per fold of document_folds; see the module docstring."""
+    groups = document_folds(docs, folds, seed)
+    every = owned_documents(docs)
+    return [(np.flatnonzero(~touches(docs, held)), np.flatnonzero(~touches(docs, np.setdiff1d(every, held))))
+            for held in groups]
+
+
 def balance(levels: np.ndarray, max_per_level: int | None, seed: int) -> np.ndarray:
     """Positions keeping at most max_per_level rows of each level (seeded), in the original order."""
     if not max_per_level:
@@ -109,14 +142,14 @@ def balance(levels: np.ndarray, max_per_level: int | None, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
-def check_classes(labels: np.ndarray, where: str, minimum: int) -> None:
+def check_classes(labels: np.ndarray, where: str, minimum: int,
+                  fix: str = "score more samples, pick another --context/--continuation or --edges") -> None:
     counts = np.bincount(labels, minlength=len(CLASSES))
     for name, n in zip(CLASSES, counts):
         if n < minimum:
             raise MemdynError(
                 f"too few {name} samples in the {where} ({n}, need {minimum}; counts: "
-                + ", ".join(f"{c} {k}" for c, k in zip(CLASSES, counts))
-                + "); score more samples, pick another --context/--continuation or --edges"
+                + ", ".join(f"{c} {k}" for c, k in zip(CLASSES, counts)) + f"); {fix}"
             )
 
 
@@ -180,7 +213,6 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     hidden = np.asarray(read_hidden(dynamics, model, layer), dtype=np.float32)  # [n, T, d]
     pos = pos.sort_values(["row", "position"])
     entropy = pos["entropy_nats"].to_numpy(np.float32).reshape(-1, T)  # [n, T]
-    entropy = np.nan_to_num(entropy, nan=0.0)  # position 0 has no predicting distribution (NaN)
     match = (pos["token"].to_numpy() == pos["generated"].to_numpy()).reshape(-1, T)[:, k:]  # [n, c]
     rows = seqs[["seq_idx", "score", "matches", "random_draw", "span_count"]].copy()
     rows["label"] = score_classes(rows["score"], edges)
@@ -191,8 +223,14 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
     rows["entropy_context"] = entropy[:, 1:k].mean(1)
     rows["entropy_continuation"] = entropy[:, k:].mean(1)
-    feats = np.concatenate([hidden, entropy[..., None]], axis=-1)  # [n, T, d + 1]
-    return Dataset(model, meta["revision"], k, c, rows.reset_index(drop=True), feats, match, {"layer": layer})
+    return Dataset(model, meta["revision"], k, c, rows.reset_index(drop=True), hidden_features(hidden, entropy), match,
+                   {"layer": layer, "hidden_dtype": meta["hidden_dtype"]})
+
+
+def hidden_features(hidden: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+    """[..., T, d + 1] hidden-mode inputs from hidden states [..., T, d] and entropies [..., T] in nats
+    (position 0 has no predicting distribution: its NaN becomes 0)."""
+    return np.concatenate([hidden, np.nan_to_num(entropy, nan=0.0)[..., None]], axis=-1).astype(np.float32)
 
 
 def context_tokens(family: FamilySpec, seq_idx: np.ndarray, k: int) -> np.ndarray:

@@ -7,6 +7,8 @@ A predictor directory (save_pretrained style):
   tokenizer/         copy of the family's tokenizer (predict reads text with it)
   split.json         the training documents: every evaluation uses samples touching none of them
   metrics.json       test metrics of the predictor and the baselines, natural and balanced
+  cv.json            (--folds K) the same metrics of K-fold cross-validation by document: out-of-fold
+                     predictions of K fresh predictors and baselines, pooled
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dynamics.collect import HIDDEN_DTYPES
+from dynamics.entropy import forward_pass
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_tokenizer
+from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
 from dynamics.files import atomic_path, read_json
-from predictor.baselines import run_baselines
+from dynamics.scoring import reference_scores
+from predictor.baselines import baseline_proba
 from predictor.data import (
     CLASSES, DEFAULT_EDGES, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
-    context_tokens, hidden_dataset, scalar_features, split_by_document, touches,
+    context_tokens, fold_splits, hidden_dataset, hidden_features, scalar_features, split_by_document, touches,
 )
 from predictor.metrics import classification_metrics, token_metrics
 from predictor.model import MemPredictor, PredictorConfig, loss_fn
@@ -88,6 +93,18 @@ def predict_arrays(net: MemPredictor, inputs: np.ndarray, batch_size: int = 256)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None = None) -> MemPredictor:
+    """A freshly (seeded) initialised predictor sized for the data's inputs."""
+    torch.manual_seed(seed)
+    mode = "context" if data.inputs.ndim == 2 else "hidden"
+    cfg = PredictorConfig(input=mode, max_len=data.inputs.shape[1], **(arch or {}))
+    if mode == "context":
+        cfg.vocab_size = max(vocab_size, int(data.inputs.max()) + 1)
+    else:
+        cfg.n_features = data.inputs.shape[-1]
+    return MemPredictor(cfg)
+
+
 def fit(net: MemPredictor, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
     """Adam on the rows `train`; returns the mean loss per epoch."""
     torch.manual_seed(s.seed)
@@ -135,31 +152,88 @@ def eval_sets(data: Dataset, test: np.ndarray, seed: int) -> dict[str, np.ndarra
     return {"natural": natural, "balanced": balanced}
 
 
-def evaluate_rows(net: MemPredictor, family: FamilySpec, data: Dataset, train: np.ndarray, test: np.ndarray,
-                  seed: int, baselines: bool = True) -> dict:
-    """Predictor metrics on the test sets, and baselines fitted on `train` (this data's labels)."""
+def heldout_metrics(data: Dataset, test: np.ndarray, n_train: int, pred: dict[str, np.ndarray], seed: int,
+                 features: list[str] | None = None, base: dict[str, np.ndarray] | None = None) -> dict:
+    """Metrics on the test sets of predictions over all rows (only the `test` rows are read): the
+    predictor's predict_arrays output and, if given, each baseline's class probabilities."""
     sets = eval_sets(data, test, seed)
-    pred = predict_arrays(net, data.inputs)
-    y = data.rows["label"].to_numpy()
+    y, score = data.rows["label"].to_numpy(), data.rows["score"].to_numpy()
     result = {"model": data.model, "revision": data.revision, "context_len": data.context_len,
-              "continuation_len": data.continuation_len, "n_train": int(len(train)),
-              "predictor": {name: classification_metrics(y[idx], pred["proba"][idx]) for name, idx in sets.items()}}
-    for name, idx in sets.items():
-        result["predictor"][name]["score_mae"] = float(np.abs(pred["score"][idx] - data.rows["score"].to_numpy()[idx]).mean())
+              "continuation_len": data.continuation_len, "n_train": int(n_train),
+              "predictor": {name: {**classification_metrics(y[idx], pred["proba"][idx]),
+                                   "score_mae": float(np.abs(pred["score"][idx] - score[idx]).mean())}
+                            for name, idx in sets.items()}}
     if data.token_labels is not None:
         k = data.context_len
         result["predictor"]["tokens"] = token_metrics(pred["token_proba"][test, k:] > 0.5, data.token_labels[test])
-    if baselines:
-        X, names = scalar_features(family, data, tokens_of(family, data))
-        result["baseline_features"] = names
-        result["baselines"] = run_baselines(X[train], y[train], {n: (X[i], y[i]) for n, i in sets.items()}, seed)
+    if base is not None:
+        result["baseline_features"] = features
+        result["baselines"] = {b: {name: classification_metrics(y[idx], p[idx]) for name, idx in sets.items()}
+                               for b, p in base.items()}
     return result
+
+
+def baseline_features(family: FamilySpec, data: Dataset) -> tuple[np.ndarray, list[str]]:
+    """Scalar features [n, F] of every row, and their names."""
+    return scalar_features(family, data, tokens_of(family, data))
+
+
+def evaluate_rows(net: MemPredictor, family: FamilySpec, data: Dataset, train: np.ndarray, test: np.ndarray,
+                  seed: int, baselines: bool = True) -> dict:
+    """Predictor metrics on the test sets, and baselines fitted on `train` (this data's labels)."""
+    pred = predict_arrays(net, data.inputs)
+    if not baselines:
+        return heldout_metrics(data, test, len(train), pred, seed)
+    X, names = baseline_features(family, data)
+    y = data.rows["label"].to_numpy()
+    return heldout_metrics(data, test, len(train), pred, seed, names, baseline_proba(X[train], y[train], X, seed))
+
+
+def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, folds: int, arch: dict | None = None,
+                        baselines: bool = True) -> dict:
+    """K-fold cross-validation by document (predictor.data.fold_splits): per fold, a fresh predictor
+    and the baselines fitted on the (balanced) samples touching none of the fold's documents predict
+    the fold's samples; the metrics are those of the pooled out-of-fold predictions."""
+    if folds < 2:
+        raise MemdynError(f"--folds must be >= 2 for cross-validation, got {folds}")
+    labels, n, vocab = data.rows["label"].to_numpy(), len(data.rows), len(load_tokenizer(family))
+    check_classes(labels, f"samples of {data.model}", MIN_TRAIN_PER_CLASS)  # before blaming the folds
+    matches = data.rows["matches"].to_numpy()
+    splits = fold_splits(data.rows[["first_doc", "last_doc"]], folds, s.seed)
+    # folds whose documents' samples all straddle into another fold test nothing
+    splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in splits if len(test)]
+    for i, (train, _) in enumerate(splits):  # every fold is checked before any is trained
+        check_classes(labels[train], f"training rows of cross-validation fold {i + 1} of {len(splits)}",
+                      MIN_TRAIN_PER_CLASS, "use fewer --folds (this fold's documents hold most of the class), "
+                      "score more samples or pick other --edges")
+    test = np.sort(np.concatenate([test for _, test in splits]))
+    check_classes(labels[test], "cross-validated samples", 1)
+    X, names = baseline_features(family, data) if baselines else (None, None)
+    pred, base, per_fold = {}, {} if baselines else None, []
+    for train, held in splits:
+        net = new_predictor(data, vocab, s.seed, arch)
+        fit(net, data, train, s)
+        scatter(pred, predict_arrays(net, data.inputs[held]), held, n)
+        if baselines:
+            scatter(base, baseline_proba(X[train], labels[train], X[held], s.seed), held, n)
+        per_fold.append({"n_train": int(len(train)), "n_test": int(len(held))})
+    result = heldout_metrics(data, test, round(np.mean([f["n_train"] for f in per_fold])), pred, s.seed, names, base)
+    result["cv"] = {"folds": len(splits), "by": "document", "n_evaluated": int(len(test)),
+                    "n_straddling": int(n - len(test)), "per_fold": per_fold}
+    return result
+
+
+def scatter(into: dict[str, np.ndarray], values: dict[str, np.ndarray], rows: np.ndarray, n: int) -> None:
+    """into[key][rows] = values[key], allocating [n, ...] arrays on first use."""
+    for key, v in values.items():
+        into.setdefault(key, np.zeros((n, *v.shape[1:]), v.dtype))[rows] = v
 
 
 # ---------------------------------------------------------------------------- save / load
 
 
-def save_predictor(out: Path, net: MemPredictor, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict) -> None:
+def save_predictor(out: Path, net: MemPredictor, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict,
+                   cv: dict | None = None) -> None:
     with atomic_path(out) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -167,6 +241,8 @@ def save_predictor(out: Path, net: MemPredictor, config: dict, tokenizer, train_
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "split.json").write_text(json.dumps({"train_documents": train_docs.tolist()}) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if cv is not None:
+            (tmp / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
 
 
 def load_predictor(model_dir: str | Path) -> tuple[MemPredictor, dict]:
@@ -198,15 +274,25 @@ def check_family(config: dict, family: FamilySpec) -> None:
         )
 
 
+def predictor_family(config: dict, family_dir: str | Path | None = None) -> FamilySpec:
+    """The family a predictor reads (default: the one it was trained on), checked against it."""
+    if family_dir is None and not Path(config["family_dir"]).exists():
+        raise MemdynError(f"the family this predictor was trained on is gone ({config['family_dir']}); pass --family DIR")
+    family = load_family(family_dir or config["family_dir"])
+    check_family(config, family)
+    return family
+
+
 # ---------------------------------------------------------------------------- entry points
 
 
 def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: str = "context", scores=None,
                     dynamics=None, edges=DEFAULT_EDGES, context=None, continuation=None,
-                    settings: TrainSettings | None = None, arch: dict | None = None, baselines: bool = True) -> dict:
-    """Train on the target model's labels, evaluate on the held-out documents, save to `out`."""
+                    settings: TrainSettings | None = None, arch: dict | None = None, baselines: bool = True,
+                    folds: int = 0) -> dict:
+    """Train on the target model's labels, evaluate on the held-out documents, save to `out`; with
+    folds (>= 2) also cross-validate by document (cv.json; the saved predictor is the main split's)."""
     s = settings or TrainSettings()
-    torch.manual_seed(s.seed)
     family = load_family(family_dir)
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     docs = data.rows[["first_doc", "last_doc"]]
@@ -216,25 +302,29 @@ def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: s
     check_classes(labels[train], "training split", MIN_TRAIN_PER_CLASS)
     check_classes(labels[test], "test split", 1)
     tokenizer = load_tokenizer(family)
-    T = data.inputs.shape[1]
-    cfg = PredictorConfig(input=mode, max_len=T, **(arch or {}))
-    if mode == "context":
-        cfg.vocab_size = max(len(tokenizer), int(data.inputs.max()) + 1)
-    else:
-        cfg.n_features = data.inputs.shape[-1]
-    net = MemPredictor(cfg)
+    net = new_predictor(data, len(tokenizer), s.seed, arch)
     history = fit(net, data, train, s)
     metrics = evaluate_rows(net, family, data, train, test, s.seed, baselines)
     metrics["loss_history"] = history
+    cv = cross_validate_data(family, data, s, folds, arch, baselines) if folds else None
     config = {
-        "predictor": cfg.to_dict(), "mode": mode, "classes": list(CLASSES), "edges": list(edges),
+        "predictor": net.cfg.to_dict(), "mode": mode, "classes": list(CLASSES), "edges": list(edges),
         "family": family.name, "family_dir": str(Path(family_dir).resolve()), "corpus_hash": family.corpus.get("hash"),
         "vocab_hash": vocab_hash(tokenizer), "target_model": data.model, "revision": data.revision,
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
-        "train": {k: v for k, v in s.__dict__.items() if k != "device"},
+        "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k != "device"},
     }
-    save_predictor(Path(out), net, config, tokenizer, owned, metrics)
+    save_predictor(Path(out), net, config, tokenizer, owned, metrics, cv)
     return metrics
+
+
+def cross_validate(family_dir: str | Path, model: str, mode: str = "context", scores=None, dynamics=None,
+                   edges=DEFAULT_EDGES, context=None, continuation=None, settings: TrainSettings | None = None,
+                   folds: int = 5, arch: dict | None = None, baselines: bool = True) -> dict:
+    """Metrics of `folds`-fold cross-validation by document of predictors of `model` (nothing saved)."""
+    family = load_family(family_dir)
+    data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
+    return cross_validate_data(family, data, settings or TrainSettings(), folds, arch, baselines)
 
 
 def evaluate_predictor(model_dir: str | Path, scores=None, model: str | None = None, dynamics=None,
@@ -242,8 +332,7 @@ def evaluate_predictor(model_dir: str | Path, scores=None, model: str | None = N
     """Evaluate a saved predictor on `model`'s labels (default: its own target; another size is
     cross-size transfer), on samples touching none of its training documents."""
     net, config = load_predictor(model_dir)
-    family = load_family(family_dir or config["family_dir"])
-    check_family(config, family)
+    family = predictor_family(config, family_dir)
     model = model or config["target_model"]
     data = load_dataset(family, config["mode"], model, scores, dynamics, tuple(config["edges"]),
                         config["context_len"], config["continuation_len"])
@@ -261,23 +350,48 @@ def evaluate_predictor(model_dir: str | Path, scores=None, model: str | None = N
     return result
 
 
-def predict_text(model_dir: str | Path, text: str) -> dict:
-    """Class, its probability and the predicted score of one context given as text."""
+def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,
+                  hidden_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features [k + c, d + 1], greedy continuation [c]) of one context, as `memdyn dynamics` collects
+    them: greedy decoding (the scorer's reference), then one pass over context + continuation for the
+    layer's hidden states (rounded to the dtype the dynamics stored) and the entropies."""
+    generated, _ = reference_scores(model, context, len(context), continuation)
+    ids = torch.as_tensor(np.concatenate([context, generated]), device=next(model.parameters()).device)[None]
+    r = forward_pass(model, ids, [layer])
+    hidden = r.hidden[layer][0].astype(HIDDEN_DTYPES[hidden_dtype]).astype(np.float32)
+    return hidden_features(hidden, r.entropy[0]), generated
+
+
+def predict_text(model_dir: str | Path, text: str, family_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """Class, its probability and the predicted score of one context given as text. A hidden-mode
+    predictor reads the first context_len tokens, decodes the continuation greedily with its target
+    model and also gives, per continuation token, the probability that the model reproduces it."""
     net, config = load_predictor(model_dir)
-    if config["mode"] != "context":
-        raise MemdynError("predict reads text, so it needs a --input context predictor (hidden mode needs the model's states)")
     tok = load_predictor_tokenizer(model_dir, config)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise MemdynError("the text is empty after tokenization")
-    if len(ids) > net.cfg.max_len:
-        raise MemdynError(f"the text is {len(ids)} tokens long; this predictor reads contexts of at most {net.cfg.max_len} tokens")
-    if max(ids) >= net.cfg.vocab_size:
-        raise MemdynError(f"token id {max(ids)} is outside this predictor's vocabulary ({net.cfg.vocab_size})")
-    x = torch.tensor([ids])  # [1, t], t <= max_len: the mask-free forward pools over t positions
-    with torch.no_grad():
-        r = net(x)
-    proba = torch.softmax(r["logits"], -1)[0].numpy()
+    extra = {"n_tokens": len(ids)}
+    if config["mode"] == "hidden":
+        k = config["context_len"]
+        if len(ids) < k:
+            raise MemdynError(f"the text is {len(ids)} tokens long; this hidden-mode predictor reads a context of "
+                              f"{k} tokens, so give at least {k}")
+        family = predictor_family(config, family_dir)
+        target = load_model(family, config["target_model"], config["revision"], device=device)
+        x, generated = hidden_inputs(target, np.asarray(ids[:k]), config["continuation_len"], config["layer"],
+                                     config.get("hidden_dtype") or "float32")  # not recorded by older predictors
+        extra["continuation"] = [tok.decode([t]) for t in generated]
+    else:
+        if len(ids) > net.cfg.max_len:
+            raise MemdynError(f"the text is {len(ids)} tokens long; this predictor reads contexts of at most {net.cfg.max_len} tokens")
+        if max(ids) >= net.cfg.vocab_size:
+            raise MemdynError(f"token id {max(ids)} is outside this predictor's vocabulary ({net.cfg.vocab_size})")
+        x = np.asarray(ids)  # [t], t <= max_len: the mask-free forward pools over t positions
+    r = predict_arrays(net, x[None])
+    proba = r["proba"][0]
     c = int(proba.argmax())
+    if config["mode"] == "hidden":
+        extra["token_proba"] = r["token_proba"][0, config["context_len"]:].tolist()
     return {"class": CLASSES[c], "probability": float(proba[c]), "score": float(r["score"][0]),
-            "proba": dict(zip(CLASSES, map(float, proba))), "n_tokens": len(ids)}
+            "proba": dict(zip(CLASSES, map(float, proba))), **extra}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dynamics.errors import MemdynError
-from predictor.data import balance, score_classes, split_by_document, touches
+from predictor.data import balance, document_folds, fold_splits, owned_documents, score_classes, split_by_document, touches
 from predictor.metrics import classification_metrics, expected_calibration_error, token_metrics
 from predictor.model import MemPredictor, PredictorConfig
 
@@ -32,9 +32,25 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def trained(micro_family, micro_scores, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "p"
-    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", out, *CELL, *SMALL)
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", out, *CELL, *SMALL, "--folds", "5")
     assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "2-fold cross-validation by document" in r.output  # the micro family has two training documents
     return out
+
+
+@pytest.fixture(scope="module")
+def hidden_trained(micro_family, micro_scores, tmp_path_factory):
+    """(dynamics directory, hidden-mode predictor directory) of 37k at context 16 / continuation 4."""
+    from dynamics.collect import run_collection
+    from dynamics.family.spec import load_family
+
+    root = tmp_path_factory.mktemp("hidden")
+    run_collection(load_family(micro_family), micro_scores, root / "dyn", per_group=30, context=16, continuation=4,
+                   device="cpu", progress=False)
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--dynamics", root / "dyn", "--input", "hidden",
+               "--out", root / "h", *CELL, *SMALL)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return root / "dyn", root / "h"
 
 
 # ---------------------------------------------------------------------------- units
@@ -58,6 +74,28 @@ def test_split_is_leak_free_with_spanning_samples():
         assert not train_docs & test_docs
         assert set(owned) == train_docs and not touches(docs.iloc[test], owned).any()
     assert split_by_document(docs, 3)[1].tolist() == split_by_document(docs, 3)[1].tolist()  # seeded
+
+
+def test_folds_pool_each_eligible_sample_once_and_never_leak():
+    rng = np.random.default_rng(1)
+    first = np.sort(rng.integers(0, 40, 400))
+    last = first + (rng.random(400) < 0.2)  # ~20% of samples run into the next document
+    docs = pd.DataFrame({"first_doc": first, "last_doc": last})
+    for seed in range(3):
+        groups, splits = document_folds(docs, 5, seed), fold_splits(docs, 5, seed)
+        fold = {d: f for f, ds in enumerate(groups) for d in ds}
+        eligible = [i for i in range(400) if len({fold[d] for d in range(first[i], last[i] + 1)}) == 1]
+        tested = np.concatenate([test for _, test in splits])
+        assert sorted(tested) == eligible and len(set(tested)) == len(tested)  # each eligible sample exactly once
+        assert 0 < 400 - len(eligible) < (last > first).sum()  # only samples spanning two folds are left out
+        for f, (train, test) in enumerate(splits):
+            assert {fold[d] for i in test for d in (first[i], last[i])} == {f}
+            assert not set(owned_documents(docs.iloc[train])) & set(groups[f])  # train and test documents are disjoint
+    same = fold_splits(docs, 5, 7)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(same, fold_splits(docs, 5, 7)))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(same, fold_splits(docs, 5, 8)))
+    few = docs[docs["first_doc"] < 3]
+    assert len(fold_splits(few, 5, 0)) == len(owned_documents(few))  # at most one fold per document
 
 
 def test_split_needs_two_documents():
@@ -114,6 +152,29 @@ def test_train_writes_predictor_and_baselines(trained):
     assert {"context_loss", "zlib_ratio", "log_context_duplicates"} <= set(m["baseline_features"])
     for s in ("natural", "balanced"):
         assert 0 <= m["predictor"][s]["accuracy"] <= 1 and len(m["predictor"][s]["confusion"]) == 3
+    cv = json.loads((trained / "cv.json").read_text())
+    assert cv["cv"]["folds"] == 2 and set(cv["baselines"]) == {"majority", "logistic", "gboost"}
+    # every sample is pooled once (in the natural set) or spans both documents
+    assert cv["predictor"]["natural"]["n"] == cv["cv"]["n_evaluated"] == sum(f["n_test"] for f in cv["cv"]["per_fold"])
+    assert cv["cv"]["n_evaluated"] + cv["cv"]["n_straddling"] == 72 and cv["cv"]["n_evaluated"] > m["predictor"]["natural"]["n"]
+
+
+def test_cross_validation_is_seeded_and_fits_each_fold_on_other_documents(micro_family, micro_scores):
+    from predictor.train import TrainSettings, cross_validate
+
+    arch = {"d_model": 16, "n_layers": 1, "n_heads": 2}
+    run = lambda seed: cross_validate(micro_family, "37k", "context", micro_scores, context=16, continuation=4,
+                                      settings=TrainSettings(seed=seed, epochs=2), folds=2, arch=arch)
+    a = run(0)
+    assert a == run(0)  # same seed: same folds, same predictors, same metrics
+    # fold 1 trains on document 1's samples and tests document 0's, and vice versa
+    assert sorted(f["n_train"] for f in a["cv"]["per_fold"]) == sorted(f["n_test"] for f in a["cv"]["per_fold"])
+    # 16k never memorizes 16 tokens; 37k memorizes 8 tokens only in document 0's samples (so the
+    # fold holding document 0 has none to train on): both said in one line, before any training
+    with pytest.raises(MemdynError, match="memorized samples in the samples of 16k"):
+        cross_validate(micro_family, "16k", "context", micro_scores, context=16, continuation=16, folds=2)
+    with pytest.raises(MemdynError, match=r"memorized samples in the training rows of cross-validation fold \d of 2.*fewer --folds"):
+        cross_validate(micro_family, "37k", "context", micro_scores, context=8, continuation=8, folds=2)
 
 
 def test_saved_predictor_reloads_with_identical_predictions(trained, micro_family):
@@ -177,18 +238,56 @@ def test_bad_inputs(micro_family, micro_scores, tmp_path):
     assert isinstance(r.exception, MemdynError) and "not a memdyn predictor" in str(r.exception)
 
 
-def test_hidden_mode_token_metrics(micro_family, micro_scores, tmp_path):
-    from dynamics.collect import run_collection
-    from dynamics.family.spec import load_family
-
-    dyn = tmp_path / "dyn"
-    run_collection(load_family(micro_family), micro_scores, dyn, per_group=30, context=16, continuation=4,
-                   device="cpu", progress=False)
-    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--dynamics", dyn, "--input", "hidden",
-               "--out", tmp_path / "h", *CELL, *SMALL)
-    assert r.exit_code == 0, r.output + repr(r.exception)
-    m = json.loads((tmp_path / "h" / "metrics.json").read_text())
+def test_hidden_mode_token_metrics(hidden_trained):
+    _, h = hidden_trained
+    m = json.loads((h / "metrics.json").read_text())
     assert 0 <= m["predictor"]["tokens"]["token_accuracy"] <= 1
     assert "entropy_continuation" in m["baseline_features"]
-    r = invoke("predict", "--model-dir", tmp_path / "h", "--text", "x")
-    assert isinstance(r.exception, MemdynError) and "context" in str(r.exception)
+
+
+def test_hidden_predict_is_deterministic_and_refuses_bad_inputs(hidden_trained, tmp_path):
+    import shutil
+
+    _, h = hidden_trained
+    text = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n"
+    r = invoke("predict", "--model-dir", h, "--text", text)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    lines = r.output.splitlines()
+    assert lines[0].split("\t")[0] in ("unmemorized", "partial", "memorized") and len(lines) == 1 + 4
+    assert all("reproduced=" in line for line in lines[1:])
+    assert invoke("predict", "--model-dir", h, "--text", text).output == r.output
+    r = invoke("predict", "--model-dir", h, "--text", "x")
+    assert isinstance(r.exception, MemdynError) and "at least 16" in str(r.exception)
+    moved = tmp_path / "moved"
+    shutil.copytree(h, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**cfg, "family_dir": str(tmp_path / "gone")}))
+    r = invoke("predict", "--model-dir", moved, "--text", text)
+    assert isinstance(r.exception, MemdynError) and "is gone" in str(r.exception) and "--family" in str(r.exception)
+    (moved / "config.json").write_text(json.dumps({**cfg, "revision": "step999999"}))
+    r = invoke("predict", "--model-dir", moved, "--text", text)
+    assert isinstance(r.exception, MemdynError) and "step999999" in str(r.exception)
+
+
+def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family):
+    """The features predict computes for a training context equal those `memdyn dynamics` stored
+    (up to their float16 storage), and its greedy continuation is the scorer's (off near-ties)."""
+    from dynamics.collect import read_model
+    from dynamics.family.load import load_model
+    from dynamics.family.spec import load_family
+    from predictor.data import context_tokens, hidden_dataset
+    from predictor.train import hidden_inputs, load_predictor
+
+    dyn, h = hidden_trained
+    config = load_predictor(h)[1]
+    family = load_family(micro_family)
+    data = hidden_dataset(family, dyn, "37k")
+    _, seqs, pos = read_model(dyn, "37k")
+    k, c = config["context_len"], config["continuation_len"]
+    generated = pos.sort_values(["row", "position"])["generated"].to_numpy().reshape(len(seqs), k + c)[:, k:]
+    model = load_model(family, "37k", config["revision"], device="cpu")
+    rows = np.flatnonzero(~seqs["near_tie"].to_numpy())[:8]
+    for row, context in zip(rows, context_tokens(family, seqs["seq_idx"].to_numpy()[rows], k)):
+        x, gen = hidden_inputs(model, context, c, config["layer"], config["hidden_dtype"])
+        assert gen.tolist() == generated[row].tolist()
+        np.testing.assert_allclose(x, data.inputs[row], rtol=1e-2, atol=1e-3)  # float16-stored hidden states

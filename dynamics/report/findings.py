@@ -154,11 +154,16 @@ def grid(t: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
                f"(context {best.context_len} / continuation {best.continuation_len}).")
 
 
-METRIC_COLUMNS = ("test set", "n", "accuracy", "macro_f1", "auroc", "best baseline", "baseline macro_f1")
+METRIC_COLUMNS = ("evaluation", "test set", "n", "accuracy", "macro_f1", "auroc", "best baseline", "baseline macro_f1")
+
+
+def evaluation(m: dict) -> str:
+    return f"{m['cv']['folds']}-fold cross-validated by document" if "cv" in m else "one held-out split by document"
 
 
 def predictor_table(metrics: dict[str, dict], sizes: list[str]) -> pd.DataFrame:
-    """One row per (size, mode): predictor and best-baseline macro F1 / AUROC on the natural test set."""
+    """One row per (size, mode): predictor and best-baseline macro F1 / AUROC on the natural test set
+    (pooled out-of-fold predictions when cross-validated)."""
     rows = []
     for name, m in metrics.items():
         size, _, mode = name.rpartition("-")
@@ -169,8 +174,8 @@ def predictor_table(metrics: dict[str, dict], sizes: list[str]) -> pd.DataFrame:
         p = m["predictor"][evalset]
         base = {b: r[evalset] for b, r in m.get("baselines", {}).items() if evalset in r}
         best = max(base, key=lambda b: base[b]["macro_f1"]) if base else None
-        rows.append({"size": size, "mode": mode, "test set": evalset, "n": p["n"], "accuracy": p["accuracy"],
-                     "macro_f1": p["macro_f1"], "auroc": p["auroc"], "best baseline": best,
+        rows.append({"size": size, "mode": mode, "evaluation": evaluation(m), "test set": evalset, "n": p["n"],
+                     "accuracy": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"], "best baseline": best,
                      "baseline macro_f1": base[best]["macro_f1"] if best else np.nan, "note": ""})
     t = pd.DataFrame(rows)
     if t.empty:
@@ -185,8 +190,8 @@ def predictor(t: pd.DataFrame) -> str:
         return f"No predictor could be trained ({len(t)} skipped: too few samples of a class)."
     best = trained.loc[trained["macro_f1"].idxmax()]
     return (f"Best predictor: {best['size']} from {best['mode']}, macro F1 {best['macro_f1']:.3g} vs "
-            f"{best['baseline macro_f1']:.3g} for the best baseline ({best['best baseline']}) on {best['n']} test samples; "
-            f"{len(trained)} of {len(t)} predictors trained ({len(t) - len(trained)} skipped).")
+            f"{best['baseline macro_f1']:.3g} for the best baseline ({best['best baseline']}) on {best['n']} samples "
+            f"({best['evaluation']}); {len(trained)} of {len(t)} predictors trained ({len(t) - len(trained)} skipped).")
 
 
 def capacity(cap: pd.DataFrame) -> str:

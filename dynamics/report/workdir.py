@@ -117,9 +117,11 @@ class Run:
 
     @cached_property
     def predictor(self) -> dict[str, dict]:
-        """'<size>-<mode>' -> metrics.json; skipped ones -> {'skipped': reason}."""
+        """'<size>-<mode>' -> cv.json (cross-validated), else metrics.json (one split); skipped ones ->
+        {'skipped': reason}."""
         root = self.workdir / "predictor"
-        out = {p.name: read_json(p / "metrics.json") for p in sorted(root.iterdir()) if (p / "metrics.json").is_file()}
+        out = {p.name: read_json(p / "cv.json") if (p / "cv.json").is_file() else read_json(p / "metrics.json")
+               for p in sorted(root.iterdir()) if (p / "metrics.json").is_file()}
         out.update({name: {"skipped": why} for name, why in read_json(root / "skipped.json").items()})
         return out
 
