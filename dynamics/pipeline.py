@@ -89,6 +89,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
 
     table = summarize(read_scores(workdir / "scores"))
     main = table[(table.context_len == k) & (table.continuation_len == c)]
+    main = main.assign(params=main.model.map({s.name: s.params for s in family.sizes})).sort_values("params")
     print(f"\nmemorized share at context {k} / continuation {c}:")
     for row in main.itertuples():
         print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")
