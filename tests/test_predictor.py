@@ -61,11 +61,16 @@ def test_score_classes_edges():
     assert score_classes([0.5, 0.75], edges=(0.25, 0.75)).tolist() == [1, 2]
 
 
+def spanning_documents(seed: int, n: int, n_docs: int, spanning: float):
+    """Sample -> (first_doc, last_doc) where a `spanning` share of samples run into the next document."""
+    rng = np.random.default_rng(seed)
+    first = np.sort(rng.integers(0, n_docs, n))
+    last = first + (rng.random(n) < spanning)
+    return first, last, pd.DataFrame({"first_doc": first, "last_doc": last})
+
+
 def test_split_is_leak_free_with_spanning_samples():
-    rng = np.random.default_rng(0)
-    first = np.sort(rng.integers(0, 30, 300))
-    last = first + (rng.random(300) < 0.3)  # ~30% of samples run into the next document
-    docs = pd.DataFrame({"first_doc": first, "last_doc": last})
+    first, last, docs = spanning_documents(0, 300, 30, 0.3)
     for seed in range(5):
         train, test, owned = split_by_document(docs, seed)
         assert len(test) and not set(train) & set(test)
@@ -77,10 +82,7 @@ def test_split_is_leak_free_with_spanning_samples():
 
 
 def test_folds_pool_each_eligible_sample_once_and_never_leak():
-    rng = np.random.default_rng(1)
-    first = np.sort(rng.integers(0, 40, 400))
-    last = first + (rng.random(400) < 0.2)  # ~20% of samples run into the next document
-    docs = pd.DataFrame({"first_doc": first, "last_doc": last})
+    first, last, docs = spanning_documents(1, 400, 40, 0.2)
     for seed in range(3):
         groups, splits = document_folds(docs, 5, seed), fold_splits(docs, 5, seed)
         fold = {d: f for f, ds in enumerate(groups) for d in ds}
