@@ -343,6 +343,9 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
             table.to_parquet(tmp, index=False) if ext == "parquet" else table.to_csv(tmp, index=False)
 
 
+ANALYSIS_TABLES = ("curves", "jumps", "distances", "projections", "separation", "words")
+
+
 def check_analysis_args(m: int, n_resamples: int) -> None:
     if m < 1:
         raise MemdynError(f"--jump-window must be >= 1, got {m}")
@@ -363,7 +366,7 @@ def analyze(family: FamilySpec, out: str | Path, *, seed: int = 0, m: int = 4, n
     settings = read_settings(out)
     check_analysis_args(m, n_resamples)
     tokenizer = load_tokenizer(family)
-    parts: dict[str, list] = {"curves": [], "jumps": [], "distances": [], "projections": [], "separation": [], "words": []}
+    parts: dict[str, list] = {name: [] for name in ANALYSIS_TABLES}
     for model in tqdm(list(settings["models"]), desc="analyze", unit="model", disable=not progress):
         meta, seqs, positions = read_model(out, model)
         curves, jumps = boundary_tables(seqs, positions, meta, seed, m, n_resamples)
@@ -387,7 +390,16 @@ def analyze(family: FamilySpec, out: str | Path, *, seed: int = 0, m: int = 4, n
 
 def run_dynamics(family: FamilySpec, scores: str | Path, out: str | Path, *, seed: int = 0, use_umap: bool = True,
                  plots: bool = True, m: int = 4, n_resamples: int = 1000, progress: bool = True, **collect) -> dict[str, pd.DataFrame]:
-    """`memdyn dynamics`: collect (resumable), then analyze."""
+    """`memdyn dynamics`: collect (resumable), then analyze, unless the same analysis of the same
+    collection is already on disk (a resumed `memdyn run` would otherwise redo it every time)."""
     check_analysis_args(m, n_resamples)
     run_collection(family, scores, out, seed=seed, progress=progress, **collect)
-    return analyze(family, out, seed=seed, m=m, n_resamples=n_resamples, use_umap=use_umap, plots=plots, progress=progress)
+    done = Path(out) / "tables" / "analysis.json"
+    record = {"collection": read_settings(out), "seed": seed, "m": m, "n_resamples": n_resamples, "use_umap": use_umap,
+              "plots": plots}
+    if done.is_file() and read_json(done) == record:
+        return {name: pd.read_parquet(done.with_name(f"{name}.parquet")) for name in ANALYSIS_TABLES}
+    done.unlink(missing_ok=True)  # tables being rewritten are not a finished analysis
+    tables = analyze(family, out, seed=seed, m=m, n_resamples=n_resamples, use_umap=use_umap, plots=plots, progress=progress)
+    write_json(done, record)
+    return tables
