@@ -12,19 +12,23 @@ Only the work that is needed is done:
     that pass yields the matching prefix, the first mismatching token and the loss of the true
     continuation;
   * KV-cached greedy decoding runs only after the first mismatch, reusing that pass's cache
-    (valid up to the mismatch), for all (sample, k) pairs of a batch together. Their prefixes
-    differ in length, so each cache is right-aligned, the padding is masked and positions are
-    passed explicitly: no padding token ever enters the computation.
+    (valid up to the mismatch), for all (sample, k) pairs of a batch together. Each item attends
+    to the first (k + mismatch) positions of its sample's cache, read once for all of the
+    sample's items, and to its own generated tokens; positions are passed explicitly, so no
+    padding token ever enters the computation. Items leave the decoding when they are done.
 Near-ties (top-2 logit gap below 1e-4 at a generated position) are recorded: there, any two
 correct implementations may legitimately differ in float rounding.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from dynamics.errors import MemdynError
 
 NEAR_TIE = 1e-4
 
@@ -39,47 +43,119 @@ class BatchResult:
     context_loss: np.ndarray  # float32 [B, K] mean NLL (nats) of context tokens 1..k-1
 
 
-def _gather_prefixes(tensor: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Right-align tensor[rows[i], :, :lengths[i]] into [G, H, max(lengths), D]; padding is zeros."""
-    width = int(lengths.max())
-    src = torch.arange(width, device=tensor.device)[None, :] - (width - lengths)[:, None]  # [G, W]
-    valid = src >= 0
-    picked = tensor[rows]  # [G, H, T, D]
-    index = src.clamp(min=0)[:, None, :, None].expand(-1, picked.size(1), -1, picked.size(3))
-    out = picked.gather(2, index)  # [G, H, W, D]
-    return out * valid[:, None, :, None].to(out.dtype)
+def _greedy_and_gap(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens and top-2 logit gaps of logits [..., V]; overwrites the maxima in place.
+
+    Two max reductions instead of argmax + topk(2): topk's partial sort costs about as much as
+    both, and this runs at every decoding step. max returns the first maximal index, as argmax.
+    """
+    best, token = logits.max(-1)
+    logits.scatter_(-1, token[..., None], -torch.inf)
+    return token, best - logits.max(-1).values
+
+
+_SHARED_PREFIX = "memdyn_shared_prefix"
+
+
+class _SharedPrefixDecoding:
+    """Attention state of G decoding items that continue true prefixes of B samples.
+
+    Every item's prefix is a prefix of its sample's teacher-forced cache, and a sample has up to
+    one item per context length, so the cache is read once per sample for all of its items
+    instead of once per item (copying prefixes into a per-item cache made decoding on a CPU bound
+    by reading the copies and their padding). The keys and values of generated tokens go to small
+    per-item buffers. transformers has no attention for this layout, hence the hand-written one:
+    the prefix and generated scores share one softmax, exactly as in a single cache.
+    """
+
+    def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: int):
+        self.prefix = [(layer.keys, layer.values) for layer in full_cache.layers]  # [B, H, T, D] each
+        B, H, T, D = self.prefix[0][0].shape
+        G = len(rows)
+        # slot of each item among its sample's items (its rank there); flat = row * slots + slot
+        order = torch.argsort(rows * G + torch.arange(G, device=rows.device))
+        slot = torch.empty_like(rows)
+        slot[order] = torch.arange(G, device=rows.device) - torch.searchsorted(rows[order], rows[order])
+        self.n_slots = int(slot.max()) + 1
+        self.flat = rows * self.n_slots + slot  # [G]
+        dtype = self.prefix[0][0].dtype
+        # additive mask [B, 1, slots, T]: an item sees the first lengths[i] positions of its sample
+        seen = torch.arange(T, device=rows.device)[None, :] < lengths[:, None]  # [G, T]
+        mask = torch.full((B * self.n_slots, T), torch.finfo(dtype).min, dtype=dtype, device=rows.device)
+        mask[self.flat] = torch.where(seen, 0.0, torch.finfo(dtype).min).to(dtype)
+        self.prefix_mask = mask.view(B, self.n_slots, T)[:, None]
+        self.generated = [(torch.empty(G, H, steps, D, dtype=dtype, device=rows.device),
+                           torch.empty(G, H, steps, D, dtype=dtype, device=rows.device)) for _ in self.prefix]
+        self.step, self.active = 0, G  # the current step and the items still decoding (a prefix)
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
+        """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
+        t, n = self.step, self.active
+        prefix_k, prefix_v = self.prefix[layer]  # [B, H, T, D]
+        gen_k, gen_v = self.generated[layer][0][:n], self.generated[layer][1][:n]  # [n, H, steps, D]
+        gen_k[:, :, t] = key[:, :, 0]
+        gen_v[:, :, t] = value[:, :, 0]
+        B, H, T, D = prefix_k.shape
+        S, flat = self.n_slots, self.flat[:n]
+        # the items of a sample side by side: [B * S, H, D] rows, viewed as [B, H, S, D]
+        q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0])
+        q = q.view(B, S, H, D).transpose(1, 2)
+        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask  # [B, H, S, T]
+        prefix_scores = prefix_scores.transpose(1, 2).reshape(B * S, H, T).index_select(0, flat)  # [n, H, T]
+        gen_scores = torch.matmul(query, gen_k[:, :, : t + 1].transpose(2, 3))[:, :, 0] * scaling  # [n, H, t+1]
+        p = torch.cat([prefix_scores, gen_scores], -1).softmax(-1, dtype=torch.float32).to(query.dtype)
+        p_prefix = query.new_zeros(B * S, H, T).index_copy_(0, flat, p[..., :T]).view(B, S, H, T).transpose(1, 2)
+        out = torch.matmul(p_prefix, prefix_v).transpose(1, 2).reshape(B * S, H, D).index_select(0, flat)  # [n, H, D]
+        out = out + torch.matmul(p[:, :, None, T:], gen_v[:, :, : t + 1])[:, :, 0]
+        return out[:, None]  # [n, 1, H, D], the layout attention functions return
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling, decode_state=None, **kwargs):
+    """transformers attention-interface entry point for _SharedPrefixDecoding."""
+    if decode_state is None:
+        raise MemdynError(f"{type(module).__name__} does not pass attention keyword arguments through "
+                          "(transformers < 5 model code?); memdyn's scorer needs it for cached decoding")
+    return decode_state.attend(module.layer_idx, query, key, value, scaling), None
+
+
+@contextmanager
+def _attention_implementation(model, name: str):
+    """Route the model's attention through a registered implementation for the duration of a decode."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
 
 
 @torch.no_grad()
-def _decode(model, full_cache, rows, lengths, first_tokens, steps: int):
-    """Greedy-decode `steps` tokens for G items that share the batch's teacher-forced cache.
+def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor):
+    """Greedy-decode steps[i] tokens for each of G items that share the batch's teacher-forced cache.
 
     Item i continues sample rows[i] after its true prefix of lengths[i] tokens, with first_tokens[i]
-    (the first mismatching prediction) at position lengths[i]. Returns tokens [G, steps] and the
-    top-2 logit gaps [G, steps] of those predictions.
+    (the first mismatching prediction) at position lengths[i]. steps must be non-increasing: the
+    items still decoding at step t are then the first n(t), and a step costs what they need, not
+    what the longest item needs. Returns tokens [G, max steps] and the top-2 logit gaps of those
+    predictions (valid up to each item's steps).
     """
-    from transformers import StaticCache
+    from transformers import AttentionInterface
 
-    G, width = len(rows), int(lengths.max())
-    # a preallocated cache written in place: a growing cache re-copies every layer's keys and
-    # values at each step, which costs about as much as the step's matrix products on a CPU
-    cache = StaticCache(config=model.config, max_cache_len=width + steps)
-    for i, layer in enumerate(full_cache.layers):
-        cache.update(_gather_prefixes(layer.keys, rows, lengths), _gather_prefixes(layer.values, rows, lengths), i)
-    pad = torch.arange(width + steps, device=lengths.device)[None, :] < (width - lengths)[:, None]
-    mask = (~pad).long()  # [G, width + steps]; slots not yet written are hidden by causality
+    AttentionInterface.register(_SHARED_PREFIX, _shared_prefix_attention)
+    G, total = len(rows), int(steps[0])
+    state = _SharedPrefixDecoding(full_cache, rows, lengths, total)
+    active = [int((steps > t).sum()) for t in range(total)]  # items still decoding at step t
     token = first_tokens  # [G]
-    out_tokens = torch.empty(G, steps, dtype=torch.long, device=rows.device)
-    out_gaps = torch.empty(G, steps, dtype=torch.float32, device=rows.device)
-    for t in range(steps):
-        logits = model(
-            input_ids=token[:, None], past_key_values=cache, attention_mask=mask,
-            position_ids=(lengths + t)[:, None], use_cache=True,
-        ).logits[:, -1].float()  # [G, V]
-        top2 = logits.topk(2, dim=-1).values
-        token = logits.argmax(-1)
-        out_tokens[:, t] = token
-        out_gaps[:, t] = top2[:, 0] - top2[:, 1]
+    out_tokens = torch.empty(G, total, dtype=torch.long, device=rows.device)
+    out_gaps = torch.empty(G, total, dtype=torch.float32, device=rows.device)
+    with _attention_implementation(model, _SHARED_PREFIX):
+        for t, n in enumerate(active):
+            state.step, state.active = t, n
+            logits = model(
+                input_ids=token[:n, None], position_ids=(lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
+            ).logits[:, -1].float()  # [n, V]
+            token, out_gaps[:n, t] = _greedy_and_gap(logits)
+            out_tokens[:n, t] = token
     return out_tokens, out_gaps
 
 
@@ -95,11 +171,10 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
     x = tokens[:, :T]
     out = model(input_ids=x, use_cache=True)
     logits = out.logits.float()  # [B, T, V]; logits[:, p] predicts position p + 1
-    pred = logits.argmax(-1)  # [B, T]
-    top2 = logits.topk(2, dim=-1).values
-    gap = top2[..., 0] - top2[..., 1]  # [B, T]
-    nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]  # [B, T-1]
-    del logits, top2
+    # NLL = logsumexp - true logit: one reduction, no [B, T, V] log-probability tensor
+    nll = logits[:, :-1].logsumexp(-1) - logits[:, :-1].gather(-1, x[:, 1:, None])[..., 0]  # [B, T-1]
+    pred, gap = _greedy_and_gap(logits)  # [B, T] each
+    del logits
 
     K = len(contexts)
     generated = torch.empty(B, K, C, dtype=torch.long, device=x.device)
@@ -120,9 +195,9 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         for row in torch.nonzero(m < C - 1).flatten().tolist():
             todo.append((row, j, int(m[row])))
 
-    # decode the diverged items together: one decoding step costs about the same for B or B*K
-    # items (per-step overhead dominates on CPU; memory-bound on GPU), so by default all of them
-    # form one group; with a smaller decode_batch, groups hold items of similar remaining length
+    # decode the diverged items together (a step's fixed overhead is shared) in order of remaining
+    # steps, longest first, so that finished items leave the decoding; with a smaller decode_batch,
+    # groups hold items of similar remaining length
     todo.sort(key=lambda item: (item[2], item[1], item[0]))
     decode_batch = decode_batch or max(1, len(todo))
     for start in range(0, len(todo), decode_batch):
@@ -130,9 +205,8 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         rows = torch.tensor([g[0] for g in group], device=x.device)
         ctx = torch.tensor([contexts[g[1]] for g in group], device=x.device)
         m = torch.tensor([g[2] for g in group], device=x.device)
-        steps = C - 1 - int(m.min())
         first = generated[rows, torch.tensor([g[1] for g in group], device=x.device), m]
-        new_tokens, new_gaps = _decode(model, out.past_key_values, rows, ctx + m, first, steps)
+        new_tokens, new_gaps = _decode(model, out.past_key_values, rows, ctx + m, first, C - 1 - m)
         for i, (row, j, mi) in enumerate(group):
             n = C - 1 - mi
             generated[row, j, mi + 1 :] = new_tokens[i, :n]
