@@ -129,7 +129,7 @@ def _attention_implementation(model, name: str):
         model.config._attn_implementation = previous
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor):
     """Greedy-decode steps[i] tokens for each of G items that share the batch's teacher-forced cache.
 
@@ -159,7 +159,7 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     return out_tokens, out_gaps
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: int, decode_batch: int | None = None) -> BatchResult:
     """Greedy continuations of `continuation` tokens after every context length, for a batch.
 
@@ -227,7 +227,7 @@ def cell_scores(generated: np.ndarray, true: np.ndarray, continuations: list[int
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reference_scores(model, sample: np.ndarray, k: int, c: int) -> tuple[np.ndarray, float]:
     """The plain reference: transformers `generate`, greedy, one sample, one (k, c) cell.
 
