@@ -86,21 +86,23 @@ class _SharedPrefixDecoding:
         self.prefix_mask = mask.view(B, self.n_slots, T)[:, None]
         self.generated = [(torch.empty(G, H, steps, D, dtype=dtype, device=rows.device),
                            torch.empty(G, H, steps, D, dtype=dtype, device=rows.device)) for _ in self.prefix]
-        self.step, self.active = 0, G  # the current step and the items still decoding (a prefix)
+        # the current step, the items still decoding (a prefix of the G) and their longest prefix
+        self.step, self.active, self.visible = 0, G, T
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
         """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
         t, n = self.step, self.active
-        prefix_k, prefix_v = self.prefix[layer]  # [B, H, T, D]
+        T = self.visible  # the longest prefix an active item sees: later positions are all masked
+        prefix_k, prefix_v = (c[:, :, :T] for c in self.prefix[layer])  # [B, H, T, D]
         gen_k, gen_v = self.generated[layer][0][:n], self.generated[layer][1][:n]  # [n, H, steps, D]
         gen_k[:, :, t] = key[:, :, 0]
         gen_v[:, :, t] = value[:, :, 0]
-        B, H, T, D = prefix_k.shape
+        B, H, _, D = prefix_k.shape
         S, flat = self.n_slots, self.flat[:n]
         # the items of a sample side by side: [B * S, H, D] rows, viewed as [B, H, S, D]
         q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0])
         q = q.view(B, S, H, D).transpose(1, 2)
-        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask  # [B, H, S, T]
+        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask[..., :T]  # [B, H, S, T]
         prefix_scores = prefix_scores.transpose(1, 2).reshape(B * S, H, T).index_select(0, flat)  # [n, H, T]
         gen_scores = torch.matmul(query, gen_k[:, :, : t + 1].transpose(2, 3))[:, :, 0] * scaling  # [n, H, t+1]
         p = torch.cat([prefix_scores, gen_scores], -1).softmax(-1, dtype=torch.float32).to(query.dtype)
@@ -145,12 +147,13 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     G, total = len(rows), int(steps[0])
     state = _SharedPrefixDecoding(full_cache, rows, lengths, total)
     active = [int((steps > t).sum()) for t in range(total)]  # items still decoding at step t
+    visible = torch.cummax(lengths, 0).values.tolist()  # visible[n - 1]: longest prefix of the first n
     token = first_tokens  # [G]
     out_tokens = torch.empty(G, total, dtype=torch.long, device=rows.device)
     out_gaps = torch.empty(G, total, dtype=torch.float32, device=rows.device)
     with _attention_implementation(model, _SHARED_PREFIX):
         for t, n in enumerate(active):
-            state.step, state.active = t, n
+            state.step, state.active, state.visible = t, n, visible[n - 1]
             logits = model(
                 input_ids=token[:n, None], position_ids=(lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
             ).logits[:, -1].float()  # [n, V]
