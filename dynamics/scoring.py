@@ -86,23 +86,21 @@ class _SharedPrefixDecoding:
         self.prefix_mask = mask.view(B, self.n_slots, T)[:, None]
         self.generated = [(torch.empty(G, H, steps, D, dtype=dtype, device=rows.device),
                            torch.empty(G, H, steps, D, dtype=dtype, device=rows.device)) for _ in self.prefix]
-        # the current step, the items still decoding (a prefix of the G) and their longest prefix
-        self.step, self.active, self.visible = 0, G, T
+        self.step, self.active = 0, G  # the current step and the items still decoding (a prefix)
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
         """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
         t, n = self.step, self.active
-        T = self.visible  # the longest prefix an active item sees: later positions are all masked
-        prefix_k, prefix_v = (c[:, :, :T] for c in self.prefix[layer])  # [B, H, T, D]
+        prefix_k, prefix_v = self.prefix[layer]  # [B, H, T, D]
         gen_k, gen_v = self.generated[layer][0][:n], self.generated[layer][1][:n]  # [n, H, steps, D]
         gen_k[:, :, t] = key[:, :, 0]
         gen_v[:, :, t] = value[:, :, 0]
-        B, H, _, D = prefix_k.shape
+        B, H, T, D = prefix_k.shape
         S, flat = self.n_slots, self.flat[:n]
         # the items of a sample side by side: [B * S, H, D] rows, viewed as [B, H, S, D]
         q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0])
         q = q.view(B, S, H, D).transpose(1, 2)
-        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask[..., :T]  # [B, H, S, T]
+        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask  # [B, H, S, T]
         prefix_scores = prefix_scores.transpose(1, 2).reshape(B * S, H, T).index_select(0, flat)  # [n, H, T]
         gen_scores = torch.matmul(query, gen_k[:, :, : t + 1].transpose(2, 3))[:, :, 0] * scaling  # [n, H, t+1]
         p = torch.cat([prefix_scores, gen_scores], -1).softmax(-1, dtype=torch.float32).to(query.dtype)
@@ -131,7 +129,6 @@ def _attention_implementation(model, name: str):
         model.config._attn_implementation = previous
 
 
-@torch.inference_mode()
 def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor):
     """Greedy-decode steps[i] tokens for each of G items that share the batch's teacher-forced cache.
 
@@ -146,14 +143,13 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     AttentionInterface.register(_SHARED_PREFIX, _shared_prefix_attention)
     G, total = len(rows), int(steps[0])
     state = _SharedPrefixDecoding(full_cache, rows, lengths, total)
-    active = [int((steps > t).sum()) for t in range(total)]  # items still decoding at step t
-    visible = torch.cummax(lengths, 0).values.tolist()  # visible[n - 1]: longest prefix of the first n
+    active = (steps[None, :] > torch.arange(total, device=steps.device)[:, None]).sum(1).tolist()  # per step
     token = first_tokens  # [G]
     out_tokens = torch.empty(G, total, dtype=torch.long, device=rows.device)
     out_gaps = torch.empty(G, total, dtype=torch.float32, device=rows.device)
     with _attention_implementation(model, _SHARED_PREFIX):
         for t, n in enumerate(active):
-            state.step, state.active, state.visible = t, n, visible[n - 1]
+            state.step, state.active = t, n
             logits = model(
                 input_ids=token[:n, None], position_ids=(lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
             ).logits[:, -1].float()  # [n, V]
@@ -184,7 +180,7 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
     min_gap = torch.empty(B, K, dtype=torch.float32, device=x.device)
     loss = torch.empty(B, K, dtype=torch.float32, device=x.device)
     context_loss = torch.empty(B, K, dtype=torch.float32, device=x.device)
-    todo = []  # (row, context index, prefix length m) pairs that diverge before the last position
+    diverged = []  # per context: (rows, prefix length m) of the items that diverge before the last position
     for j, k in enumerate(contexts):
         forced = pred[:, k - 1 : k - 1 + C]  # [B, C] teacher-forced greedy predictions
         match = forced == x[:, k : k + C]
@@ -195,25 +191,28 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         forced_gap = gap[:, k - 1 : k - 1 + C]
         upto = torch.arange(C, device=x.device)[None, :] <= m[:, None]
         min_gap[:, j] = torch.where(upto, forced_gap, torch.inf).min(1).values
-        for row in torch.nonzero(m < C - 1).flatten().tolist():
-            todo.append((row, j, int(m[row])))
+        rows = torch.nonzero(m < C - 1).flatten()
+        diverged.append((rows, torch.full_like(rows, j), m[rows]))
 
     # decode the diverged items together (a step's fixed overhead is shared) in order of remaining
     # steps, longest first, so that finished items leave the decoding; with a smaller decode_batch,
     # groups hold items of similar remaining length
-    todo.sort(key=lambda item: (item[2], item[1], item[0]))
-    decode_batch = decode_batch or max(1, len(todo))
-    for start in range(0, len(todo), decode_batch):
-        group = todo[start : start + decode_batch]
-        rows = torch.tensor([g[0] for g in group], device=x.device)
-        ctx = torch.tensor([contexts[g[1]] for g in group], device=x.device)
-        m = torch.tensor([g[2] for g in group], device=x.device)
-        first = generated[rows, torch.tensor([g[1] for g in group], device=x.device), m]
-        new_tokens, new_gaps = _decode(model, out.past_key_values, rows, ctx + m, first, C - 1 - m)
-        for i, (row, j, mi) in enumerate(group):
-            n = C - 1 - mi
-            generated[row, j, mi + 1 :] = new_tokens[i, :n]
-            min_gap[row, j] = min(float(min_gap[row, j]), float(new_gaps[i, :n].min()))
+    rows, ctx_idx, m = (torch.cat(parts) for parts in zip(*diverged))  # [G] each
+    order = torch.argsort((m * K + ctx_idx) * B + rows)  # by m, then context, then row
+    rows, ctx_idx, m = rows[order], ctx_idx[order], m[order]
+    lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
+    positions = torch.arange(C, device=x.device)[None, :]  # [1, C]
+    decode_batch = decode_batch or max(1, len(rows))
+    for start in range(0, len(rows), decode_batch):
+        g = slice(start, start + decode_batch)
+        r, j, mg = rows[g], ctx_idx[g], m[g]
+        new_tokens, new_gaps = _decode(model, out.past_key_values, r, lengths[g], generated[r, j, mg], C - 1 - mg)
+        # item i's decoded tokens fill positions m_i + 1 .. C - 1; its first C - 1 - m_i gaps are valid
+        src = positions - mg[:, None] - 1  # [G, C] index into new_tokens
+        decoded = new_tokens.gather(1, src.clamp(0, new_tokens.size(1) - 1))
+        generated[r, j] = torch.where(src >= 0, decoded, generated[r, j])
+        valid = positions[:, : new_gaps.size(1)] < (C - 1 - mg)[:, None]
+        min_gap[r, j] = torch.minimum(min_gap[r, j], torch.where(valid, new_gaps, torch.inf).min(1).values)
     return BatchResult(
         generated.cpu().numpy(), min_gap.cpu().numpy(), loss.cpu().numpy(), context_loss.cpu().numpy()
     )
