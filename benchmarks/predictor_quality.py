@@ -2,6 +2,7 @@
 
     python benchmarks/predictor_quality.py --family DIR --scores DIR [--dynamics DIR]
         [--context K --continuation C] [--folds 5] [--epochs 20] [--seed 0] [--edges 0.2,1.0] [--max-per-class N]
+        [--models 1.6m,4.2m]
 
 For every size in the scores: K-fold cross-validation by training document (predictor.train.
 cross_validate) of a context-mode predictor (and a hidden-mode one when --dynamics is given), and
@@ -49,6 +50,7 @@ def row(model: str, mode: str, m: dict) -> dict:
     if "tokens" in m["predictor"]:
         out["token_acc"] = m["predictor"]["tokens"]["token_accuracy"]
         out["seq_acc"] = m["predictor"]["tokens"]["sequence_accuracy"]
+        out["token_auroc"] = m["predictor"]["tokens"]["token_auroc"]
     return out
 
 
@@ -64,11 +66,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--edges", default="0.2,1.0")
     ap.add_argument("--max-per-class", type=int)
+    ap.add_argument("--models", help="comma-separated sizes (default: every scored size)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     edges = parse_edges(args.edges)
     scored = set(read_scores(args.scores)["model"])
     sizes = [s for s in load_family(args.family).size_names if s in scored]  # smallest first
+    if args.models:
+        unknown = set(args.models.split(",")) - set(sizes)
+        if unknown:
+            raise SystemExit(f"--models {', '.join(sorted(unknown))}: not scored (scored: {', '.join(sizes)})")
+        sizes = [s for s in sizes if s in args.models.split(",")]
     settings = TrainSettings(seed=args.seed, epochs=args.epochs, max_per_class=args.max_per_class)
     modes = ["context"] + (["hidden"] if args.dynamics else [])
     rows, skipped, used = [], [], set()

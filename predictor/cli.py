@@ -40,7 +40,8 @@ def print_summary(metrics: dict) -> None:
                   f"{_fmt(m['auroc']):>6} {_fmt(m['ece']):>6}")
     if "tokens" in metrics["predictor"]:
         t = metrics["predictor"]["tokens"]
-        print(f"tokens: accuracy {_fmt(t['token_accuracy'])}, full-sequence accuracy {_fmt(t['sequence_accuracy'])}")
+        print(f"tokens: accuracy {_fmt(t['token_accuracy'])}, full-sequence accuracy {_fmt(t['sequence_accuracy'])}, "
+              f"AUROC {_fmt(t['token_auroc'])}")
 
 
 @app.command("train")
@@ -57,8 +58,8 @@ def train(
     context: Optional[int] = typer.Option(None, help="Context length of the scored cell (default 32 if scored, else the smallest)."),
     continuation: Optional[int] = typer.Option(None, help="Continuation length of the cell (default 16 if scored, else the smallest)."),
     edges: str = typer.Option("0.2,1.0", help="LO,HI: unmemorized score <= LO, memorized score >= HI, partial between."),
-    d_model: int = typer.Option(64, help="Predictor width."),
-    layers: int = typer.Option(2, help="Encoder layers."),
+    d_model: Optional[int] = typer.Option(None, help="Predictor width (default 64; hidden mode 32)."),
+    layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
     heads: int = typer.Option(4, help="Attention heads."),
     positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
     batch_size: int = typer.Option(32, help="Batch size."),
@@ -78,11 +79,10 @@ def train(
         raise MemdynError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     if positional not in ("learned", "sinusoidal"):
         raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
-    if d_model % heads:
-        raise MemdynError(f"--d-model {d_model} must be a multiple of --heads {heads}")
     settings = TrainSettings(seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_per_class=max_per_class,
                              test_size=test_size, device=device)
     arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional}
+    arch = {k: v for k, v in arch.items() if v is not None}  # unset: the mode's default (predictor.train.new_predictor)
     metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
                               settings, arch, folds=folds)
     print_summary(metrics)

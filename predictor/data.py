@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.model_selection import GroupShuffleSplit
 
 from dynamics.collect import check_scores_family, read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
+from dynamics.family.load import load_model
 from dynamics.family.spec import FamilySpec
 from dynamics.scoretable import read_generations, read_scores
 from dynamics.transitions import pick_cell
@@ -165,7 +167,7 @@ class Dataset:
     context_len: int
     continuation_len: int
     rows: pd.DataFrame  # seq_idx, score, matches, label, context_loss, first_doc, last_doc (+ dynamics columns)
-    inputs: np.ndarray  # context: tokens [n, k] int64; hidden: features [n, k + c, d + 1] float32
+    inputs: np.ndarray  # context: tokens [n, k] int64; hidden: features [n, k + c, d + 2] float32
     token_labels: np.ndarray | None = None  # hidden: [n, c] bool, generated token == true token
     extra: dict = field(default_factory=dict)
 
@@ -200,7 +202,8 @@ def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DE
 
 
 def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=DEFAULT_EDGES) -> Dataset:
-    """Last collected layer's hidden states + entropy over context + greedy continuation."""
+    """Last collected layer's hidden states + entropy and surprisal over context + greedy continuation
+    (the surprisal from one pass of the target model over the fed tokens, as predict computes it)."""
     settings = read_settings(dynamics)
     if (settings.get("family"), settings.get("corpus_hash")) != (family.name, family.corpus.get("hash")):
         raise MemdynError(f"--dynamics {dynamics} was collected for family {settings.get('family')!r}, not {family.name!r}")
@@ -213,7 +216,9 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     hidden = np.asarray(read_hidden(dynamics, model, layer), dtype=np.float32)  # [n, T, d]
     pos = pos.sort_values(["row", "position"])
     entropy = pos["entropy_nats"].to_numpy(np.float32).reshape(-1, T)  # [n, T]
-    match = (pos["token"].to_numpy() == pos["generated"].to_numpy()).reshape(-1, T)[:, k:]  # [n, c]
+    fed = pos["generated"].to_numpy().reshape(-1, T)  # context + greedy continuation
+    match = (pos["token"].to_numpy().reshape(-1, T) == fed)[:, k:]  # [n, c]
+    surprisal = fed_surprisal(load_model(family, model, meta["revision"], device="cpu"), fed)  # [n, T]
     rows = seqs[["seq_idx", "score", "matches", "random_draw", "span_count"]].copy()
     rows["label"] = score_classes(rows["score"], edges)
     docs = sample_documents(family, rows["seq_idx"].to_numpy())
@@ -223,14 +228,33 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
     rows["entropy_context"] = entropy[:, 1:k].mean(1)
     rows["entropy_continuation"] = entropy[:, k:].mean(1)
-    return Dataset(model, meta["revision"], k, c, rows.reset_index(drop=True), hidden_features(hidden, entropy), match,
-                   {"layer": layer, "hidden_dtype": meta["hidden_dtype"]})
+    rows["max_surprisal_continuation"] = surprisal[:, k:].max(1)  # the least confident greedy step
+    return Dataset(model, meta["revision"], k, c, rows.reset_index(drop=True), hidden_features(hidden, entropy, surprisal),
+                   match, {"layer": layer, "hidden_dtype": meta["hidden_dtype"]})
 
 
-def hidden_features(hidden: np.ndarray, entropy: np.ndarray) -> np.ndarray:
-    """[..., T, d + 1] hidden-mode inputs from hidden states [..., T, d] and entropies [..., T] in nats
-    (position 0 has no predicting distribution: its NaN becomes 0)."""
-    return np.concatenate([hidden, np.nan_to_num(entropy, nan=0.0)[..., None]], axis=-1).astype(np.float32)
+HIDDEN_CHANNELS = ("entropy", "surprisal")  # per-position channels after the hidden state, in this order
+
+
+def hidden_features(hidden: np.ndarray, entropy: np.ndarray, surprisal: np.ndarray) -> np.ndarray:
+    """[..., T, d + 2] hidden-mode inputs from hidden states [..., T, d] and the HIDDEN_CHANNELS
+    [..., T] in nats (position 0 has no predicting distribution: its NaN becomes 0)."""
+    chans = [np.nan_to_num(v, nan=0.0)[..., None] for v in (entropy, surprisal)]
+    return np.concatenate([hidden, *chans], axis=-1).astype(np.float32)
+
+
+@torch.no_grad()
+def fed_surprisal(model, fed: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """[n, T] surprisal (nats) of each fed token (true in the context, greedy in the continuation)
+    under the model, teacher-forced; NaN at position 0. It never reads the true continuation: at a
+    generated position it is -log p of the model's own greedy token."""
+    dev = next(model.parameters()).device
+    out = np.full(fed.shape, np.nan, dtype=np.float32)
+    for start in range(0, len(fed), batch_size):
+        ids = torch.as_tensor(np.asarray(fed[start : start + batch_size], dtype=np.int64), device=dev)
+        logp = model(input_ids=ids).logits.float().log_softmax(-1)  # [B, T, V]; logits[:, p] predicts p + 1
+        out[start : start + len(ids), 1:] = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()
+    return out
 
 
 def context_tokens(family: FamilySpec, seq_idx: np.ndarray, k: int) -> np.ndarray:
@@ -253,7 +277,8 @@ def zlib_ratio(tokens: np.ndarray) -> np.ndarray:
 def scalar_features(family: FamilySpec, data: Dataset, tokens: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """[n, F] features for the baselines: context loss, zlib ratio, n-gram frequencies of the
     context (log1p of mean unigram / bigram count, and of the whole context's duplicate count),
-    and mean entropy (hidden mode only, where the dynamics outputs hold it)."""
+    and (hidden mode only, where the dynamics outputs hold what they need) mean entropy over context
+    and continuation and the greedy continuation's largest surprisal."""
     from dynamics.collect import open_ngram_index
 
     cols, names = [], []
@@ -265,7 +290,7 @@ def scalar_features(family: FamilySpec, data: Dataset, tokens: np.ndarray) -> tu
         counts = index.count_positions(tokens, n)[:, n - 1 :]  # [n, k - n + 1]
         cols.append(np.log1p(counts.mean(1))); names.append(f"log_mean_{n}gram_count")
     cols.append(np.log1p(index.count(tokens))); names.append("log_context_duplicates")
-    for col in ("entropy_context", "entropy_continuation"):
+    for col in ("entropy_context", "entropy_continuation", "max_surprisal_continuation"):
         if col in data.rows:
             cols.append(data.rows[col].to_numpy()); names.append(col)
     return np.stack(cols, 1).astype(np.float64), names

@@ -38,10 +38,13 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict:
     }
 
 
-def token_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
-    """pred, true: [n, c] bool per continuation token (will the model reproduce it?)."""
-    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+def token_metrics(proba: np.ndarray, true: np.ndarray) -> dict:
+    """proba [n, c] predicted probability, true [n, c] bool, per continuation token (will the model
+    reproduce it?). Accuracies at threshold 0.5; AUROC over all tokens pooled (NaN if one side is absent)."""
+    proba, true = np.asarray(proba, np.float64), np.asarray(true, bool)
+    pred = proba > 0.5
     return {
         "token_accuracy": float((pred == true).mean()),
         "sequence_accuracy": float((pred == true).all(1).mean()),
+        "token_auroc": float(roc_auc_score(true.ravel(), proba.ravel())) if 0 < true.sum() < true.size else float("nan"),
     }

@@ -1,8 +1,18 @@
 """A small Transformer encoder that reads a context (token ids) or a model's hidden states
-(+ entropy) and predicts the memorization class, the score, and (hidden mode) per-token matches.
+(+ per-position channels) and predicts the memorization class, the score, and (hidden mode)
+per-token matches.
 
 Two defects of the paper's predictor are fixed here: positions are encoded (learned or
 sinusoidal), and the encoder runs batch_first=True on [B, T, d] inputs.
+
+Hidden mode (the last n_channels input features are per-position scalars: entropy and surprisal
+of the fed token, predictor.data.HIDDEN_CHANNELS): ~200 training rows are too few for a d-wide hidden state
+per position, which lets the encoder memorise its training rows, so the hidden states pass through
+a hidden_proj-dimensional bottleneck and, in training, the whole hidden-state path of a row is
+dropped with probability hidden_dropout. The channels are standardised with statistics of the
+training rows (buffers, saved with the weights). A continuation is memorized only if its weakest
+greedy step is confident, so the sequence heads read the max over positions beside the mean, and
+the channels' mean and max over context and continuation directly.
 """
 
 from __future__ import annotations
@@ -19,7 +29,11 @@ import torch.nn.functional as F
 class PredictorConfig:
     input: str = "context"  # context: token ids [B, T] | hidden: features [B, T, n_features]
     vocab_size: int = 0  # context mode
-    n_features: int = 0  # hidden mode: d_model of the target model + 1 (entropy)
+    n_features: int = 0  # hidden mode: d_model of the target model + n_channels
+    n_channels: int = 0  # hidden mode: per-position channels at the end of the features
+    context_len: int = 0  # hidden mode: positions < context_len are the context
+    hidden_proj: int = 8  # hidden mode: width of the hidden-state bottleneck
+    hidden_dropout: float = 0.5  # hidden mode: chance a row's hidden-state path is dropped in training
     max_len: int = 64  # longest input the positional encoding covers
     n_classes: int = 3
     d_model: int = 64
@@ -47,10 +61,20 @@ class MemPredictor(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
+        self.channels = cfg.n_channels if cfg.input == "hidden" else 0
+        head_in = d
         if cfg.input == "context":
             self.embed = nn.Embedding(cfg.vocab_size, d)
         else:  # hidden states differ in scale across models: normalise before projecting
-            self.embed = nn.Sequential(nn.LayerNorm(cfg.n_features), nn.Linear(cfg.n_features, d))
+            if not 0 < cfg.n_channels < cfg.n_features:
+                raise ValueError(f"hidden mode needs 0 < n_channels < n_features, got {cfg.n_channels}, {cfg.n_features}")
+            width = cfg.n_features - self.channels
+            self.embed = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.hidden_proj), nn.Dropout(cfg.dropout),
+                                       nn.Linear(cfg.hidden_proj, d))
+            self.embed_channels = nn.Linear(self.channels, d)
+            self.register_buffer("channel_mean", torch.zeros(self.channels))
+            self.register_buffer("channel_std", torch.ones(self.channels))
+            head_in = 2 * d + 4 * self.channels  # mean and max of h; channels' mean and max per segment
         if cfg.positional == "learned":
             self.pos = nn.Embedding(cfg.max_len, d)
         else:
@@ -58,8 +82,8 @@ class MemPredictor(nn.Module):
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.cls_head = nn.Linear(d, cfg.n_classes)
-        self.score_head = nn.Linear(d, 1)
+        self.cls_head = nn.Linear(head_in, cfg.n_classes)
+        self.score_head = nn.Linear(head_in, 1)
         self.token_head = nn.Linear(d, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -69,15 +93,46 @@ class MemPredictor(nn.Module):
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
         pos = self.pos.weight[:T] if self.cfg.positional == "learned" else self.pe[:T]  # [T, d]
-        h = self.embed(x) + pos  # [B, T, d]
+        if self.channels:
+            chan = (x[..., -self.channels :] - self.channel_mean) / self.channel_std  # [B, T, n_channels]
+            hid = self.embed(x[..., : -self.channels])
+            if self.training and self.cfg.hidden_dropout:
+                keep = torch.rand(B, 1, 1, device=x.device) >= self.cfg.hidden_dropout
+                hid = hid * keep / (1 - self.cfg.hidden_dropout)
+            h = hid + self.embed_channels(chan) + pos
+        else:
+            h = self.embed(x) + pos  # [B, T, d]
         h = self.norm(self.encoder(h, src_key_padding_mask=~mask))  # [B, T, d]
-        m = mask[..., None].to(h.dtype)  # [B, T, 1]
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [B, d] masked mean
+        pooled = masked_mean(h, mask)  # [B, d]
+        if self.channels:
+            k = self.cfg.context_len
+            pooled = torch.cat([pooled, masked_max(h, mask), masked_mean(chan[:, :k], mask[:, :k]),
+                                masked_max(chan[:, :k], mask[:, :k]), masked_mean(chan[:, k:], mask[:, k:]),
+                                masked_max(chan[:, k:], mask[:, k:])], -1)
         return {
             "logits": self.cls_head(pooled),
             "score": torch.sigmoid(self.score_head(pooled)[:, 0]),
             "token_logits": self.token_head(h)[..., 0],
         }
+
+    def fit_channels(self, x: torch.Tensor) -> None:
+        """Standardise the channels with the statistics of training inputs x [n, T, F]."""
+        if self.channels:
+            chan = x[..., -self.channels :].reshape(-1, self.channels).float()
+            self.channel_mean.copy_(chan.mean(0))
+            self.channel_std.copy_(chan.std(0).clamp(min=1e-6))
+
+
+def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, F], [B, T] bool -> [B, F] mean over the real positions."""
+    m = mask[..., None].to(v.dtype)
+    return (v * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def masked_max(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, F], [B, T] bool -> [B, F] max over the real positions (0 where there are none)."""
+    out = v.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
 
 
 def loss_fn(out: dict, label: torch.Tensor, score: torch.Tensor, class_weight: torch.Tensor | None,

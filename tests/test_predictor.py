@@ -124,7 +124,8 @@ def test_batch_first_shapes_and_positions_matter(positional):
     assert not torch.allclose(out["logits"], perm["logits"])  # no positions => mean pooling is permutation-invariant
     # batch items are independent (a swapped batch/sequence axis would mix them)
     assert torch.allclose(net(x[:1])["logits"], out["logits"][:1], atol=1e-6)
-    hid = MemPredictor(PredictorConfig(input="hidden", n_features=9, max_len=12, d_model=16, n_layers=1, n_heads=2)).eval()
+    hid = MemPredictor(PredictorConfig(input="hidden", n_features=9, n_channels=2, context_len=8, max_len=12, d_model=16,
+                                       n_layers=1, n_heads=2)).eval()
     assert hid(torch.randn(2, 12, 9))["token_logits"].shape == (2, 12)
 
 
@@ -139,8 +140,9 @@ def test_metrics_on_known_inputs():
     # ECE: bins 0.9 (acc 1), 0.8 (2 rows, acc 1), 0.6 (acc 0) -> (0.1 + 2*0.2 + 0.6) / 4
     assert expected_calibration_error(proba, y) == pytest.approx((0.1 + 0.4 + 0.6) / 4)
     assert np.isnan(classification_metrics(np.array([0, 1]), proba[:2])["auroc"])
-    t = token_metrics(np.array([[1, 1, 0], [1, 1, 1]]), np.array([[1, 1, 0], [1, 0, 1]]))
-    assert t == {"token_accuracy": pytest.approx(5 / 6), "sequence_accuracy": 0.5}
+    t = token_metrics(np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.95]]), np.array([[1, 1, 0], [1, 0, 1]]))
+    # threshold 0.5 misses one token (0.6); ranking: the false 0.6 sits below the true 0.7..0.95, above the false 0.1
+    assert t == {"token_accuracy": pytest.approx(5 / 6), "sequence_accuracy": 0.5, "token_auroc": pytest.approx(1.0)}
 
 
 # ---------------------------------------------------------------------------- micro family
@@ -238,6 +240,9 @@ def test_bad_inputs(micro_family, micro_scores, tmp_path):
     assert isinstance(r.exception, MemdynError) and "--dynamics" in str(r.exception)
     r = invoke("predict", "--model-dir", tmp_path, "--text", "x")
     assert isinstance(r.exception, MemdynError) and "not a memdyn predictor" in str(r.exception)
+    r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "d", *CELL,
+               "--epochs", "1", "--heads", "3")  # against the default width 64
+    assert isinstance(r.exception, MemdynError) and "--d-model 64 must be a multiple of --heads 3" in str(r.exception)
 
 
 def test_hidden_mode_token_metrics(hidden_trained):
@@ -293,3 +298,55 @@ def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family
         x, gen = hidden_inputs(model, context, c, config["layer"], config["hidden_dtype"])
         assert gen.tolist() == generated[row].tolist()
         np.testing.assert_allclose(x, data.inputs[row], rtol=1e-2, atol=1e-3)  # float16-stored hidden states
+
+
+def test_surprisal_channel_is_the_teacher_forced_nll_of_the_fed_tokens(hidden_trained, micro_family, micro_scores):
+    """Over the context the surprisal channel averages to the scorer's context loss (same alignment);
+    over the continuation it is the surprisal of the model's own greedy tokens, never the true ones."""
+    from dynamics.scoretable import read_generations
+    from predictor.data import HIDDEN_CHANNELS, hidden_dataset
+    from dynamics.family.spec import load_family
+
+    dyn, _ = hidden_trained
+    data = hidden_dataset(load_family(micro_family), dyn, "37k")
+    k = data.context_len
+    surprisal = data.inputs[..., -len(HIDDEN_CHANNELS) + HIDDEN_CHANNELS.index("surprisal")]  # [n, T]
+    gens = read_generations(micro_scores)
+    gens = gens[(gens["model"] == "37k") & (gens["revision"] == data.revision) & (gens["context_len"] == k)]
+    expected = gens.set_index("seq_idx").loc[data.rows["seq_idx"], "context_loss"].to_numpy()
+    np.testing.assert_allclose(surprisal[:, 1:k].mean(1), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(data.rows["max_surprisal_continuation"], surprisal[:, k:].max(1), rtol=1e-6)
+    assert (surprisal[:, 0] == 0).all() and (surprisal >= 0).all()
+
+
+def test_hidden_predictor_reloads_with_its_channel_statistics(hidden_trained, micro_family, tmp_path):
+    import shutil
+
+    from dynamics.family.spec import load_family
+    from predictor.data import hidden_dataset
+    from predictor.train import load_predictor, predict_arrays
+
+    dyn, h = hidden_trained
+    net, config = load_predictor(h)
+    assert config["predictor"]["n_channels"] == 2 and not torch.allclose(net.channel_std, torch.ones(2))
+    x = hidden_dataset(load_family(micro_family), dyn, "37k").inputs
+    a, b = predict_arrays(net, x), predict_arrays(load_predictor(h)[0], x)
+    assert all(np.array_equal(a[key], b[key]) for key in a)
+    old = tmp_path / "old"  # a predictor from before the channels: its config lacks n_channels
+    shutil.copytree(h, old)
+    (old / "config.json").write_text(json.dumps({**config, "predictor": {
+        k: v for k, v in config["predictor"].items() if k not in ("n_channels", "context_len", "hidden_proj", "hidden_dropout")}}))
+    with pytest.raises(MemdynError, match="before the surprisal channel"):
+        load_predictor(old)
+
+
+def test_channel_pooling_ignores_padding():
+    torch.manual_seed(0)
+    cfg = PredictorConfig(input="hidden", n_features=6, n_channels=2, context_len=3, max_len=6, d_model=8,
+                          n_layers=1, n_heads=2, hidden_proj=2)
+    net = MemPredictor(cfg).eval()
+    x = torch.randn(1, 6, 6)
+    mask = torch.tensor([[True] * 5 + [False]])
+    padded = x.clone()
+    padded[0, 5] = 1e3  # a padded position with extreme channels must change nothing
+    assert torch.allclose(net(x, mask)["logits"], net(padded, mask)["logits"], atol=1e-5)
