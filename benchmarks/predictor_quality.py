@@ -7,12 +7,14 @@
 For every size in the scores: K-fold cross-validation by training document (predictor.train.
 cross_validate) of a context-mode predictor (and a hidden-mode one when --dynamics is given), and
 one row per (model, mode) of the pooled out-of-fold predictions on the natural distribution:
-predictor accuracy / macro-F1 / AUROC (memorized vs not) / ECE / score MAE (token and sequence
-accuracy in hidden mode) beside the majority class and logistic regression / gradient boosting on
-scalar features (context loss, zlib ratio, n-gram counts, duplicate count, mean entropy in hidden
-mode), fitted on the same folds; `n` samples pooled, `n_out` spanning two folds and evaluated in
-none, `memorized`/`not` the AUROC's classes among the n, and `bal_f1` the predictor's macro-F1 on a
-class-balanced subset. Sizes whose folds lack a class are listed with the reason.
+predictor accuracy / macro-F1 / AUROC (memorized vs not) / ECE / score MAE (in hidden mode also the
+per-token head's token and sequence accuracy and its token-level AUROC, reproduced vs not) beside
+the majority class and logistic regression / gradient boosting on scalar features (context loss,
+zlib ratio, n-gram counts, duplicate count; in hidden mode mean entropy and the greedy
+continuation's largest surprisal), fitted on the same folds; `n` samples pooled, `n_out` spanning
+two folds and evaluated in none, `memorized`/`not` the AUROC's classes among the n, and `bal_f1`
+the predictor's macro-F1 on a class-balanced subset. Sizes whose folds lack a class are listed with the reason; --models limits
+the sizes.
 Runs single-threaded. On the micro fixtures: --context 16 --continuation 4 gives all classes.
 """
 
