@@ -98,7 +98,7 @@ def score(
     revs = [r.strip() for r in revisions.split(",")] if revisions else None
     if revs == ["all"]:
         revs = sorted({r for s in fam.select(models) for r in s.revisions}, key=lambda r: int(r[4:]))
-    run_scoring(fam, out, settings, models, revs, device=device)
+    run_scoring(fam, out, settings, prefix, models, revs, device=device)
     print(f"scores written to {out}")
 
 

@@ -52,14 +52,14 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     t = _stage("scores: final checkpoints over the context x continuation grid", 2, total)
     settings = make_settings(family, family.data.prefix, list(p.contexts), list(p.continuations), None, None,
                              seed, "fp32", 256, 32)
-    run_scoring(family, workdir / "scores", settings, None, None)
+    run_scoring(family, workdir / "scores", settings, family.data.prefix, None, None)
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("scores: every checkpoint at the main cell", 3, total)
     k, c = min(p.contexts, key=lambda v: abs(v - 32)), min(p.continuations, key=lambda v: abs(v - 16))
     settings = make_settings(family, family.data.prefix, [k], [c], None, None, seed, "fp32", 256, 32)
     revisions = sorted({r for s in family.sizes for r in s.revisions}, key=lambda r: int(r[4:]))
-    run_scoring(family, workdir / "scores_checkpoints", settings, None, revisions)
+    run_scoring(family, workdir / "scores_checkpoints", settings, family.data.prefix, None, revisions)
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)

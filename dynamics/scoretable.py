@@ -44,6 +44,8 @@ FIRST_MEMORIZED = "_first_memorized.parquet"
 class ScoreSettings:
     family: str
     corpus_hash: str | None
+    # the data's content fingerprint, not its path: a moved work directory, or data mounted
+    # elsewhere, still resumes
     data: str
     n_data: int
     contexts: list[int]
@@ -106,7 +108,7 @@ def make_settings(
     if chunk_size < 1 or batch_size < 1:
         raise MemdynError("--chunk-size and --batch-size must be >= 1")
     return ScoreSettings(
-        family=family.name, corpus_hash=family.corpus.get("hash"), data=str(Path(ds.bin_path).with_suffix("").resolve()),
+        family=family.name, corpus_hash=family.corpus.get("hash"), data=ds.fingerprint(),
         n_data=len(ds), contexts=contexts, continuations=continuations, samples=spec, sample_mode=mode,
         seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
     )
@@ -153,10 +155,11 @@ def score_chunk(model, model_name: str, revision: str, tokens: np.ndarray, seq_i
 
 
 def run_scoring(
-    family: FamilySpec, out: str | Path, settings: ScoreSettings, models: list[str] | None,
+    family: FamilySpec, out: str | Path, settings: ScoreSettings, data: str | Path, models: list[str] | None,
     revisions: list[str] | None, device: str | None = None, progress: bool = True,
 ) -> Path:
-    """Compute every missing chunk (this process's share of them) and write the table."""
+    """Compute every missing chunk (this process's share of them) and write the table.
+    data: the Megatron prefix that `settings` were made from."""
     from accelerate import PartialState
 
     state = PartialState()
@@ -177,7 +180,7 @@ def run_scoring(
     state.wait_for_everyone()
 
     idx = sample_indices(settings)
-    ds = IndexedDataset(settings.data)
+    ds = IndexedDataset(data)
     n_chunks = -(-len(idx) // settings.chunk_size)
     jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
     mine = [j for i, j in enumerate(jobs) if i % state.num_processes == state.process_index]

@@ -97,6 +97,25 @@ def test_kill_and_resume_gives_identical_table(micro_family, micro_scores, tmp_p
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_moved_work_directory_resumes(micro_family, tmp_path):
+    """Scores record the data's content, not its path: a family and scores moved elsewhere resume
+    without redoing finished chunks."""
+    import shutil
+
+    shutil.copytree(micro_family, tmp_path / "a" / "family")
+    args = ["--contexts", "8", "--continuations", "4", "--samples", "0:40", "--chunk-size", "20", "--device", "cpu"]
+    largest = load_family(micro_family).sizes[-1].name
+    code, _, err = run_cli("score", "--family", tmp_path / "a" / "family", "--out", tmp_path / "a" / "s",
+                           "--models", largest, *args)
+    assert code == 0, err
+    (tmp_path / "a").rename(tmp_path / "b")
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "s").glob("part-*.parquet")}
+    code, _, err = run_cli("score", "--family", tmp_path / "b" / "family", "--out", tmp_path / "b" / "s",
+                           "--models", largest, *args)
+    assert code == 0, err
+    assert len(done) == 2 and all(p.stat().st_mtime_ns == t for p, t in done.items())
+
+
 def test_two_processes_under_accelerate_give_the_same_table(micro_family, micro_scores, tmp_path):
     largest = load_family(micro_family).sizes[-1].name
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
