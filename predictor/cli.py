@@ -61,6 +61,7 @@ def train(
     d_model: Optional[int] = typer.Option(None, help="Predictor width (default 64; hidden mode 32)."),
     layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
     heads: int = typer.Option(4, help="Attention heads."),
+    members: Optional[int] = typer.Option(None, help="Predictors from different initialisations, averaged (default 1; hidden mode 3)."),
     positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
     batch_size: int = typer.Option(32, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
@@ -81,7 +82,7 @@ def train(
         raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
     settings = TrainSettings(seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_per_class=max_per_class,
                              test_size=test_size, device=device)
-    arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional}
+    arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional, "members": members}
     arch = {k: v for k, v in arch.items() if v is not None}  # unset: the mode's default (predictor.train.new_predictor)
     metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
                               settings, arch, folds=folds)

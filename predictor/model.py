@@ -41,6 +41,7 @@ class PredictorConfig:
     n_heads: int = 4
     dropout: float = 0.1
     positional: str = "learned"  # learned | sinusoidal
+    members: int = 1  # encoders trained from different initialisations, probabilities averaged
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +122,29 @@ class MemPredictor(nn.Module):
             chan = x[..., -self.channels :].reshape(-1, self.channels).float()
             self.channel_mean.copy_(chan.mean(0))
             self.channel_std.copy_(chan.std(0).clamp(min=1e-6))
+
+
+class MemPredictorEnsemble(nn.Module):
+    """cfg.members MemPredictors of one architecture, each trained from its own initialisation;
+    the ensemble predicts their averaged probabilities. With ~200 training rows one predictor's
+    ranking depends on its initialisation (hidden mode on the tiny 4.2m model: AUROC 0.74-0.90 over
+    nine runs); averaging a few removes most of that spread."""
+
+    def __init__(self, cfg: PredictorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.members = nn.ModuleList(MemPredictor(cfg) for _ in range(cfg.members))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """As MemPredictor.forward; logits are log mean probabilities, token_logits logit mean probabilities."""
+        outs = [m(x, mask) for m in self.members]
+        proba = torch.stack([o["logits"].softmax(-1) for o in outs]).mean(0)
+        token_proba = torch.stack([torch.sigmoid(o["token_logits"]) for o in outs]).mean(0)
+        return {
+            "logits": proba.log(),
+            "score": torch.stack([o["score"] for o in outs]).mean(0),
+            "token_logits": torch.logit(token_proba, eps=1e-7),
+        }
 
 
 def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,13 @@ from predictor.data import (
     touches,
 )
 from predictor.metrics import classification_metrics, token_metrics
-from predictor.model import MemPredictor, PredictorConfig, loss_fn
+from predictor.model import MemPredictor, MemPredictorEnsemble, PredictorConfig, loss_fn
 
 MODES = ("context", "hidden")
 # Hidden mode's defaults under the arch a caller gives: with ~200 training rows a narrower, shallower
-# encoder generalises better (4.2m, 5-fold AUROC memorized vs not: 0.88 here, 0.82 at d 64 / 2 layers)
-HIDDEN_ARCH = {"d_model": 32, "n_layers": 1}
+# encoder generalises better (4.2m, 5-fold AUROC memorized vs not of one encoder: 0.88 here, 0.82 at d 64 / 2 layers),
+# and three members average away most of the spread over initialisations
+HIDDEN_ARCH = {"d_model": 32, "n_layers": 1, "members": 3}
 
 
 @dataclass
@@ -83,7 +84,7 @@ def tokens_of(family: FamilySpec, data: Dataset) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_arrays(net: MemPredictor, inputs: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+def predict_arrays(net: MemPredictorEnsemble, inputs: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """proba [n, C], score [n], token_proba [n, T] for inputs [n, T] (ids) or [n, T, F]."""
     net.eval()
     dev = next(net.parameters()).device
@@ -97,7 +98,7 @@ def predict_arrays(net: MemPredictor, inputs: np.ndarray, batch_size: int = 256)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None = None) -> MemPredictor:
+def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None = None) -> MemPredictorEnsemble:
     """A freshly (seeded) initialised predictor sized for the data's inputs (arch over the mode's defaults)."""
     torch.manual_seed(seed)
     mode = "context" if data.inputs.ndim == 2 else "hidden"
@@ -105,14 +106,23 @@ def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None =
     cfg = PredictorConfig(input=mode, max_len=data.inputs.shape[1], **{**defaults, **(arch or {})})
     if cfg.d_model % cfg.n_heads:
         raise MemdynError(f"--d-model {cfg.d_model} must be a multiple of --heads {cfg.n_heads}")
+    if cfg.members < 1:
+        raise MemdynError(f"--members must be >= 1, got {cfg.members}")
     if mode == "context":
         cfg.vocab_size = max(vocab_size, int(data.inputs.max()) + 1)
     else:
         cfg.n_features, cfg.n_channels, cfg.context_len = data.inputs.shape[-1], len(HIDDEN_CHANNELS), data.context_len
-    return MemPredictor(cfg)
+    return MemPredictorEnsemble(cfg)
 
 
-def fit(net: MemPredictor, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
+def fit(net: MemPredictorEnsemble, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
+    """Each member on the rows `train`, with its own batch order; returns the members' mean loss per epoch."""
+    histories = [fit_member(member, data, train, replace(s, seed=s.seed + i)) for i, member in enumerate(net.members)]
+    net.eval()
+    return np.mean(histories, axis=0).tolist()
+
+
+def fit_member(net: MemPredictor, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
     """Adam on the rows `train`; returns the mean loss per epoch."""
     torch.manual_seed(s.seed)
     dev = torch.device(s.device)
@@ -186,7 +196,7 @@ def baseline_features(family: FamilySpec, data: Dataset) -> tuple[np.ndarray, li
     return scalar_features(family, data, tokens_of(family, data))
 
 
-def evaluate_rows(net: MemPredictor, family: FamilySpec, data: Dataset, train: np.ndarray, test: np.ndarray,
+def evaluate_rows(net: MemPredictorEnsemble, family: FamilySpec, data: Dataset, train: np.ndarray, test: np.ndarray,
                   seed: int, baselines: bool = True) -> dict:
     """Predictor metrics on the test sets, and baselines fitted on `train` (this data's labels)."""
     pred = predict_arrays(net, data.inputs)
@@ -240,7 +250,7 @@ def scatter(into: dict[str, np.ndarray], values: dict[str, np.ndarray], rows: np
 # ---------------------------------------------------------------------------- save / load
 
 
-def save_predictor(out: Path, net: MemPredictor, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict,
+def save_predictor(out: Path, net: MemPredictorEnsemble, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict,
                    cv: dict | None = None) -> None:
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -253,15 +263,18 @@ def save_predictor(out: Path, net: MemPredictor, config: dict, tokenizer, train_
             (tmp / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
 
 
-def load_predictor(model_dir: str | Path) -> tuple[MemPredictor, dict]:
+def load_predictor(model_dir: str | Path) -> tuple[MemPredictorEnsemble, dict]:
     d = Path(model_dir)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise MemdynError(f"{d} is not a memdyn predictor directory (needs config.json and model.safetensors)")
     config = read_json(d / "config.json")
     if config["mode"] == "hidden" and not config["predictor"].get("n_channels"):
         raise MemdynError(f"{d} is a hidden-mode predictor from before the surprisal channel; train it again")
-    net = MemPredictor(PredictorConfig(**config["predictor"]))
-    net.load_state_dict(load_file(str(d / "model.safetensors")))
+    net = MemPredictorEnsemble(PredictorConfig(**config["predictor"]))
+    weights = load_file(str(d / "model.safetensors"))
+    if not any(k.startswith("members.") for k in weights):  # saved before ensembles: one predictor
+        weights = {f"members.0.{k}": v for k, v in weights.items()}
+    net.load_state_dict(weights)
     net.eval()
     return net, config
 

@@ -193,6 +193,34 @@ def test_saved_predictor_reloads_with_identical_predictions(trained, micro_famil
     assert predict_text(trained, "def f(x):") == predict_text(trained, "def f(x):")
 
 
+def test_ensemble_averages_its_members_and_reads_single_predictors(trained, tmp_path):
+    """An ensemble predicts its members' mean probabilities; a directory saved before ensembles
+    (one predictor's weights, no `members.` prefix) loads as an ensemble of one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from predictor.model import MemPredictorEnsemble
+    from predictor.train import load_predictor, predict_arrays
+
+    torch.manual_seed(0)
+    cfg = PredictorConfig(vocab_size=50, max_len=12, d_model=16, n_layers=1, n_heads=2, members=2)
+    net = MemPredictorEnsemble(cfg).eval()
+    x = torch.randint(0, 50, (3, 12))
+    outs = [m(x) for m in net.members]
+    assert not torch.allclose(outs[0]["logits"], outs[1]["logits"])  # members start from their own initialisation
+    mean = (outs[0]["logits"].softmax(-1) + outs[1]["logits"].softmax(-1)) / 2
+    assert torch.allclose(net(x)["logits"].softmax(-1), mean, atol=1e-6)
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    weights = load_file(str(old / "model.safetensors"))
+    save_file({k.removeprefix("members.0."): v for k, v in weights.items()}, str(old / "model.safetensors"))
+    tokens = torch.randint(0, 50, (4, 16)).numpy()
+    a, b = predict_arrays(load_predictor(trained)[0], tokens), predict_arrays(load_predictor(old)[0], tokens)
+    assert np.array_equal(a["proba"], b["proba"])
+
+
 def test_eval_and_cross_size_transfer(trained, micro_scores):
     r = invoke("eval", "--model-dir", trained, "--scores", micro_scores)
     assert r.exit_code == 0, r.output + repr(r.exception)
@@ -328,7 +356,7 @@ def test_hidden_predictor_reloads_with_its_channel_statistics(hidden_trained, mi
 
     dyn, h = hidden_trained
     net, config = load_predictor(h)
-    assert config["predictor"]["n_channels"] == 2 and not torch.allclose(net.channel_std, torch.ones(2))
+    assert config["predictor"]["n_channels"] == 2 and not torch.allclose(net.members[0].channel_std, torch.ones(2))
     x = hidden_dataset(load_family(micro_family), dyn, "37k").inputs
     a, b = predict_arrays(net, x), predict_arrays(load_predictor(h)[0], x)
     assert all(np.array_equal(a[key], b[key]) for key in a)
