@@ -43,6 +43,7 @@ A model's directory is written atomically; a rerun skips models already done and
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ HIDDEN_DTYPES = {"float16": np.float16, "float32": np.float32}
 class DynamicsSettings:
     family: str
     corpus_hash: str | None
+    # content fingerprints of the scores and the data, not paths: a moved work directory resumes
     scores: str
     data: str
     context_len: int
@@ -82,6 +84,12 @@ class DynamicsSettings:
     seed: int
     dtype: str
     hidden_dtype: str
+
+
+def scores_fingerprint(scores: Path) -> str:
+    """What a scores directory holds, independent of where it lies: the hash of its settings (a
+    directory's chunks are fixed by them)."""
+    return hashlib.sha256((Path(scores) / SCORE_SETTINGS).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- validation
@@ -263,8 +271,8 @@ def run_collection(
     model_layer_ids = {m: model_layers(layer_spec, _num_layers(family, family.size(m), r), m) for m, r in revisions.items()}
     index = open_ngram_index(prefix, ngram_index)
     settings = DynamicsSettings(
-        family=family.name, corpus_hash=family.corpus.get("hash"), scores=str(scores.resolve()),
-        data=str(Path(ds.bin_path).with_suffix("").resolve()), context_len=k, continuation_len=c, models=revisions,
+        family=family.name, corpus_hash=family.corpus.get("hash"), scores=scores_fingerprint(scores),
+        data=ds.fingerprint(), context_len=k, continuation_len=c, models=revisions,
         per_group=per_group, layers=layers, seed=seed, dtype=dtype, hidden_dtype=hidden_dtype,
     )
     check_out(out, settings)

@@ -223,9 +223,7 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     rows["label"] = score_classes(rows["score"], edges)
     docs = sample_documents(family, rows["seq_idx"].to_numpy())
     rows["first_doc"], rows["last_doc"] = docs["first_doc"].to_numpy(), docs["last_doc"].to_numpy()
-    gens = read_generations(settings["scores"])  # context loss for the baselines
-    gens = gens[(gens["model"] == model) & (gens["revision"] == meta["revision"]) & (gens["context_len"] == k)]
-    rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
+    rows["context_loss"] = surprisal[:, 1:k].mean(1)  # as the scorer's context loss, for the baselines
     rows["entropy_context"] = entropy[:, 1:k].mean(1)
     rows["entropy_continuation"] = entropy[:, k:].mean(1)
     rows["max_surprisal_continuation"] = surprisal[:, k:].max(1)  # the least confident greedy step

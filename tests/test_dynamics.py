@@ -167,6 +167,19 @@ def test_same_seed_same_outputs(dyn, micro_family, micro_scores, tmp_path):
             assert (dyn / f).read_bytes() == (out / f).read_bytes(), f
 
 
+def test_moved_work_directory_resumes(dyn, micro_family, micro_scores, tmp_path):
+    """The settings record what was scored and collected, not where: a family, scores and dynamics
+    copied elsewhere are recognised, and nothing is collected again."""
+    import shutil
+
+    for src, name in ((micro_family, "family"), (micro_scores, "scores"), (dyn, "dyn")):
+        shutil.copytree(src, tmp_path / name, copy_function=shutil.copy2)
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "dyn").rglob("sequences.parquet")}
+    run_dynamics(load_family(tmp_path / "family"), tmp_path / "scores", tmp_path / "dyn", use_umap=False, plots=False,
+                 n_resamples=100, progress=False, **ARGS)
+    assert done and all(p.stat().st_mtime_ns == t for p, t in done.items())
+
+
 def test_analysis_tables(dyn):
     tables = {t: pd.read_parquet(dyn / "tables" / f"{t}.parquet") for t in TABLES}
     assert all((dyn / "tables" / f"{t}.csv").is_file() for t in TABLES)
