@@ -162,7 +162,9 @@ def run_scoring(
     data: the Megatron prefix that `settings` were made from."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True on a CPU: only then does accelerate take the launcher's ranks (torchrun, or
+    # `accelerate launch --multi_gpu`) as MULTI_CPU processes instead of N copies of rank 0
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     out = Path(out)
     sizes = family.select(models)
     plan = [(size, family.revision(size, r)) for size in sizes for r in (revisions or [None])]

@@ -116,14 +116,23 @@ def test_moved_work_directory_resumes(micro_family, tmp_path):
     assert len(done) == 2 and all(p.stat().st_mtime_ns == t for p, t in done.items())
 
 
-def test_two_processes_under_accelerate_give_the_same_table(micro_family, micro_scores, tmp_path):
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_processes_give_the_same_table(micro_family, micro_scores, tmp_path, launcher):
+    """Two CPU processes split the chunks and write the table of one process. On a CPU,
+    `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set up; its
+    torchrun-based launcher (--multi_gpu) and torchrun itself start two, which gloo connects."""
     largest = load_family(micro_family).sizes[-1].name
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "dynamics.cli",
-           "score", "--family", str(micro_family), "--out", str(tmp_path / "s"), "--models", largest,
-           "--contexts", MICRO_CONTEXTS, "--continuations", MICRO_CONTINUATIONS, "--chunk-size", "64"]
+    launch = {
+        "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "-m"],
+        "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"],
+    }[launcher]
+    cmd = [sys.executable, *launch, "dynamics.cli", "score", "--family", str(micro_family), "--out", str(tmp_path / "s"),
+           "--models", largest, "--contexts", MICRO_CONTEXTS, "--continuations", MICRO_CONTINUATIONS,
+           "--chunk-size", "64", "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "score [0]" in result.stderr and "score [1]" in result.stderr  # both ranks took chunks
     keys = ["model", "revision", "seq_idx", "context_len", "continuation_len"]
     a = read_scores(tmp_path / "s").sort_values(keys).reset_index(drop=True)
     b = read_scores(micro_scores)
