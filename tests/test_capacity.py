@@ -132,6 +132,22 @@ def test_resumption_recomputes_only_missing(tmp_path, monkeypatch):
                                   "memorized_bits", "bits_per_param", "converged", "f1", "f1_median", "auroc"}
 
 
+def test_sweep_splits_across_two_processes(tmp_path):
+    """Under torchrun the jobs split by rank (both ranks train) and the table equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dynamics.cli", "capacity",
+           "synthetic", "--preset", "smoke", "--out", str(tmp_path / "two"), "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "capacity[0]" in result.stderr and "capacity[1]" in result.stderr
+    synthetic.run_sweep(synthetic.PRESETS["smoke"], tmp_path / "one", seed=0, threads=1, log=lambda *_: None)
+    two, one = (pd.read_parquet(tmp_path / d / "capacity.parquet").drop(columns="train_seconds") for d in ("two", "one"))
+    pd.testing.assert_frame_equal(two, one)
+
+
 def test_bad_inputs():
     with pytest.raises(MemdynError, match="fp16"):
         synthetic.check_dtype("fp16", torch.device("cpu"))
