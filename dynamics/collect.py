@@ -58,7 +58,7 @@ from dynamics.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, read_json, write_json
+from dynamics.files import atomic_path, check_output_dir, read_json, upgrade_recorded_paths, write_json
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
 from dynamics.scoretable import SETTINGS as SCORE_SETTINGS
 from dynamics.scoretable import read_generations, read_scores
@@ -154,6 +154,8 @@ def open_ngram_index(prefix: str, index_dir: str | Path | None):
 
 
 def check_out(out: Path, settings: DynamicsSettings) -> None:
+    upgrade_recorded_paths(out / SETTINGS, {"data": (settings.data, lambda p: IndexedDataset(p).fingerprint()),
+                                            "scores": (settings.scores, lambda p: scores_fingerprint(Path(p)))})
     check_output_dir(out, SETTINGS, asdict(settings), "dynamics")
 
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -37,6 +37,30 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+def upgrade_recorded_paths(settings_file: str | os.PathLike, fingerprints: dict[str, tuple[str, Callable[[str], str]]]) -> None:
+    """Settings written before memdyn recorded content fingerprints hold absolute paths (of the data,
+    of a scores directory). Where such a path still exists and its content has the fingerprint now
+    expected, record the fingerprint instead, so the directory's finished work is kept.
+    fingerprints: key -> (expected fingerprint, function from an old path to its fingerprint)."""
+    from dynamics.errors import MemdynError
+
+    path = Path(settings_file)
+    if not path.is_file():
+        return
+    old = read_json(path)
+    new = dict(old)
+    for key, (expected, fingerprint) in fingerprints.items():
+        value = old.get(key)
+        if isinstance(value, str) and os.path.isabs(value):
+            try:
+                if fingerprint(value) == expected:
+                    new[key] = expected
+            except (MemdynError, OSError):
+                pass  # gone or unreadable: the settings check reports the difference
+    if new != old:
+        write_json(path, new)
 
 
 def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -> None:

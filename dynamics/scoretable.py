@@ -32,7 +32,7 @@ from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, resolve_device
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, write_json
+from dynamics.files import atomic_path, check_output_dir, upgrade_recorded_paths, write_json
 from dynamics.scoring import NEAR_TIE, cell_scores, score_batch
 
 SETTINGS = "_settings.json"
@@ -116,6 +116,7 @@ def make_settings(
 
 def check_settings(out: Path, settings: ScoreSettings) -> None:
     """A scores directory belongs to one set of settings: refuse to mix, before any work."""
+    upgrade_recorded_paths(out / SETTINGS, {"data": (settings.data, lambda p: IndexedDataset(p).fingerprint())})
     check_output_dir(out, SETTINGS, asdict(settings), "scores")
 
 

@@ -116,6 +116,26 @@ def test_moved_work_directory_resumes(micro_family, tmp_path):
     assert len(done) == 2 and all(p.stat().st_mtime_ns == t for p, t in done.items())
 
 
+def test_scores_from_before_fingerprints_resume(micro_family, tmp_path):
+    """A scores directory whose settings hold the data's absolute path (memdyn before content
+    fingerprints) resumes when that path holds the same data, and its settings are upgraded."""
+    import json
+
+    args = ["score", "--family", micro_family, "--out", tmp_path / "s", "--models", load_family(micro_family).sizes[0].name,
+            "--contexts", "8", "--continuations", "4", "--samples", "0:40", "--chunk-size", "20", "--device", "cpu"]
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    settings = tmp_path / "s" / "_settings.json"
+    fingerprint = json.loads(settings.read_text())["data"]
+    old_style = str((micro_family / "data" / "train").resolve())
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "data": old_style}))
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("part-*.parquet")}
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert json.loads(settings.read_text())["data"] == fingerprint
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+
+
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
 def test_two_processes_give_the_same_table(micro_family, micro_scores, tmp_path, launcher):
     """Two CPU processes split the chunks and write the table of one process. On a CPU,
