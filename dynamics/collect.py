@@ -28,7 +28,8 @@ Files (OUT = --out):
   <model>/positions.parquet     one row per (row, position): row, seq_idx, matches, group, position,
                                 segment (context | continuation), token (true), generated (fed token:
                                 true in the context, greedy in the continuation), entropy_nats,
-                                entropy_bits, top1 (fed token p is the argmax of its distribution),
+                                entropy_bits, surprisal_nats (-log p of the fed token), top1 (fed
+                                token p is the argmax of its distribution),
                                 orig_n1..orig_n5 (counts of the true n-gram ending at p), gen_n1..gen_n5
                                 (of the fed n-gram ending at p); int64 counts, -1 where undefined
   <model>/hidden_<layer>.npy    [n_rows, T, d] hidden states (float16 by default) at input positions
@@ -203,27 +204,29 @@ def sample_domains(prefix: str) -> pd.Series | None:
 def collect_model(model, orig: np.ndarray, fed: np.ndarray, layers: list[int], batch_size: int, device,
                   hidden_files: dict[int, Path], hidden_dtype, desc: str, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Feed fed [n, T] in batches; write hidden states to hidden_files (.npy [n, T, d]) and return
-    (entropy nats [n, T], top1 [n, T])."""
+    (entropy nats [n, T], top1 [n, T], surprisal nats [n, T])."""
     n, T = fed.shape
     d = model.config.hidden_size
     arrays = {l: np.lib.format.open_memmap(hidden_files[l], mode="w+", dtype=hidden_dtype, shape=(n, T, d)) for l in layers}
     entropy = np.empty((n, T), dtype=np.float32)
     top1 = np.empty((n, T), dtype=bool)
+    surprisal = np.empty((n, T), dtype=np.float32)
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
         ids = torch.from_numpy(fed[start : start + batch_size].astype(np.int64)).to(device)
         r = forward_pass(model, ids, layers)
         entropy[start : start + len(ids)] = r.entropy
         top1[start : start + len(ids)] = r.top1
+        surprisal[start : start + len(ids)] = r.surprisal
         for l in layers:
             arrays[l][start : start + len(ids)] = r.hidden[l]
     for a in arrays.values():
         a.flush()
     del arrays
-    return entropy, top1
+    return entropy, top1, surprisal
 
 
 def positions_table(seqs: pd.DataFrame, orig: np.ndarray, fed: np.ndarray, entropy: np.ndarray, top1: np.ndarray,
-                    index, k: int) -> pd.DataFrame:
+                    surprisal: np.ndarray, index, k: int) -> pd.DataFrame:
     """Long table, one row per (row, position); see the module docstring."""
     n_rows, T = orig.shape
     position = np.tile(np.arange(T) - k, n_rows)
@@ -233,6 +236,7 @@ def positions_table(seqs: pd.DataFrame, orig: np.ndarray, fed: np.ndarray, entro
         "segment": np.where(position < 0, "context", "continuation"),
         "token": orig.reshape(-1).astype(np.int32), "generated": fed.reshape(-1).astype(np.int32),
         "entropy_nats": entropy.reshape(-1), "entropy_bits": (entropy / LN2).reshape(-1).astype(np.float32),
+        "surprisal_nats": surprisal.reshape(-1),
         "top1": top1.reshape(-1),
     })
     for name, tokens in (("orig", orig), ("gen", fed)):
@@ -301,13 +305,13 @@ def run_collection(
         with atomic_path(out / name) as tmp:
             tmp.mkdir()
             files = {l: tmp / f"hidden_{l}.npy" for l in model_layer_ids[name]}
-            entropy, top1 = collect_model(model, orig, fed, model_layer_ids[name], batch_size, dev, files,
+            entropy, top1, surprisal = collect_model(model, orig, fed, model_layer_ids[name], batch_size, dev, files,
                                           HIDDEN_DTYPES[hidden_dtype], f"dynamics {name}", progress)
             seqs["span_count"] = index.count(orig)
             seqs["gen_span_count"] = index.count(fed)
             if domains is not None:
                 seqs["domain"] = seqs["seq_idx"].map(domains).fillna("unknown").to_numpy()
-            positions_table(seqs, orig, fed, entropy, top1, index, k).to_parquet(tmp / "positions.parquet", index=False)
+            positions_table(seqs, orig, fed, entropy, top1, surprisal, index, k).to_parquet(tmp / "positions.parquet", index=False)
             write_json(tmp / "meta.json", {
                 "model": name, "revision": revision, "params": family.size(name).params, "context_len": k,
                 "continuation_len": c, "layers": model_layer_ids[name], "hidden_dtype": hidden_dtype, "n_rows": len(seqs),

@@ -27,6 +27,7 @@ def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
 class PassResult:
     entropy: np.ndarray  # float32 [B, T] nats, predictive alignment (entropy[:, 0] = NaN)
     top1: np.ndarray  # bool [B, T]: token p is the argmax of its predictive distribution (False at p = 0)
+    surprisal: np.ndarray  # float32 [B, T] nats, -log p(token p), predictive alignment (NaN at p = 0)
     hidden: dict[int, np.ndarray]  # layer -> float32 [B, T, d], input alignment
 
 
@@ -42,5 +43,7 @@ def forward_pass(model, ids: torch.Tensor, layers: list[int]) -> PassResult:
     entropy[:, 1:] = entropy_nats(logits[:, :-1])
     top1 = torch.zeros(B, T, dtype=torch.bool, device=ids.device)
     top1[:, 1:] = logits[:, :-1].argmax(-1) == ids[:, 1:]
+    surprisal = torch.full((B, T), float("nan"), device=ids.device)
+    surprisal[:, 1:] = logits[:, :-1].logsumexp(-1) - logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     hidden = {layer: out.hidden_states[layer].float().cpu().numpy() for layer in layers}  # each [B, T, d]
-    return PassResult(entropy.cpu().numpy(), top1.cpu().numpy(), hidden)
+    return PassResult(entropy.cpu().numpy(), top1.cpu().numpy(), surprisal.cpu().numpy(), hidden)

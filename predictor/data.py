@@ -25,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.model_selection import GroupShuffleSplit
 
 from dynamics.collect import check_scores_family, read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_model
 from dynamics.family.spec import FamilySpec
 from dynamics.scoretable import read_generations, read_scores
 from dynamics.transitions import pick_cell
@@ -202,8 +200,8 @@ def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DE
 
 
 def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=DEFAULT_EDGES) -> Dataset:
-    """Last collected layer's hidden states + entropy and surprisal over context + greedy continuation
-    (the surprisal from one pass of the target model over the fed tokens, as predict computes it)."""
+    """Last collected layer's hidden states + entropy and surprisal over context + greedy continuation,
+    as `memdyn dynamics` collected them in its one pass over the fed tokens."""
     settings = read_settings(dynamics)
     if (settings.get("family"), settings.get("corpus_hash")) != (family.name, family.corpus.get("hash")):
         raise MemdynError(f"--dynamics {dynamics} was collected for family {settings.get('family')!r}, not {family.name!r}")
@@ -218,7 +216,10 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     entropy = pos["entropy_nats"].to_numpy(np.float32).reshape(-1, T)  # [n, T]
     fed = pos["generated"].to_numpy().reshape(-1, T)  # context + greedy continuation
     match = (pos["token"].to_numpy().reshape(-1, T) == fed)[:, k:]  # [n, c]
-    surprisal = fed_surprisal(load_model(family, model, meta["revision"], device="cpu"), fed)  # [n, T]
+    if "surprisal_nats" not in pos:
+        raise MemdynError(f"--dynamics {dynamics} was collected before memdyn recorded surprisal; "
+                          "run `memdyn dynamics` into a new --out (or delete that directory) and train again")
+    surprisal = pos["surprisal_nats"].to_numpy(np.float32).reshape(-1, T)  # [n, T]
     rows = seqs[["seq_idx", "score", "matches", "random_draw", "span_count"]].copy()
     rows["label"] = score_classes(rows["score"], edges)
     docs = sample_documents(family, rows["seq_idx"].to_numpy())
@@ -239,20 +240,6 @@ def hidden_features(hidden: np.ndarray, entropy: np.ndarray, surprisal: np.ndarr
     [..., T] in nats (position 0 has no predicting distribution: its NaN becomes 0)."""
     chans = [np.nan_to_num(v, nan=0.0)[..., None] for v in (entropy, surprisal)]
     return np.concatenate([hidden, *chans], axis=-1).astype(np.float32)
-
-
-@torch.no_grad()
-def fed_surprisal(model, fed: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """[n, T] surprisal (nats) of each fed token (true in the context, greedy in the continuation)
-    under the model, teacher-forced; NaN at position 0. It never reads the true continuation: at a
-    generated position it is -log p of the model's own greedy token."""
-    dev = next(model.parameters()).device
-    out = np.full(fed.shape, np.nan, dtype=np.float32)
-    for start in range(0, len(fed), batch_size):
-        ids = torch.as_tensor(np.asarray(fed[start : start + batch_size], dtype=np.int64), device=dev)
-        logp = model(input_ids=ids).logits.float().log_softmax(-1)  # [B, T, V]; logits[:, p] predicts p + 1
-        out[start : start + len(ids), 1:] = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()
-    return out
 
 
 def context_tokens(family: FamilySpec, seq_idx: np.ndarray, k: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from dynamics.scoring import reference_scores
 from predictor.baselines import baseline_proba
 from predictor.data import (
     CLASSES, DEFAULT_EDGES, HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
-    context_tokens, fed_surprisal, fold_splits, hidden_dataset, hidden_features, scalar_features, split_by_document,
+    context_tokens, fold_splits, hidden_dataset, hidden_features, scalar_features, split_by_document,
     touches,
 )
 from predictor.metrics import classification_metrics, token_metrics
@@ -118,7 +118,6 @@ def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None =
 def fit(net: MemPredictorEnsemble, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
     """Each member on the rows `train`, with its own batch order; returns the members' mean loss per epoch."""
     histories = [fit_member(member, data, train, replace(s, seed=s.seed + i)) for i, member in enumerate(net.members)]
-    net.eval()
     return np.mean(histories, axis=0).tolist()
 
 
@@ -377,13 +376,12 @@ def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,
                   hidden_dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(features [k + c, d + 2], greedy continuation [c]) of one context, as `memdyn dynamics` collects
     them: greedy decoding (the scorer's reference), then one pass over context + continuation for the
-    layer's hidden states (rounded to the dtype the dynamics stored) and the entropies; the surprisal
-    as hidden_dataset computes it."""
+    layer's hidden states (rounded to the dtype the dynamics stored), the entropies and surprisals."""
     generated, _ = reference_scores(model, context, len(context), continuation)
     fed = np.concatenate([context, generated])[None]  # [1, k + c]
     r = forward_pass(model, torch.as_tensor(fed, device=next(model.parameters()).device), [layer])
     hidden = r.hidden[layer][0].astype(HIDDEN_DTYPES[hidden_dtype]).astype(np.float32)
-    return hidden_features(hidden, r.entropy[0], fed_surprisal(model, fed)[0]), generated
+    return hidden_features(hidden, r.entropy[0], r.surprisal[0]), generated
 
 
 def predict_text(model_dir: str | Path, text: str, family_dir: str | Path | None = None, device: str = "cpu") -> dict:

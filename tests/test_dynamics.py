@@ -117,6 +117,10 @@ def test_entropy_and_greedy_refeed_match_direct_computation(dyn, micro_family, m
         assert np.isnan(entropy[:, 0]).all()
         np.testing.assert_allclose(entropy[:, 1:], direct[:, :-1], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(_grid(positions, "entropy_bits", len(seqs)), entropy / math.log(2), rtol=1e-5)
+        surprisal = _grid(positions, "surprisal_nats", len(seqs))  # -log p of the fed token, same pass
+        nll = -logits.log_softmax(-1)[:, :-1].gather(-1, torch.from_numpy(fed[:, 1:].astype(np.int64))[..., None])[..., 0]
+        assert np.isnan(surprisal[:, 0]).all()
+        np.testing.assert_allclose(surprisal[:, 1:], nll.numpy(), rtol=1e-5, atol=1e-5)
         # one pass over context + generation reproduces greedy decoding: the argmax at each
         # generated position's predecessor is that generated token (except at recorded near-ties)
         argmax = logits[:, K - 1 : K - 1 + C].argmax(-1).numpy()
