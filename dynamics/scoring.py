@@ -22,11 +22,13 @@ correct implementations may legitimately differ in float rounding.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dynamics.errors import MemdynError
 
@@ -46,12 +48,13 @@ class BatchResult:
 def _greedy_and_gap(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens and top-2 logit gaps of logits [..., V]; overwrites the maxima in place.
 
-    Two max reductions instead of argmax + topk(2): topk's partial sort costs about as much as
-    both, and this runs at every decoding step. max returns the first maximal index, as argmax.
+    max with indices, then the fast values-only amax once the maxima are masked: cheaper than
+    topk(2) where it counts, at every decoding step (measured on a CPU). max returns the first
+    maximal index, as argmax.
     """
     best, token = logits.max(-1)
     logits.scatter_(-1, token[..., None], -torch.inf)
-    return token, best - logits.max(-1).values
+    return token, best - logits.amax(-1)
 
 
 _SHARED_PREFIX = "memdyn_shared_prefix"
@@ -61,53 +64,59 @@ class _SharedPrefixDecoding:
     """Attention state of G decoding items that continue true prefixes of B samples.
 
     Every item's prefix is a prefix of its sample's teacher-forced cache, and a sample has up to
-    one item per context length, so the cache is read once per sample for all of its items
-    instead of once per item (copying prefixes into a per-item cache made decoding on a CPU bound
-    by reading the copies and their padding). The keys and values of generated tokens go to small
-    per-item buffers. transformers has no attention for this layout, hence the hand-written one:
-    the prefix and generated scores share one softmax, exactly as in a single cache.
+    one item per context length (its slot), so the cache is read once per sample for all of its
+    items instead of once per item (copying prefixes into a per-item cache made decoding on a CPU
+    bound by reading the copies and their padding). Each sample's cache is extended by its items'
+    generated tokens, interleaved by step: the key of slot s's token at step t sits at T + t*S + s,
+    so a step attends to one growing prefix, and a mask lets each item see its own true prefix and
+    its own generated tokens. The prefix and generated scores share one softmax, exactly as in a
+    single cache, in one fused scaled_dot_product_attention call per layer. transformers has no
+    attention for this layout, hence the hand-written state.
     """
 
     def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: int):
-        self.prefix = [(layer.keys, layer.values) for layer in full_cache.layers]  # [B, H, T, D] each
-        B, H, T, D = self.prefix[0][0].shape
-        G = len(rows)
+        B, H, T, D = full_cache.layers[0].keys.shape
+        G, device, dtype = len(rows), rows.device, full_cache.layers[0].keys.dtype
         # slot of each item among its sample's items (its rank there); flat = row * slots + slot
-        order = torch.argsort(rows * G + torch.arange(G, device=rows.device))
+        order = torch.argsort(rows * G + torch.arange(G, device=device))
         slot = torch.empty_like(rows)
-        slot[order] = torch.arange(G, device=rows.device) - torch.searchsorted(rows[order], rows[order])
-        self.n_slots = int(slot.max()) + 1
-        self.flat = rows * self.n_slots + slot  # [G]
-        dtype = self.prefix[0][0].dtype
-        # additive mask [B, 1, slots, T]: an item sees the first lengths[i] positions of its sample
-        seen = torch.arange(T, device=rows.device)[None, :] < lengths[:, None]  # [G, T]
-        mask = torch.full((B * self.n_slots, T), torch.finfo(dtype).min, dtype=dtype, device=rows.device)
-        mask[self.flat] = torch.where(seen, 0.0, torch.finfo(dtype).min).to(dtype)
-        self.prefix_mask = mask.view(B, self.n_slots, T)[:, None]
-        self.generated = [(torch.empty(G, H, steps, D, dtype=dtype, device=rows.device),
-                           torch.empty(G, H, steps, D, dtype=dtype, device=rows.device)) for _ in self.prefix]
-        self.step, self.active = 0, G  # the current step and the items still decoding (a prefix)
+        slot[order] = torch.arange(G, device=device) - torch.searchsorted(rows[order], rows[order])
+        S = self.n_slots = int(slot.max()) + 1
+        self.rows, self.slot, self.flat, self.T = rows, slot, rows * S + slot, T  # [G] each
+        L = T + steps * S
+        self.cache = []  # per layer: keys, values [B, H, L, D]
+        for layer in full_cache.layers:
+            # zeros, not empty: a masked position still enters the product, and garbage there
+            # could be NaN, which no mask removes
+            keys, values = layer.keys.new_zeros(B, H, L, D), layer.values.new_zeros(B, H, L, D)
+            keys[:, :, :T], values[:, :, :T] = layer.keys, layer.values
+            self.cache.append((keys, values))
+        # additive mask [B * S, L]: item i sees the first lengths[i] positions of its sample, and
+        # its generated positions once written; empty slots see nothing (uniform, ignored rows)
+        masked = torch.finfo(dtype).min
+        self.mask = torch.full((B * S, L), masked, dtype=dtype, device=device)
+        self.mask[self.flat, :T] = torch.where(torch.arange(T, device=device)[None, :] < lengths[:, None], 0.0, masked).to(dtype)
+        self.step, self.active, self.position = 0, G, None
+
+    def advance(self, step: int, active: int) -> None:
+        """Start a step in which the first `active` items (a prefix) each feed one token."""
+        self.step, self.active = step, active
+        self.position = self.T + step * self.n_slots + self.slot[:active]  # [n] cache position of the fed token
+        self.mask[self.flat[:active], self.position] = 0.0
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
         """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
-        t, n = self.step, self.active
-        prefix_k, prefix_v = self.prefix[layer]  # [B, H, T, D]
-        gen_k, gen_v = self.generated[layer][0][:n], self.generated[layer][1][:n]  # [n, H, steps, D]
-        gen_k[:, :, t] = key[:, :, 0]
-        gen_v[:, :, t] = value[:, :, 0]
-        B, H, T, D = prefix_k.shape
-        S, flat = self.n_slots, self.flat[:n]
+        n, S, keys, values = self.active, self.n_slots, *self.cache[layer]
+        B, H, L, D = keys.shape
+        rows, flat = self.rows[:n], self.flat[:n]
+        keys[rows, :, self.position] = key[:, :, 0]
+        values[rows, :, self.position] = value[:, :, 0]
+        end = self.T + (self.step + 1) * S  # nothing beyond this step's tokens is seen yet
         # the items of a sample side by side: [B * S, H, D] rows, viewed as [B, H, S, D]
-        q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0])
-        q = q.view(B, S, H, D).transpose(1, 2)
-        prefix_scores = torch.matmul(q, prefix_k.transpose(2, 3)) * scaling + self.prefix_mask  # [B, H, S, T]
-        prefix_scores = prefix_scores.transpose(1, 2).reshape(B * S, H, T).index_select(0, flat)  # [n, H, T]
-        gen_scores = torch.matmul(query, gen_k[:, :, : t + 1].transpose(2, 3))[:, :, 0] * scaling  # [n, H, t+1]
-        p = torch.cat([prefix_scores, gen_scores], -1).softmax(-1, dtype=torch.float32).to(query.dtype)
-        p_prefix = query.new_zeros(B * S, H, T).index_copy_(0, flat, p[..., :T]).view(B, S, H, T).transpose(1, 2)
-        out = torch.matmul(p_prefix, prefix_v).transpose(1, 2).reshape(B * S, H, D).index_select(0, flat)  # [n, H, D]
-        out = out + torch.matmul(p[:, :, None, T:], gen_v[:, :, : t + 1])[:, :, 0]
-        return out[:, None]  # [n, 1, H, D], the layout attention functions return
+        q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0]).view(B, S, H, D).transpose(1, 2)
+        mask = self.mask.view(B, 1, S, L)[..., :end]
+        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=scaling)
+        return out.transpose(1, 2).reshape(B * S, H, D).index_select(0, flat)[:, None]  # [n, 1, H, D]
 
 
 def _shared_prefix_attention(module, query, key, value, attention_mask, scaling, decode_state=None, **kwargs):
@@ -149,7 +158,7 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     out_gaps = torch.empty(G, total, dtype=torch.float32, device=rows.device)
     with _attention_implementation(model, _SHARED_PREFIX):
         for t, n in enumerate(active):
-            state.step, state.active = t, n
+            state.advance(t, n)
             logits = model(
                 input_ids=token[:n, None], position_ids=(lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
             ).logits[:, -1].float()  # [n, V]
@@ -158,22 +167,65 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     return out_tokens, out_gaps
 
 
+# positions whose logits are reduced together: [B, 8, V] fp32 is 2 MiB at B=32, V=2048, small
+# enough to stay in a core's cache between the reductions
+_LOGIT_CHUNK = 8
+_plain_head: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _has_plain_head(model) -> bool:
+    """Whether the model's logits are its output embedding applied to its base model's last
+    hidden state (true of GPT-NeoX, Llama, GPT-2; not of models that scale or cap logits).
+    Checked once per model on a few tokens."""
+    if model not in _plain_head:
+        head = model.get_output_embeddings()
+        device = next(model.parameters()).device
+        x = torch.arange(4, device=device)[None] % model.config.vocab_size
+        _plain_head[model] = head is not None and torch.equal(
+            model(input_ids=x).logits, head(model.base_model(input_ids=x).last_hidden_state)
+        )
+    return _plain_head[model]
+
+
+def _teacher_forced(model, x: torch.Tensor):
+    """One teacher-forced pass over x [B, T] -> (KV cache, NLL of tokens 1..T-1 [B, T-1],
+    greedy prediction [B, T] and top-2 logit gap [B, T] at every position).
+
+    The [B, T, V] logits are made and reduced a few positions at a time: made at once they are
+    tens of MB, and each reduction over them went to main memory (a third of the pass on a CPU).
+    """
+    B, T = x.shape
+    if _has_plain_head(model):
+        out = model.base_model(input_ids=x, use_cache=True)
+        head, hidden = model.get_output_embeddings(), out.last_hidden_state
+        logits_at = lambda a, b: head(hidden[:, a:b]).float()  # noqa: E731
+    else:
+        out = model(input_ids=x, use_cache=True)
+        logits_at = lambda a, b: out.logits[:, a:b].float()  # noqa: E731
+    nll = torch.empty(B, T - 1, device=x.device)
+    pred = torch.empty(B, T, dtype=torch.long, device=x.device)
+    gap = torch.empty(B, T, device=x.device)
+    for a in range(0, T, _LOGIT_CHUNK):
+        b = min(a + _LOGIT_CHUNK, T)
+        logits = logits_at(a, b)  # [B, b - a, V]; logits[:, p] predicts position a + p + 1
+        e = min(b, T - 1)  # the last position predicts nothing inside x
+        nll[:, a:e] = F.cross_entropy(
+            logits[:, : e - a].flatten(0, 1), x[:, a + 1 : e + 1].flatten(), reduction="none"
+        ).view(B, e - a)
+        pred[:, a:b], gap[:, a:b] = _greedy_and_gap(logits)  # last: it overwrites the maxima
+    return out.past_key_values, nll, pred, gap
+
+
 @torch.inference_mode()
-def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: int, decode_batch: int | None = None) -> BatchResult:
+def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: int) -> BatchResult:
     """Greedy continuations of `continuation` tokens after every context length, for a batch.
 
     tokens: [B, >= max(contexts) + continuation] true samples (on the model's device).
-    decode_batch: most (sample, context) items decoded together (default: all of the batch's).
     """
     B, C = tokens.size(0), continuation
     T = max(contexts) + C
     x = tokens[:, :T]
-    out = model(input_ids=x, use_cache=True)
-    logits = out.logits.float()  # [B, T, V]; logits[:, p] predicts position p + 1
-    # NLL = logsumexp - true logit: one reduction, no [B, T, V] log-probability tensor
-    nll = logits[:, :-1].logsumexp(-1) - logits[:, :-1].gather(-1, x[:, 1:, None])[..., 0]  # [B, T-1]
-    pred, gap = _greedy_and_gap(logits)  # [B, T] each
-    del logits
+    cache, nll, pred, gap = _teacher_forced(model, x)
 
     K = len(contexts)
     generated = torch.empty(B, K, C, dtype=torch.long, device=x.device)
@@ -195,24 +247,20 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         diverged.append((rows, torch.full_like(rows, j), m[rows]))
 
     # decode the diverged items together (a step's fixed overhead is shared) in order of remaining
-    # steps, longest first, so that finished items leave the decoding; with a smaller decode_batch,
-    # groups hold items of similar remaining length
+    # steps, longest first, so that finished items leave the decoding
     rows, ctx_idx, m = (torch.cat(parts) for parts in zip(*diverged))  # [G] each
     order = torch.argsort((m * K + ctx_idx) * B + rows)  # by m, then context, then row
     rows, ctx_idx, m = rows[order], ctx_idx[order], m[order]
-    lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
-    positions = torch.arange(C, device=x.device)[None, :]  # [1, C]
-    decode_batch = decode_batch or max(1, len(rows))
-    for start in range(0, len(rows), decode_batch):
-        g = slice(start, start + decode_batch)
-        r, j, mg = rows[g], ctx_idx[g], m[g]
-        new_tokens, new_gaps = _decode(model, out.past_key_values, r, lengths[g], generated[r, j, mg], C - 1 - mg)
+    if len(rows):
+        lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
+        new_tokens, new_gaps = _decode(model, cache, rows, lengths, generated[rows, ctx_idx, m], C - 1 - m)
         # item i's decoded tokens fill positions m_i + 1 .. C - 1; its first C - 1 - m_i gaps are valid
-        src = positions - mg[:, None] - 1  # [G, C] index into new_tokens
+        positions = torch.arange(C, device=x.device)[None, :]  # [1, C]
+        src = positions - m[:, None] - 1  # [G, C] index into new_tokens
         decoded = new_tokens.gather(1, src.clamp(0, new_tokens.size(1) - 1))
-        generated[r, j] = torch.where(src >= 0, decoded, generated[r, j])
-        valid = positions[:, : new_gaps.size(1)] < (C - 1 - mg)[:, None]
-        min_gap[r, j] = torch.minimum(min_gap[r, j], torch.where(valid, new_gaps, torch.inf).min(1).values)
+        generated[rows, ctx_idx] = torch.where(src >= 0, decoded, generated[rows, ctx_idx])
+        valid = positions[:, : new_gaps.size(1)] < (C - 1 - m)[:, None]
+        min_gap[rows, ctx_idx] = torch.minimum(min_gap[rows, ctx_idx], torch.where(valid, new_gaps, torch.inf).min(1).values)
     return BatchResult(
         generated.cpu().numpy(), min_gap.cpu().numpy(), loss.cpu().numpy(), context_loss.cpu().numpy()
     )

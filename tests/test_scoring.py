@@ -7,13 +7,15 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
 from dynamics.scoretable import read_generations, read_scores
-from dynamics.scoring import NEAR_TIE, reference_scores
+from dynamics import scoring
+from dynamics.scoring import NEAR_TIE, reference_scores, score_batch
 from dynamics.transitions import score_bins, summarize, transition_matrix
 from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS, run_cli
 
@@ -66,6 +68,40 @@ def test_scores_agree_with_plain_generate(micro_family, micro_scores):
                             disagree += 1
     print(f"{cells} cells compared, {near_ties} near-ties, {disagree} disagreements")
     assert disagree == 0 and cells == len(family.sizes) * len(data) * 6
+
+
+def test_losses_equal_a_plain_teacher_forced_pass(micro_family, micro_scores):
+    """The stored mean NLL of the true continuation and of the context equal a plain full-logits
+    cross-entropy over the same tokens."""
+    family = load_family(micro_family)
+    data = IndexedDataset(family.data.prefix)
+    gens = read_generations(micro_scores).set_index(["model", "seq_idx", "context_len"])
+    C = max(map(int, MICRO_CONTINUATIONS.split(",")))
+    for size in family.sizes:
+        model = load_model(family, size, device="cpu")
+        for seq in range(0, len(data), 7):
+            for k in map(int, MICRO_CONTEXTS.split(",")):
+                x = torch.as_tensor(np.asarray(data[seq][: k + C], dtype=np.int64))[None]
+                with torch.no_grad():
+                    nll = torch.nn.functional.cross_entropy(model(input_ids=x).logits[0, :-1], x[0, 1:], reduction="none")
+                row = gens.loc[(size.name, seq, k)]
+                assert row.loss == pytest.approx(nll[k - 1 :].mean().item(), rel=1e-5)
+                assert row.context_loss == pytest.approx(nll[: k - 1].mean().item(), rel=1e-5)
+
+
+def test_models_that_transform_their_logits_take_the_full_logits_path(micro_family, monkeypatch):
+    """A model whose logits are not its output embedding of the last hidden state (scaled or
+    capped logits) is scored from its own full logits, with the same results."""
+    family = load_family(micro_family)
+    model = load_model(family, family.sizes[-1], device="cpu")
+    x = torch.as_tensor(np.asarray(IndexedDataset(family.data.prefix).batch(0, 6), dtype=np.int64))
+    contexts, C = list(map(int, MICRO_CONTEXTS.split(","))), max(map(int, MICRO_CONTINUATIONS.split(",")))
+    assert scoring._has_plain_head(model)
+    split = score_batch(model, x, contexts, C)
+    monkeypatch.setattr(scoring, "_has_plain_head", lambda model: False)
+    full = score_batch(model, x, contexts, C)
+    assert np.array_equal(split.generated, full.generated)
+    assert np.allclose(split.loss, full.loss, rtol=1e-6) and np.allclose(split.context_loss, full.context_loss, rtol=1e-6)
 
 
 def test_memorization_is_found(micro_family, micro_scores):
