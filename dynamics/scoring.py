@@ -182,7 +182,7 @@ def _has_plain_head(model) -> bool:
         device = next(model.parameters()).device
         x = torch.arange(4, device=device)[None] % model.config.vocab_size
         _plain_head[model] = head is not None and torch.equal(
-            model(input_ids=x).logits, head(model.base_model(input_ids=x).last_hidden_state)
+            model(input_ids=x).logits.float(), head(model.base_model(input_ids=x).last_hidden_state).float()
         )
     return _plain_head[model]
 
