@@ -138,10 +138,10 @@ def _attention_implementation(model, name: str):
         model.config._attn_implementation = previous
 
 
-def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor):
-    """Greedy-decode steps[i] tokens for each of G items that share the batch's teacher-forced cache.
+def _decode(model, state: _SharedPrefixDecoding, lengths, first_tokens, steps: torch.Tensor):
+    """Greedy-decode steps[i] tokens for each of the G items of a decoding state.
 
-    Item i continues sample rows[i] after its true prefix of lengths[i] tokens, with first_tokens[i]
+    Item i continues its sample after its true prefix of lengths[i] tokens, with first_tokens[i]
     (the first mismatching prediction) at position lengths[i]. steps must be non-increasing: the
     items still decoding at step t are then the first n(t), and a step costs what they need, not
     what the longest item needs. Returns tokens [G, max steps] and the top-2 logit gaps of those
@@ -150,12 +150,11 @@ def _decode(model, full_cache, rows, lengths, first_tokens, steps: torch.Tensor)
     from transformers import AttentionInterface
 
     AttentionInterface.register(_SHARED_PREFIX, _shared_prefix_attention)
-    G, total = len(rows), int(steps[0])
-    state = _SharedPrefixDecoding(full_cache, rows, lengths, total)
-    active = (steps[None, :] > torch.arange(total, device=steps.device)[:, None]).sum(1).tolist()  # per step
+    G, total, device = len(steps), int(steps[0]), steps.device
+    active = (steps[None, :] > torch.arange(total, device=device)[:, None]).sum(1).tolist()  # per step
     token = first_tokens  # [G]
-    out_tokens = torch.empty(G, total, dtype=torch.long, device=rows.device)
-    out_gaps = torch.empty(G, total, dtype=torch.float32, device=rows.device)
+    out_tokens = torch.empty(G, total, dtype=torch.long, device=device)
+    out_gaps = torch.empty(G, total, dtype=torch.float32, device=device)
     with _attention_implementation(model, _SHARED_PREFIX):
         for t, n in enumerate(active):
             state.advance(t, n)
@@ -253,7 +252,9 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
     rows, ctx_idx, m = rows[order], ctx_idx[order], m[order]
     if len(rows):
         lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
-        new_tokens, new_gaps = _decode(model, cache, rows, lengths, generated[rows, ctx_idx, m], C - 1 - m)
+        state = _SharedPrefixDecoding(cache, rows, lengths, C - 1 - int(m[0]))
+        del cache  # the state holds its own copy of the prefixes: free the pass's cache while decoding
+        new_tokens, new_gaps = _decode(model, state, lengths, generated[rows, ctx_idx, m], C - 1 - m)
         # item i's decoded tokens fill positions m_i + 1 .. C - 1; its first C - 1 - m_i gaps are valid
         positions = torch.arange(C, device=x.device)[None, :]  # [1, C]
         src = positions - m[:, None] - 1  # [G, C] index into new_tokens
