@@ -74,22 +74,32 @@ class _SharedPrefixDecoding:
     attention for this layout, hence the hand-written state.
     """
 
-    def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: int):
-        B, H, T, D = full_cache.layers[0].keys.shape
+    def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: torch.Tensor):
+        """Items i = 0..G-1 continue sample rows[i] of the cache after lengths[i] true tokens, for
+        steps[i] steps (non-increasing, so the items still decoding are always the first few)."""
+        batch, H, T, D = full_cache.layers[0].keys.shape
         G, device, dtype = len(rows), rows.device, full_cache.layers[0].keys.dtype
+        # only samples with items, the longest-decoding first: the samples still decoding at a
+        # step are then the first few, and attention reads no other sample's cache
+        longest = torch.zeros(batch, dtype=steps.dtype, device=device).scatter_reduce_(0, rows, steps, "amax")
+        samples = torch.argsort(longest, descending=True, stable=True)[: int((longest > 0).sum())]
+        B, rank = len(samples), rows.new_empty(batch)
+        rank[samples] = torch.arange(B, device=device)
+        rows = rank[rows]
+        self.samples_active = (longest[samples][None, :] > torch.arange(int(steps[0]), device=device)[:, None]).sum(1).tolist()
         # slot of each item among its sample's items (its rank there); flat = row * slots + slot
         order = torch.argsort(rows * G + torch.arange(G, device=device))
         slot = torch.empty_like(rows)
         slot[order] = torch.arange(G, device=device) - torch.searchsorted(rows[order], rows[order])
         S = self.n_slots = int(slot.max()) + 1
         self.rows, self.slot, self.flat, self.T = rows, slot, rows * S + slot, T  # [G] each
-        L = T + steps * S
+        L = T + int(steps[0]) * S
         self.cache = []  # per layer: keys, values [B, H, L, D]
         for layer in full_cache.layers:
             # zeros, not empty: a masked position still enters the product, and garbage there
             # could be NaN, which no mask removes
             keys, values = layer.keys.new_zeros(B, H, L, D), layer.values.new_zeros(B, H, L, D)
-            keys[:, :, :T], values[:, :, :T] = layer.keys, layer.values
+            keys[:, :, :T], values[:, :, :T] = layer.keys.index_select(0, samples), layer.values.index_select(0, samples)
             self.cache.append((keys, values))
         # additive mask [B * S, L]: item i sees the first lengths[i] positions of its sample, and
         # its generated positions once written; empty slots see nothing (uniform, ignored rows)
@@ -107,15 +117,15 @@ class _SharedPrefixDecoding:
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
         """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
         n, S, keys, values = self.active, self.n_slots, *self.cache[layer]
-        B, H, L, D = keys.shape
+        B, (_, H, L, D) = self.samples_active[self.step], keys.shape  # the samples still decoding
         rows, flat = self.rows[:n], self.flat[:n]
         keys[rows, :, self.position] = key[:, :, 0]
         values[rows, :, self.position] = value[:, :, 0]
         end = self.T + (self.step + 1) * S  # nothing beyond this step's tokens is seen yet
         # the items of a sample side by side: [B * S, H, D] rows, viewed as [B, H, S, D]
         q = query.new_zeros(B * S, H, D).index_copy_(0, flat, query[:, :, 0]).view(B, S, H, D).transpose(1, 2)
-        mask = self.mask.view(B, 1, S, L)[..., :end]
-        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=scaling)
+        mask = self.mask.view(-1, 1, S, L)[:B, ..., :end]
+        out = F.scaled_dot_product_attention(q, keys[:B, :, :end], values[:B, :, :end], attn_mask=mask, scale=scaling)
         return out.transpose(1, 2).reshape(B * S, H, D).index_select(0, flat)[:, None]  # [n, 1, H, D]
 
 
@@ -252,7 +262,7 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
     rows, ctx_idx, m = rows[order], ctx_idx[order], m[order]
     if len(rows):
         lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
-        state = _SharedPrefixDecoding(cache, rows, lengths, C - 1 - int(m[0]))
+        state = _SharedPrefixDecoding(cache, rows, lengths, C - 1 - m)
         del cache  # the state holds its own copy of the prefixes: free the pass's cache while decoding
         new_tokens, new_gaps = _decode(model, state, lengths, generated[rows, ctx_idx, m], C - 1 - m)
         # item i's decoded tokens fill positions m_i + 1 .. C - 1; its first C - 1 - m_i gaps are valid
