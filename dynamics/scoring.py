@@ -86,13 +86,16 @@ class _SharedPrefixDecoding:
         B, rank = len(samples), rows.new_empty(batch)
         rank[samples] = torch.arange(B, device=device)
         rows = rank[rows]
-        self.samples_active = (longest[samples][None, :] > torch.arange(int(steps[0]), device=device)[:, None]).sum(1).tolist()
+        # per step: how many items and how many samples still decode (each a prefix)
+        step_index = torch.arange(int(steps[0]), device=device)[:, None]
+        self.items_active = (steps[None, :] > step_index).sum(1).tolist()
+        self.samples_active = (longest[samples][None, :] > step_index).sum(1).tolist()
         # slot of each item among its sample's items (its rank there); flat = row * slots + slot
         order = torch.argsort(rows * G + torch.arange(G, device=device))
         slot = torch.empty_like(rows)
         slot[order] = torch.arange(G, device=device) - torch.searchsorted(rows[order], rows[order])
         S = self.n_slots = int(slot.max()) + 1
-        self.rows, self.slot, self.flat, self.T = rows, slot, rows * S + slot, T  # [G] each
+        self.rows, self.slot, self.flat, self.lengths, self.T = rows, slot, rows * S + slot, lengths, T  # [G] each
         L = T + int(steps[0]) * S
         self.cache = []  # per layer: keys, values [B, H, L, D]
         for layer in full_cache.layers:
@@ -106,13 +109,15 @@ class _SharedPrefixDecoding:
         masked = torch.finfo(dtype).min
         self.mask = torch.full((B * S, L), masked, dtype=dtype, device=device)
         self.mask[self.flat, :T] = torch.where(torch.arange(T, device=device)[None, :] < lengths[:, None], 0.0, masked).to(dtype)
-        self.step, self.active, self.position = 0, G, None
+        self.step, self.active, self.position = 0, 0, None
 
-    def advance(self, step: int, active: int) -> None:
-        """Start a step in which the first `active` items (a prefix) each feed one token."""
-        self.step, self.active = step, active
-        self.position = self.T + step * self.n_slots + self.slot[:active]  # [n] cache position of the fed token
-        self.mask[self.flat[:active], self.position] = 0.0
+    def advance(self, step: int) -> int:
+        """Start a step: the first n items (returned) each feed one token."""
+        self.step, self.active = step, self.items_active[step]
+        n = self.active
+        self.position = self.T + step * self.n_slots + self.slot[:n]  # [n] cache position of the fed token
+        self.mask[self.flat[:n], self.position] = 0.0
+        return n
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
         """query, key, value [n, H, 1, D] of the current step's n active items -> output [n, 1, H, D]."""
@@ -148,28 +153,27 @@ def _attention_implementation(model, name: str):
         model.config._attn_implementation = previous
 
 
-def _decode(model, state: _SharedPrefixDecoding, lengths, first_tokens, steps: torch.Tensor):
-    """Greedy-decode steps[i] tokens for each of the G items of a decoding state.
+def _decode(model, state: _SharedPrefixDecoding, first_tokens: torch.Tensor):
+    """Greedy-decode each item of a decoding state for its number of steps.
 
     Item i continues its sample after its true prefix of lengths[i] tokens, with first_tokens[i]
-    (the first mismatching prediction) at position lengths[i]. steps must be non-increasing: the
-    items still decoding at step t are then the first n(t), and a step costs what they need, not
-    what the longest item needs. Returns tokens [G, max steps] and the top-2 logit gaps of those
-    predictions (valid up to each item's steps).
+    (the first mismatching prediction) at position lengths[i]. Items are ordered by steps, longest
+    first: the items still decoding at step t are then the first n(t), and a step costs what they
+    need, not what the longest item needs. Returns tokens [G, max steps] and the top-2 logit gaps
+    of those predictions (valid up to each item's steps).
     """
     from transformers import AttentionInterface
 
     AttentionInterface.register(_SHARED_PREFIX, _shared_prefix_attention)
-    G, total, device = len(steps), int(steps[0]), steps.device
-    active = (steps[None, :] > torch.arange(total, device=device)[:, None]).sum(1).tolist()  # per step
+    G, total, device = len(first_tokens), len(state.items_active), first_tokens.device
     token = first_tokens  # [G]
     out_tokens = torch.empty(G, total, dtype=torch.long, device=device)
     out_gaps = torch.empty(G, total, dtype=torch.float32, device=device)
     with _attention_implementation(model, _SHARED_PREFIX):
-        for t, n in enumerate(active):
-            state.advance(t, n)
+        for t in range(total):
+            n = state.advance(t)
             logits = model(
-                input_ids=token[:n, None], position_ids=(lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
+                input_ids=token[:n, None], position_ids=(state.lengths[:n] + t)[:, None], use_cache=False, decode_state=state,
             ).logits[:, -1].float()  # [n, V]
             token, out_gaps[:n, t] = _greedy_and_gap(logits)
             out_tokens[:n, t] = token
@@ -264,7 +268,7 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         lengths = torch.tensor(contexts, device=x.device)[ctx_idx] + m
         state = _SharedPrefixDecoding(cache, rows, lengths, C - 1 - m)
         del cache  # the state holds its own copy of the prefixes: free the pass's cache while decoding
-        new_tokens, new_gaps = _decode(model, state, lengths, generated[rows, ctx_idx, m], C - 1 - m)
+        new_tokens, new_gaps = _decode(model, state, generated[rows, ctx_idx, m])
         # item i's decoded tokens fill positions m_i + 1 .. C - 1; its first C - 1 - m_i gaps are valid
         positions = torch.arange(C, device=x.device)[None, :]  # [1, C]
         src = positions - m[:, None] - 1  # [G, C] index into new_tokens
