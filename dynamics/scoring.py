@@ -67,7 +67,8 @@ class _SharedPrefixDecoding:
     one item per context length (its slot), so the cache is read once per sample for all of its
     items instead of once per item (copying prefixes into a per-item cache made decoding on a CPU
     bound by reading the copies and their padding). Each sample's cache is extended by its items'
-    generated tokens, interleaved by step: the key of slot s's token at step t sits at T + t*S + s,
+    generated tokens, interleaved by step: the key of slot s's token at step t sits at T + t*S + s
+    (T the longest true prefix of any item; no position after it is ever read),
     so a step attends to one growing prefix, and a mask lets each item see its own true prefix and
     its own generated tokens. The prefix and generated scores share one softmax, exactly as in a
     single cache, in one fused scaled_dot_product_attention call per layer. transformers has no
@@ -77,7 +78,8 @@ class _SharedPrefixDecoding:
     def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: torch.Tensor):
         """Items i = 0..G-1 continue sample rows[i] of the cache after lengths[i] true tokens, for
         steps[i] steps (non-increasing, so the items still decoding are always the first few)."""
-        batch, H, T, D = full_cache.layers[0].keys.shape
+        batch, H, _, D = full_cache.layers[0].keys.shape
+        T = int(lengths.max())  # no item sees a true position beyond this: the rest is never read
         G, device, dtype = len(rows), rows.device, full_cache.layers[0].keys.dtype
         # only samples with items, the longest-decoding first: the samples still decoding at a
         # step are then the first few, and attention reads no other sample's cache
@@ -102,7 +104,7 @@ class _SharedPrefixDecoding:
             # zeros, not empty: a masked position still enters the product, and garbage there
             # could be NaN, which no mask removes
             keys, values = layer.keys.new_zeros(B, H, L, D), layer.values.new_zeros(B, H, L, D)
-            keys[:, :, :T], values[:, :, :T] = layer.keys.index_select(0, samples), layer.values.index_select(0, samples)
+            keys[:, :, :T], values[:, :, :T] = layer.keys[:, :, :T].index_select(0, samples), layer.values[:, :, :T].index_select(0, samples)
             self.cache.append((keys, values))
         # additive mask [B * S, L]: item i sees the first lengths[i] positions of its sample, and
         # its generated positions once written; empty slots see nothing (uniform, ignored rows)
