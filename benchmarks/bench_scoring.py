@@ -4,7 +4,12 @@ Reference: transformers `generate` (greedy) once per (context, continuation) cel
 same batch size — what public memorization scripts do. memdyn: one teacher-forced pass per batch
 plus KV-cached decoding after the first mismatch, every cell read off one generation per context.
 
-    python benchmarks/bench_scoring.py --family runs/family [--samples 500] [--models a,b]
+    python benchmarks/bench_scoring.py --family runs/family [--samples 500] [--models a,b] [--batch-size 8,16,32]
+
+Besides speed, it prints the work ratio: token positions run through the model by the reference
+(k + c - 1 per cell: the prompt, then one per generated token after the first) over those run by
+memdyn (the teacher-forced positions plus one per decoding step). Where both are bound by
+arithmetic (larger models, larger batches on a CPU) the speedup cannot go far beyond it.
 """
 
 from __future__ import annotations
@@ -35,28 +40,35 @@ def reference_batch(model, x: torch.Tensor, contexts, continuations) -> dict:
     return out
 
 
-def memdyn_batch(model, x: torch.Tensor, contexts, continuations) -> tuple[dict, np.ndarray]:
-    """matches[(k, c)] -> [B] from memdyn's scorer, and its near-tie flags [B, K]."""
-    r = score_batch(model, x, list(contexts), max(continuations))
-    true = np.stack([x[:, k : k + max(continuations)].cpu().numpy() for k in contexts], 1)
+def memdyn_batch(model, x: torch.Tensor, contexts, continuations) -> tuple[dict, np.ndarray, int]:
+    """matches[(k, c)] -> [B] from memdyn's scorer, its near-tie flags [B, K], and the token
+    positions it ran through the model."""
+    C = max(continuations)
+    r = score_batch(model, x, list(contexts), C)
+    true = np.stack([x[:, k : k + C].cpu().numpy() for k in contexts], 1)
     out = {}
-    for c, (matches, _) in cell_scores(r.generated, true, list(continuations)).items():
+    cells = cell_scores(r.generated, true, list(continuations))
+    for c, (matches, _) in cells.items():
         for j, k in enumerate(contexts):
             out[(k, c)] = matches[:, j]
-    return out, r.min_gap < NEAR_TIE
+    # an item whose first mismatch m is before the last position decodes the C - 1 - m after it
+    first_mismatch = cells[C][1]  # [B, K]
+    positions = x.size(0) * (max(contexts) + C) + int(np.clip(C - 1 - first_mismatch, 0, None).sum())
+    return out, r.min_gap < NEAR_TIE, positions
 
 
 def compare(model, data: np.ndarray, contexts, continuations, batch_size, device):
     """Both scorers batch by batch, alternating, so that a machine whose speed drifts (shared
     cores, frequency scaling) slows both alike. Returns (seconds ours, seconds reference,
-    cells that differ, cells that differ where memdyn saw no near-tie)."""
+    cells that differ, cells that differ where memdyn saw no near-tie, work ratio)."""
     t_ours = t_ref = 0.0
-    differ = unexplained = 0
+    differ = unexplained = ours_positions = 0
     for start in range(0, len(data), batch_size):
         x = torch.from_numpy(data[start : start + batch_size].astype(np.int64)).to(device)
         t = time.perf_counter()
-        ours, ties = memdyn_batch(model, x, contexts, continuations)
+        ours, ties, positions = memdyn_batch(model, x, contexts, continuations)
         t_ours += time.perf_counter() - t
+        ours_positions += positions
         t = time.perf_counter()
         ref = reference_batch(model, x, contexts, continuations)
         t_ref += time.perf_counter() - t
@@ -65,7 +77,8 @@ def compare(model, data: np.ndarray, contexts, continuations, batch_size, device
             differ += int(wrong.sum())
             # a disagreement is excused only where memdyn saw a near-tie for that (sample, context)
             unexplained += int((wrong & ~ties[:, contexts.index(k)]).sum())
-    return t_ours, t_ref, differ, unexplained
+    ref_positions = len(data) * sum(k + c - 1 for k in contexts for c in continuations)
+    return t_ours, t_ref, differ, unexplained, ref_positions / ours_positions
 
 
 def benchmark_samples(ds: IndexedDataset, n: int, seed: int) -> np.ndarray:
@@ -85,7 +98,7 @@ def main() -> None:
     ap.add_argument("--models", default=None)
     ap.add_argument("--data", default=None, help="Megatron prefix (default: the family's training data)")
     ap.add_argument("--samples", type=int, default=500)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", default="32", help="one batch size or several, comma-separated")
     ap.add_argument("--contexts", default="32,48,64,96")
     ap.add_argument("--continuations", default="16,32,48,64")
     ap.add_argument("--device", default="cpu")
@@ -93,20 +106,23 @@ def main() -> None:
     args = ap.parse_args()
     contexts = [int(v) for v in args.contexts.split(",")]
     continuations = [int(v) for v in args.continuations.split(",")]
+    batch_sizes = [int(v) for v in args.batch_size.split(",")]
     family = load_family(args.family, args.data)
     ds = IndexedDataset(family.data.prefix)
     data = benchmark_samples(ds, args.samples, args.seed)
     kind = "samples" if args.samples <= len(ds) else f"windows of the {len(ds)} samples' token stream"
-    print(f"family {family.name}: {len(data)} {kind}, grid {contexts} x {continuations}, batch {args.batch_size}, "
+    print(f"family {family.name}: {len(data)} {kind}, grid {contexts} x {continuations}, "
           f"torch threads {torch.get_num_threads()}, device {args.device}")
-    header = f"{'model':>8} {'reference seq/s':>16} {'memdyn seq/s':>13} {'speedup':>8} {'cells':>8} {'differ':>7} {'not near-tie':>13}"
+    header = (f"{'model':>8} {'batch':>5} {'reference seq/s':>16} {'memdyn seq/s':>13} {'speedup':>8} {'work ratio':>11} "
+              f"{'cells':>8} {'differ':>7} {'not near-tie':>13}")
     print("\n" + header, flush=True)
     for size in family.select(args.models):
         model = load_model(family, size, device=args.device)
-        t_ours, t_ref, differ, unexplained = compare(model, data, contexts, continuations, args.batch_size, args.device)
-        cells = len(data) * len(contexts) * len(continuations)
-        print(f"{size.name:>8} {len(data) / t_ref:16.1f} {len(data) / t_ours:13.1f} {t_ref / t_ours:7.1f}x "
-              f"{cells:8d} {differ:7d} {unexplained:13d}", flush=True)
+        for batch_size in batch_sizes:
+            t_ours, t_ref, differ, unexplained, work = compare(model, data, contexts, continuations, batch_size, args.device)
+            cells = len(data) * len(contexts) * len(continuations)
+            print(f"{size.name:>8} {batch_size:5d} {len(data) / t_ref:16.1f} {len(data) / t_ours:13.1f} {t_ref / t_ours:7.1f}x "
+                  f"{work:10.1f}x {cells:8d} {differ:7d} {unexplained:13d}", flush=True)
     print("\ntarget: speedup >= 5x on CPU, every cell equal except near-ties (top-2 logit gap < 1e-4)")
 
 
