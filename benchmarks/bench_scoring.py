@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--models", default=None)
     ap.add_argument("--data", default=None, help="Megatron prefix (default: the family's training data)")
     ap.add_argument("--samples", type=int, default=500)
-    ap.add_argument("--batch-size", default="32", help="one batch size or several, comma-separated")
+    ap.add_argument("--batch-size", default="8,16,32", help="one batch size or several, comma-separated")
     ap.add_argument("--contexts", default="32,48,64,96")
     ap.add_argument("--continuations", default="16,32,48,64")
     ap.add_argument("--device", default="cpu")
