@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from dynamics.errors import MemdynError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -44,8 +46,6 @@ def upgrade_recorded_paths(settings_file: str | os.PathLike, fingerprints: dict[
     of a scores directory). Where such a path still exists and its content has the fingerprint now
     expected, record the fingerprint instead, so the directory's finished work is kept.
     fingerprints: key -> (expected fingerprint, function from an old path to its fingerprint)."""
-    from dynamics.errors import MemdynError
-
     path = Path(settings_file)
     if not path.is_file():
         return
