@@ -153,10 +153,12 @@ def transitions(
     out: Optional[Path] = typer.Option(None, help="CSV file to write (default: inside the scores directory, named with a leading _)."),
 ):
     """Row-normalised transition matrix of score bins between two models or two checkpoints."""
-    from dynamics.files import atomic_path
+    from dynamics.files import atomic_path, check_output_file
     from dynamics.scoretable import read_scores
     from dynamics.transitions import transition_matrix
 
+    if out is not None:
+        check_output_file(out, "--out", lambda p: _first_line(p).endswith(",n"))
     try:
         edges = sorted(float(b) for b in bins.split(","))
     except ValueError:
@@ -177,10 +179,12 @@ def summarize(
     out: Optional[Path] = typer.Option(None, help="CSV file to write (default: inside the scores directory, named with a leading _)."),
 ):
     """Counts and shares of memorized (score 1) and unmemorized (score 0) samples per cell."""
-    from dynamics.files import atomic_path
+    from dynamics.files import atomic_path, check_output_file
     from dynamics.scoretable import read_scores
     from dynamics.transitions import summarize as summarize_table
 
+    if out is not None:
+        check_output_file(out, "--out", lambda p: _first_line(p).startswith("model,step,revision,context_len,continuation_len,"))
     table = summarize_table(read_scores(scores))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     path = out or scores / "_summary.csv"
@@ -200,6 +204,15 @@ def run(
     from dynamics.pipeline import run_pipeline
 
     run_pipeline(workdir, preset, seed, reports)
+
+
+def _first_line(path: Path) -> str:
+    """The header of a CSV file memdyn may have written before ('' for anything unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def main() -> None:

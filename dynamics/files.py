@@ -14,10 +14,12 @@ from dynamics.errors import MemdynError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, replaces: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; it replaces `path` only if the block finishes.
 
-    Works for files and for directories (e.g. a `save_pretrained` checkpoint).
+    Works for files and for directories (e.g. a `save_pretrained` checkpoint). What stands at `path`
+    is never destroyed unless it is ours to replace: a file by a file, an empty directory, or a
+    directory that `replaces(path)` recognises as an earlier output of the same kind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,11 +27,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = tmp / path.name
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if path.is_symlink() or path.exists():
+            check_replaceable(path, target.is_dir(), replaces)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(path: Path, new_is_dir: bool, replaces: Callable[[Path], bool] | None = None) -> None:
+    """Refuse to replace something memdyn did not write: a directory by a file (or the reverse), or a
+    non-empty directory that `replaces` does not recognise."""
+    if path.is_dir() and not path.is_symlink():
+        if not new_is_dir:
+            raise MemdynError(f"{path} is a directory; give the path of a file to write")
+        if any(path.iterdir()) and not (replaces and replaces(path)):
+            raise MemdynError(f"{path} is a non-empty directory that memdyn did not write; choose another path or remove it")
+    elif new_is_dir:
+        raise MemdynError(f"{path} is a file; give the path of a directory to write")
+
+
+def check_output_file(path: str | os.PathLike, option: str, is_ours: Callable[[Path], bool]) -> Path:
+    """An output file named by the user: refuse a directory, an unwritable parent, or an existing file
+    that `is_ours` does not recognise as an earlier output of the same command (never overwritten)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MemdynError(f"{option} {path} is a directory; give the path of a file to write")
+    if path.exists() and not is_ours(path):
+        raise MemdynError(f"{option} {path} exists and was not written by this command; choose another path or remove it")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MemdynError(f"{option} {path}: {existing} is not a writable directory; choose another path")
+    return path
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -66,8 +97,6 @@ def upgrade_recorded_paths(settings_file: str | os.PathLike, fingerprints: dict[
 def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -> None:
     """An output directory belongs to one set of settings: refuse a directory written with other
     settings, or one that holds something else, before any work starts."""
-    from dynamics.errors import MemdynError
-
     path = Path(out) / settings_file
     if path.is_file():
         old = read_json(path)

@@ -102,13 +102,24 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ) -> None:
     """Evaluate a predictor on samples from documents it never saw in training."""
-    from dynamics.files import write_json
+    from dynamics.files import check_output_file, write_json
     from predictor.train import evaluate_predictor
 
+    if json_out:
+        check_output_file(json_out, "--json", _is_metrics_json)
     metrics = evaluate_predictor(model_dir, scores, model, dynamics, family)
     print_summary(metrics)
     if json_out:
         write_json(json_out, metrics)
+
+
+def _is_metrics_json(path: Path) -> bool:
+    """An earlier `predictor eval --json` output (which a rerun may replace)."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"model", "predictor", "n_train"} <= metrics.keys()
 
 
 @app.command("predict")

@@ -27,7 +27,7 @@ from dynamics.entropy import forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
-from dynamics.files import atomic_path, read_json
+from dynamics.files import atomic_path, check_replaceable, read_json
 from dynamics.scoring import reference_scores
 from predictor.baselines import baseline_proba
 from predictor.data import (
@@ -249,9 +249,19 @@ def scatter(into: dict[str, np.ndarray], values: dict[str, np.ndarray], rows: np
 # ---------------------------------------------------------------------------- save / load
 
 
+def is_predictor_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def check_predictor_out(out: Path) -> None:
+    """Before any work: `out` must be new, empty, or an earlier predictor (which is replaced)."""
+    if out.exists() or out.is_symlink():
+        check_replaceable(out, True, is_predictor_dir)
+
+
 def save_predictor(out: Path, net: MemPredictorEnsemble, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict,
                    cv: dict | None = None) -> None:
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replaces=is_predictor_dir) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -315,6 +325,7 @@ def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: s
     """Train on the target model's labels, evaluate on the held-out documents, save to `out`; with
     folds (>= 2) also cross-validate by document (cv.json; the saved predictor is the main split's)."""
     s = settings or TrainSettings()
+    check_predictor_out(Path(out))
     family = load_family(family_dir)
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     docs = data.rows[["first_doc", "last_doc"]]
