@@ -23,7 +23,7 @@ import torch
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
-from dynamics.scoring import NEAR_TIE, cell_scores, score_batch
+from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
 
 
 @torch.no_grad()

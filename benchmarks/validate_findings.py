@@ -32,8 +32,8 @@ from dynamics.corpus.megatron import IndexedDataset  # noqa: E402
 from dynamics.errors import MemdynError  # noqa: E402
 from dynamics.family.load import load_model  # noqa: E402
 from dynamics.report import findings as F  # noqa: E402
-from dynamics.report.workdir import Run  # noqa: E402
-from dynamics.scoring import score_batch  # noqa: E402
+from dynamics.workdir import Run  # noqa: E402
+from dynamics.scoring.kernel import score_batch  # noqa: E402
 
 MIN_MEMORIZED = 5  # memorized samples needed across a comparison before a trend counts
 MIN_GROUP = 5  # sequences a class needs before its boundary jump counts

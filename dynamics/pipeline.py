@@ -32,9 +32,9 @@ def _stage(name: str, number: int, total: int):
 
 def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports") -> None:
     from dynamics.family.train import train_family
-    from dynamics.scoretable import make_settings, run_scoring
-    from dynamics.transitions import summarize
-    from dynamics.scoretable import read_scores
+    from dynamics.scoring.table import make_settings, run_scoring
+    from dynamics.scoring.transitions import summarize
+    from dynamics.scoring.table import read_scores
 
     p = get_preset(preset)
     workdir = Path(workdir)
@@ -63,7 +63,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)
-    from dynamics.collect import run_dynamics
+    from dynamics.decoding.collect import run_dynamics
 
     run_dynamics(family, workdir / "scores", workdir / "dynamics", seed=seed, per_group=200, context=k, continuation=c)
     print(f"      done ({time.time() - t:.0f} s)")

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from dynamics.collect import check_scores_family, read_hidden, read_model, read_settings
+from dynamics.decoding.collect import check_scores_family, read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
-from dynamics.scoretable import read_generations, read_scores
-from dynamics.transitions import pick_cell
+from dynamics.scoring.table import read_generations, read_scores
+from dynamics.scoring.transitions import pick_cell
 
 CLASSES = ("unmemorized", "partial", "memorized")
 MEMORIZED = 2
@@ -264,7 +264,7 @@ def scalar_features(family: FamilySpec, data: Dataset, tokens: np.ndarray) -> tu
     context (log1p of mean unigram / bigram count, and of the whole context's duplicate count),
     and (hidden mode only, where the dynamics outputs hold what they need) mean entropy over context
     and continuation and the greedy continuation's largest surprisal."""
-    from dynamics.collect import open_ngram_index
+    from dynamics.decoding.collect import open_ngram_index
 
     cols, names = [], []
     if "context_loss" in data.rows:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dynamics.collect import HIDDEN_DTYPES
-from dynamics.entropy import forward_pass
+from dynamics.decoding.collect import HIDDEN_DTYPES
+from dynamics.decoding.entropy import forward_pass
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_model, load_tokenizer
+from dynamics.family.load import load_model, load_tokenizer, resolve_device
 from dynamics.family.spec import FamilySpec, load_family
 from dynamics.files import atomic_path, check_replaceable, read_json
-from dynamics.scoring import reference_scores
+from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import baseline_proba
 from predictor.data import (
     CLASSES, DEFAULT_EDGES, HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
@@ -124,7 +124,7 @@ def fit(net: MemPredictorEnsemble, data: Dataset, train: np.ndarray, s: TrainSet
 def fit_member(net: MemPredictor, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
     """Adam on the rows `train`; returns the mean loss per epoch."""
     torch.manual_seed(s.seed)
-    dev = torch.device(s.device)
+    dev = resolve_device(s.device)
     net.to(dev)
     x = torch.as_tensor(data.inputs[train])
     label = torch.as_tensor(data.rows["label"].to_numpy()[train])

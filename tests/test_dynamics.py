@@ -13,17 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.boundary import bootstrap_ci, jump_values, shift_align
-from dynamics.collect import read_hidden, read_model, read_settings, run_collection, run_dynamics, select_sequences
+from dynamics.decoding.boundary import bootstrap_ci, jump_values, shift_align
+from dynamics.decoding.collect import read_hidden, read_model, read_settings, run_collection, run_dynamics, select_sequences
 from dynamics.corpus.megatron import IndexedDataset
-from dynamics.embeddings import embedding_tables
+from dynamics.decoding.embeddings import embedding_tables
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
 from dynamics.ngrams import ShardedNgramIndex
-from dynamics.scoretable import read_generations, read_scores
-from dynamics.scoring import NEAR_TIE
-from dynamics.words import log_odds, word_ngrams
+from dynamics.scoring.table import read_generations, read_scores
+from dynamics.scoring.kernel import NEAR_TIE
+from dynamics.decoding.words import log_odds, word_ngrams
 from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS
 
 PER_GROUP = 6
@@ -38,7 +38,7 @@ def dyn(micro_family, micro_scores, tmp_path_factory):
     import typer
     from typer.testing import CliRunner
 
-    from dynamics.dynamics_cli import dynamics_command
+    from dynamics.cli.dynamics import dynamics as dynamics_command
 
     app = typer.Typer()
     app.command()(dynamics_command)
@@ -226,7 +226,7 @@ def test_analysis_tables(dyn):
 
 def test_words_table_on_decoded_samples(dyn, micro_family):
     from dynamics.family.load import load_tokenizer
-    from dynamics.words import words_table
+    from dynamics.decoding.words import words_table
 
     meta, seqs, positions = read_model(dyn, _models(dyn)[-1][0])
     seqs = seqs.assign(matches=np.where(seqs.matches > 0, C, 0))  # the micro models memorize ~nothing: relabel
@@ -238,7 +238,7 @@ def test_words_table_on_decoded_samples(dyn, micro_family):
 
 
 def test_figures(dyn, tmp_path):
-    from dynamics.plots import write_figures
+    from dynamics.decoding.plots import write_figures
 
     tables = {t: pd.read_parquet(dyn / "tables" / f"{t}.parquet") for t in TABLES[:-1]}
     largest = tables["curves"].sort_values("params")["model"].iloc[-1]

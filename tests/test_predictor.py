@@ -17,13 +17,13 @@ from predictor.model import MemPredictor, PredictorConfig
 torch.set_num_threads(1)
 # 37k at context 16 / continuation 4 has all three classes in both micro documents
 CELL = ["--model", "37k", "--context", "16", "--continuation", "4"]
-SMALL = ["--epochs", "3", "--d-model", "16", "--layers", "1", "--heads", "2"]
+SMALL = ["--epochs", "3", "--d-model", "16", "--encoder-layers", "1", "--heads", "2"]
 
 
 def invoke(*args):
     from typer.testing import CliRunner
 
-    from predictor.cli import app
+    from dynamics.cli.predictor import app
 
     r = CliRunner().invoke(app, [str(a) for a in args])
     return r
@@ -41,7 +41,7 @@ def trained(micro_family, micro_scores, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hidden_trained(micro_family, micro_scores, tmp_path_factory):
     """(dynamics directory, hidden-mode predictor directory) of 37k at context 16 / continuation 4."""
-    from dynamics.collect import run_collection
+    from dynamics.decoding.collect import run_collection
     from dynamics.family.spec import load_family
 
     root = tmp_path_factory.mktemp("hidden")
@@ -307,7 +307,7 @@ def test_hidden_predict_is_deterministic_and_refuses_bad_inputs(hidden_trained, 
 def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family):
     """The features predict computes for a training context equal those `memdyn dynamics` stored
     (up to their float16 storage), and its greedy continuation is the scorer's (off near-ties)."""
-    from dynamics.collect import read_model
+    from dynamics.decoding.collect import read_model
     from dynamics.family.load import load_model
     from dynamics.family.spec import load_family
     from predictor.data import context_tokens, hidden_dataset
@@ -331,7 +331,7 @@ def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family
 def test_surprisal_channel_is_the_teacher_forced_nll_of_the_fed_tokens(hidden_trained, micro_family, micro_scores):
     """Over the context the surprisal channel averages to the scorer's context loss (same alignment);
     over the continuation it is the surprisal of the model's own greedy tokens, never the true ones."""
-    from dynamics.scoretable import read_generations
+    from dynamics.scoring.table import read_generations
     from predictor.data import HIDDEN_CHANNELS, hidden_dataset
     from dynamics.family.spec import load_family
 

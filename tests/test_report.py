@@ -52,7 +52,7 @@ def test_captions_state_numbers(reports):
 
 def test_capacity_section_when_the_stage_ran(micro_workdir, tmp_path):
     from dynamics.report.build import capacity_section
-    from dynamics.report.workdir import Run
+    from dynamics.workdir import Run
 
     run = Run.open(micro_workdir)
     run.capacity = pd.DataFrame({"model": run.sizes, "params": [run.params[s] for s in run.sizes],

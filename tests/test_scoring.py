@@ -13,10 +13,10 @@ from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
-from dynamics.scoretable import read_generations, read_scores
-from dynamics import scoring
-from dynamics.scoring import NEAR_TIE, reference_scores, score_batch
-from dynamics.transitions import score_bins, summarize, transition_matrix
+from dynamics.scoring.table import read_generations, read_scores
+from dynamics.scoring import kernel as scoring
+from dynamics.scoring.kernel import NEAR_TIE, reference_scores, score_batch
+from dynamics.scoring.transitions import score_bins, summarize, transition_matrix
 from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS, run_cli
 
 

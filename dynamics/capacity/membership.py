@@ -212,7 +212,7 @@ def plot_sigmoid_fit(tokens_per_param, f1, fit: SigmoidFit, path_stem, title: st
     ax.set_title(title or "Membership inference F1 vs data per parameter")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    from dynamics.plots import save
+    from dynamics.decoding.plots import save
 
     save(fig, path_stem)
     plt.close(fig)

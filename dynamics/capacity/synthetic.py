@@ -412,7 +412,7 @@ def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
                  fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    from dynamics.plots import save
+    from dynamics.decoding.plots import save
 
     save(fig, path_stem)
     plt.close(fig)

@@ -7,7 +7,7 @@
 HTML is self-contained (figures as base64 PNG); Markdown links PNGs written beside it.
 
 Modules: workdir (stages and their tables), findings (numbers and captions), figures (new
-figures; the dynamics ones come from dynamics.plots), build (assembling documents), document
+figures; the dynamics ones come from dynamics.decoding.plots), build (assembling documents), document
 (the document model), html and markdown (rendering).
 """
 

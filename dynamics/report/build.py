@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dynamics import plots
+from dynamics.decoding import plots
 from dynamics.report import findings as F
 from dynamics.report.document import Document, Figure, Samples, Section, Table, Text
 from dynamics.report.figures import plot_bars, plot_distribution, plot_matrix, plot_share_lines
-from dynamics.report.workdir import Run
-from dynamics.transitions import level_counts
+from dynamics.workdir import Run
+from dynamics.scoring.transitions import level_counts
 
 N_SAMPLES = 5  # most and least memorized samples shown per size
 CAPACITY_MISSING = "capacity stage not run: `memdyn capacity text --family {family}`"
@@ -119,7 +119,7 @@ def embedding_section(run: Run, model: str) -> Section:
 
 def decode_samples(run: Run, model: str, seq_idx: np.ndarray, k: int, c: int) -> pd.DataFrame:
     """Context, true continuation and greedy continuation as text, with duplicate counts and domains."""
-    from dynamics.collect import open_ngram_index
+    from dynamics.decoding.collect import open_ngram_index
     from dynamics.corpus.megatron import IndexedDataset
     from dynamics.family.load import load_tokenizer
 

@@ -1,6 +1,6 @@
-"""Report figures not in dynamics.plots (which draws the boundary and embedding figures):
+"""Report figures not in dynamics.decoding.plots (which draws the boundary and embedding figures):
 memorized share lines, annotated matrices, score distributions, capacity bars.
-Built on matplotlib.figure.Figure, like dynamics.plots, so no global backend is touched."""
+Built on matplotlib.figure.Figure, like dynamics.decoding.plots, so no global backend is touched."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dynamics.transitions import DEFAULT_EDGES, bin_labels, summarize, transition_matrix
+from dynamics.scoring.transitions import DEFAULT_EDGES, bin_labels, summarize, transition_matrix
 
 
 def pct(x: float) -> str:

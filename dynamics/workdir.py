@@ -85,19 +85,19 @@ class Run:
     @cached_property
     def scores(self) -> pd.DataFrame:
         """Final checkpoints over the grid."""
-        from dynamics.scoretable import read_scores
+        from dynamics.scoring.table import read_scores
 
         return _final(read_scores(self.workdir / "scores"))
 
     @cached_property
     def checkpoints(self) -> pd.DataFrame:
-        from dynamics.scoretable import read_scores
+        from dynamics.scoring.table import read_scores
 
         return read_scores(self.workdir / "scores_checkpoints")
 
     @cached_property
     def generations(self) -> pd.DataFrame:
-        from dynamics.scoretable import read_generations
+        from dynamics.scoring.table import read_generations
 
         return _final(read_generations(self.workdir / "scores"))
 
@@ -133,6 +133,6 @@ class Run:
 
     @cached_property
     def domains(self) -> pd.Series | None:
-        from dynamics.collect import sample_domains
+        from dynamics.decoding.collect import sample_domains
 
         return sample_domains(self.family.data.prefix)

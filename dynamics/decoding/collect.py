@@ -55,15 +55,15 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.corpus.megatron import IndexedDataset
-from dynamics.entropy import LN2, forward_pass
+from dynamics.decoding.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir, read_json, upgrade_recorded_paths, write_json
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
-from dynamics.scoretable import SETTINGS as SCORE_SETTINGS
-from dynamics.scoretable import read_generations, read_scores
-from dynamics.transitions import pick_cell
+from dynamics.scoring.table import SETTINGS as SCORE_SETTINGS
+from dynamics.scoring.table import read_generations, read_scores
+from dynamics.scoring.transitions import pick_cell
 
 SETTINGS = "_settings.json"
 NGRAM_ORDERS = (1, 2, 3, 4, 5)
@@ -371,10 +371,10 @@ def analyze(family: FamilySpec, out: str | Path, *, seed: int = 0, m: int = 4, n
             use_umap: bool = True, plots: bool = True, top_words: int = 30, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Boundary curves and jumps, embedding trajectories, distinguishing words and figures of every
     collected model; tables go to OUT/tables/, figures to OUT/figures/."""
-    from dynamics.boundary import boundary_tables
-    from dynamics.embeddings import embedding_tables
+    from dynamics.decoding.boundary import boundary_tables
+    from dynamics.decoding.embeddings import embedding_tables
     from dynamics.family.load import load_tokenizer
-    from dynamics.words import words_table
+    from dynamics.decoding.words import words_table
 
     out = Path(out)
     settings = read_settings(out)
@@ -396,7 +396,7 @@ def analyze(family: FamilySpec, out: str | Path, *, seed: int = 0, m: int = 4, n
     for name, table in tables.items():
         write_table(table, out / "tables" / name)
     if plots:
-        from dynamics.plots import write_figures
+        from dynamics.decoding.plots import write_figures
 
         write_figures(tables, out / "figures")
     return tables

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from dynamics.cli.options import BATCH_SIZE, DEVICE, DTYPE, SEED, group
 from dynamics.errors import MemdynError
 
-app = typer.Typer(
-    help="Bit-level capacity: synthetic sweeps (bits per parameter) and membership inference.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = group("Bit-level capacity: synthetic sweeps (bits per parameter), text memorization and membership inference.")
 
 
 @app.command()
@@ -21,7 +18,7 @@ def synthetic(
     out: Path = typer.Option(..., "--out", help="Output directory (resumable: finished jobs are kept)."),
     preset: str = typer.Option("cpu", help="cpu (2 cores, < 20 min) or paper (Morris et al. grid, GPU)."),
     dtype: str = typer.Option("fp32", help="Training precision: fp32 or bf16 (fp16 only on GPU)."),
-    seed: int = typer.Option(0, help="Seed for data, initialisation and minibatch order."),
+    seed: int = SEED,
     threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
 ) -> None:
     """Train GPT-2 models on uniformly random tokens to saturation; fit bits per parameter."""
@@ -69,3 +66,26 @@ def mi_law(
     plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
     typer.echo(f"c1={fit.c1:.4f} c2={fit.c2:.4f} c3={fit.c3:.4f} (x = {fit.x}), rmse {fit.rmse:.4f} "
                f"over {fit.n_points} points; F1=0.55 at {fit.tokens_per_param_at(0.55):.2f} tokens/param")
+
+
+@app.command("text")
+def capacity_text(
+    family: str = typer.Option(..., help="Family directory (memdyn family train) with reference models."),
+    out: Path = typer.Option(..., help="Output directory for the tables and figure."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model sizes (default: all)."),
+    reference: Optional[str] = typer.Option(None, help="Reference model for every size (default: the family's own, per size)."),
+    batch_size: int = BATCH_SIZE,
+    dtype: str = DTYPE,
+    device: str = DEVICE,
+    seed: int = SEED,
+):
+    """Unintended memorization in bits per size (vs a reference model), bits per parameter, and
+    loss-threshold membership inference with its sigmoid fit."""
+    from dynamics.capacity.text import text_capacity
+    from dynamics.family.spec import load_family
+
+    table = text_capacity(load_family(family), out, models, reference, device, dtype, batch_size, seed)
+    cols = ["model", "params", "unintended_bits_per_sample", "bits_memorized", "bits_per_param", "mi_f1", "mi_auroc"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {out}")
+

@@ -1,4 +1,4 @@
-"""`memdyn dynamics`: register with `app.command("dynamics")(dynamics_command)` in dynamics/cli.py."""
+"""`memdyn dynamics`: entropy, n-gram frequency and hidden states around the boundary."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Optional
 
 import typer
 
+from dynamics.cli.options import BATCH_SIZE, DEVICE, DTYPE, SEED
 
-def dynamics_command(
+
+def dynamics(
     family: str = typer.Option(..., help="Family directory, pythia / pythia-deduped, or model ids/paths."),
     scores: Path = typer.Option(..., help="Scores directory of this family (memdyn score)."),
     out: Path = typer.Option(..., help="Dynamics directory (created, or resumed)."),
@@ -24,13 +26,13 @@ def dynamics_command(
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Also compute UMAP projections (slow first run: numba)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG figures."),
-    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (GPU only)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Random seed; the same inputs and seed give the same files."),
+    dtype: str = DTYPE,
+    device: str = DEVICE,
+    seed: int = SEED,
 ):
     """Entropy, n-gram frequency and hidden states around the context/continuation boundary, per
     score level and model size: tables under OUT/tables, figures under OUT/figures."""
-    from dynamics.collect import run_dynamics
+    from dynamics.decoding.collect import run_dynamics
     from dynamics.family.spec import load_family
 
     run_dynamics(

@@ -1,4 +1,4 @@
-"""`memdyn report`: register with `app.command("report")(report_command)` in dynamics/cli.py."""
+"""`memdyn report`: the family overview and one report per model size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-def report_command(
+def report(
     workdir: Path = typer.Option(Path("runs"), help="Work directory of a `memdyn run`."),
     out: Path = typer.Option(Path("reports"), help="Reports go to OUT/<family>/ (index.html, <size>/report.html)."),
     preset: Optional[str] = typer.Option(None, help="Refuse a work directory of another preset (default: any)."),

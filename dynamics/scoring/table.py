@@ -33,7 +33,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, resolve_device
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir, upgrade_recorded_paths, write_json
-from dynamics.scoring import NEAR_TIE, cell_scores, score_batch
+from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
 
 SETTINGS = "_settings.json"
 GENERATIONS = "_generations"

@@ -1,8 +1,4 @@
-"""`memdyn predictor ...`: train, evaluate and apply memorization predictors.
-
-Registered by the main CLI with `app.add_typer(predictor_app, name="predictor")`; errors are
-MemdynErrors, which the main CLI prints as one line.
-"""
+"""`memdyn predictor ...`: train, evaluate and apply memorization predictors."""
 
 from __future__ import annotations
 
@@ -12,10 +8,10 @@ from typing import Optional
 
 import typer
 
+from dynamics.cli.options import DEVICE, SEED, group
 from dynamics.errors import MemdynError
 
-app = typer.Typer(help="Predict memorization from a context (or a model's hidden states); compare with baselines.",
-                  no_args_is_help=True)
+app = group("Predict memorization from a context (or a model's hidden states); compare with baselines.")
 
 
 def _fmt(x) -> str:
@@ -52,14 +48,14 @@ def train(
     out: Path = typer.Option(..., help="Predictor directory to write."),
     input: str = typer.Option("context", "--input", help="context (token ids) or hidden (needs --dynamics)."),
     dynamics: Optional[Path] = typer.Option(None, help="Dynamics directory (memdyn dynamics), for --input hidden."),
-    seed: int = typer.Option(0, help="Seed of the split, the balancing and the training."),
+    seed: int = SEED,
     epochs: int = typer.Option(20, help="Training epochs."),
     max_per_class: Optional[int] = typer.Option(None, help="At most N training samples per score level."),
     context: Optional[int] = typer.Option(None, help="Context length of the scored cell (default 32 if scored, else the smallest)."),
     continuation: Optional[int] = typer.Option(None, help="Continuation length of the cell (default 16 if scored, else the smallest)."),
     edges: str = typer.Option("0.2,1.0", help="LO,HI: unmemorized score <= LO, memorized score >= HI, partial between."),
     d_model: Optional[int] = typer.Option(None, help="Predictor width (default 64; hidden mode 32)."),
-    layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
+    encoder_layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
     heads: int = typer.Option(4, help="Attention heads."),
     members: Optional[int] = typer.Option(None, help="Predictors from different initialisations, averaged (default 1; hidden mode 3)."),
     positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
@@ -67,7 +63,7 @@ def train(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     test_size: float = typer.Option(0.2, help="Share of training documents held out for testing."),
     folds: int = typer.Option(0, help="K >= 2: also cross-validate by document over K folds (cv.json); 0: no."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = DEVICE,
 ) -> None:
     """Train a predictor of MODEL's memorization; prints test metrics beside the baselines."""
     from dynamics.files import read_json
@@ -82,7 +78,7 @@ def train(
         raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
     settings = TrainSettings(seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_per_class=max_per_class,
                              test_size=test_size, device=device)
-    arch = {"d_model": d_model, "n_layers": layers, "n_heads": heads, "positional": positional, "members": members}
+    arch = {"d_model": d_model, "n_layers": encoder_layers, "n_heads": heads, "positional": positional, "members": members}
     arch = {k: v for k, v in arch.items() if v is not None}  # unset: the mode's default (predictor.train.new_predictor)
     metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
                               settings, arch, folds=folds)
@@ -128,7 +124,7 @@ def predict(
     text: Optional[str] = typer.Option(None, help="The context, as text (hidden mode: its first context_len tokens)."),
     file: Optional[Path] = typer.Option(None, help="Read the context from this file."),
     family: Optional[Path] = typer.Option(None, help="Hidden mode: family of the target model (default: the one recorded)."),
-    device: str = typer.Option("cpu", help="Hidden mode: device of the target model (cpu or cuda)."),
+    device: str = typer.Option("auto", help="Hidden mode: device of the target model (auto, cpu, cuda or cuda:N)."),
 ) -> None:
     """Print the predicted class of a context, its probability and the predicted score; in hidden
     mode also each greedy continuation token and the probability that the model reproduces it."""

@@ -1,0 +1,66 @@
+"""The `memdyn` command line: one module per command group, each command a thin shell over one
+library call. Nothing heavy is imported here (commands import the library when they run), so
+`memdyn --help` and usage errors answer at once.
+
+Errors meant for users are `MemdynError`s and usage errors: printed as one line
+`memdyn: error: ...`, exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+
+from dynamics.cli import capacity, dynamics, family, predictor, report, run, score
+from dynamics.cli.options import group
+from dynamics.errors import MemdynError
+
+app = group("Measure and explain verbatim memorization in causal language model families.")
+app.add_typer(family.app, name="family")
+app.command()(score.score)
+app.command()(score.summarize)
+app.command()(score.transitions)
+app.command("dynamics")(dynamics.dynamics)
+app.add_typer(predictor.app, name="predictor")
+app.add_typer(capacity.app, name="capacity")
+app.command("report")(report.report)
+app.command()(run.run)
+
+
+def _usage_message(e: BaseException) -> str | None:
+    """The message of a command-line parse error. Typer ships its own copy of click, so its
+    exceptions are not click's classes: recognise both by shape."""
+    if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+        message = e.format_message()
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx is not None else "memdyn"
+        return f"{message} (see `{command} --help`)"
+    return None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars (read when it is imported)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends a command like Ctrl-C: cleanly, non-zero
+    try:
+        app(standalone_mode=False)
+    except MemdynError as e:
+        print(f"memdyn: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("memdyn: interrupted; finished work is kept, and rerunning the same command resumes", file=sys.stderr)
+        sys.exit(130)
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:
+        message = _usage_message(e)
+        if message is None:
+            raise
+        print(f"memdyn: error: {message}", file=sys.stderr)
+        sys.exit(2)

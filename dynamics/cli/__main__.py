@@ -1,0 +1,3 @@
+from dynamics.cli import main
+
+main()

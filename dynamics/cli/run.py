@@ -1,0 +1,22 @@
+"""`memdyn run`: the whole pipeline on the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dynamics.cli.options import SEED
+
+
+def run(
+    workdir: Path = typer.Option(Path("runs"), help="Work directory for every stage's outputs."),
+    preset: str = typer.Option("tiny", help="Family preset: tiny (default) or micro."),
+    reports: Path = typer.Option(Path("reports"), help="Reports go to REPORTS/<family>/."),
+    seed: int = SEED,
+):
+    """The whole pipeline on the embedded default (no downloads); every stage resumes."""
+    from dynamics.pipeline import run_pipeline
+
+    run_pipeline(workdir, preset, seed, reports)
+
