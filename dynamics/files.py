@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -32,8 +33,52 @@ def atomic_path(path: str | os.PathLike, replaces: Callable[[Path], bool] | None
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
         os.replace(target, path)
+    except Exception as e:
+        full = disk_full_error(e, path)  # before the temporary is removed, which frees space again
+        if full is not None:
+            raise full from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_full_error(e: BaseException, path: str | os.PathLike) -> MemdynError | None:
+    """A failed write because the disk (or quota) is full, as one line; None for other errors.
+    Writers below us (torch.save, pyarrow) wrap ENOSPC in their own exception types, so a write
+    error on a filesystem with almost no free space left counts too."""
+    if isinstance(e, MemdynError):
+        return None
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(e, (OSError, RuntimeError)):
+        try:
+            full = shutil.disk_usage(_existing_parent(Path(path))).free < 1 << 20
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return MemdynError(f"no space left on the device while writing {path}: free some space and rerun the same "
+                       "command (finished parts are kept, the unfinished one was removed)")
+
+
+def _existing_parent(path: Path) -> Path:
+    return next((p for p in [path, *path.parents] if p.exists()), Path("."))
+
+
+def check_output_location(path: str | os.PathLike, option: str, kind: str = "dir") -> Path:
+    """An output location must be writable: refuse a file where a directory is wanted (and the
+    reverse), a read-only directory, or a location under a file or a read-only folder."""
+    path = Path(path)
+    if path.exists():
+        if kind == "dir" and not path.is_dir():
+            raise MemdynError(f"{option} {path} is a file; give the path of a directory to write")
+        if kind == "file" and path.is_dir():
+            raise MemdynError(f"{option} {path} is a directory; give the path of a file to write")
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise MemdynError(f"{option} {path} is a read-only directory; choose a writable location")
+    parent = _existing_parent(path.parent if str(path.parent) else Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MemdynError(f"{option} {path}: {parent} is not a writable directory; choose another location")
+    return path
 
 
 def check_replaceable(path: Path, new_is_dir: bool, replaces: Callable[[Path], bool] | None = None) -> None:

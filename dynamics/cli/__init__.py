@@ -41,6 +41,18 @@ def _usage_message(e: BaseException) -> str | None:
     return None
 
 
+def _os_message(e: OSError) -> str | None:
+    """A write that failed for a reason the user can fix (full disk, permissions), as one line."""
+    import errno
+
+    where = f" at {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}: free some space and rerun the same command (finished work is kept)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where} ({e.strerror}); choose a writable location"
+    return None
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -58,6 +70,12 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, typer.Abort) as e:
         sys.exit(getattr(e, "exit_code", 1))
+    except OSError as e:
+        message = _os_message(e)
+        if message is None:
+            raise
+        print(f"memdyn: error: {message}", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:
         message = _usage_message(e)
         if message is None:

@@ -1,0 +1,131 @@
+"""Manifests: an output directory records every part it holds (row count, size, checksum), so a
+reader can tell a complete directory from one with a missing, extra, truncated or altered part.
+
+Layout inside an output directory DIR:
+  DIR/_manifest/expected.json       the parts the stage set out to write (a union over reruns)
+  DIR/_manifest/parts/<part>.json   one record per finished part: {rows, bytes, sha256}
+
+One small record file per part (written atomically after the part itself) instead of one shared
+file: processes of a launch write parts at the same time and never contend for the manifest. A
+part that exists without its record (a kill between the two writes) counts as unrecorded; the
+writer checks and adopts it or recomputes it, and a reader refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from dynamics.errors import MemdynError
+from dynamics.files import write_json
+
+MANIFEST = "_manifest"
+
+
+def _records(root: Path) -> Path:
+    return root / MANIFEST / "parts"
+
+
+def _record_path(root: Path, name: str) -> Path:
+    return _records(root) / f"{name}.json"
+
+
+def checksum(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expect(root: str | os.PathLike, names: Iterable[str]) -> None:
+    """Record the parts a stage is going to write (added to those expected by earlier runs)."""
+    root = Path(root)
+    path = root / MANIFEST / "expected.json"
+    old = set(_read(path, "parts", default=[])) if path.is_file() else set()
+    new = old | set(names)
+    if new != old:
+        write_json(path, {"parts": sorted(new)})
+
+
+def expected(root: str | os.PathLike) -> list[str] | None:
+    path = Path(root) / MANIFEST / "expected.json"
+    return _read(path, "parts", default=None) if path.is_file() else None
+
+
+def record_part(root: str | os.PathLike, name: str, rows: int) -> None:
+    """Record a finished part DIR/name (call right after writing it)."""
+    root = Path(root)
+    part = root / name
+    write_json(_record_path(root, name), {"rows": int(rows), "bytes": part.stat().st_size, "sha256": checksum(part)})
+
+
+def forget_part(root: str | os.PathLike, name: str) -> None:
+    """Drop a damaged part and its record, so that it is recomputed."""
+    root = Path(root)
+    for path in (_record_path(root, name), root / name):
+        if path.is_file():
+            path.unlink()
+
+
+def recorded(root: str | os.PathLike) -> dict[str, dict]:
+    base = _records(Path(root))
+    if not base.is_dir():
+        return {}
+    out = {}
+    for path in base.rglob("*.json"):
+        name = str(path.relative_to(base))[: -len(".json")]
+        out[name] = _read(path, None, default=None)
+    return out
+
+
+def part_status(root: str | os.PathLike, name: str, record: dict | None = None, deep: bool = True) -> str:
+    """ok | missing | unrecorded | truncated | altered (deep=False checks the size only)."""
+    root = Path(root)
+    part = root / name
+    if record is None:
+        rec_path = _record_path(root, name)
+        record = _read(rec_path, None, default=None) if rec_path.is_file() else None
+    if not part.is_file():
+        return "missing"
+    if not isinstance(record, dict) or not {"rows", "bytes", "sha256"} <= record.keys():
+        return "unrecorded"
+    if part.stat().st_size != record["bytes"]:
+        return "truncated" if part.stat().st_size < record["bytes"] else "altered"
+    if deep and checksum(part) != record["sha256"]:
+        return "altered"
+    return "ok"
+
+
+def verify(root: str | os.PathLike, parts_glob: Iterable[str], rebuild: str, what: str) -> dict[str, dict]:
+    """Refuse an output directory that is not exactly what its manifest says: a part expected but
+    missing, a part (or any file matching `parts_glob`) not recorded, a truncated or altered part.
+    Returns the records. `rebuild` is the command that completes or rebuilds the directory."""
+    root = Path(root)
+    records = recorded(root)
+    if not records and expected(root) is None:
+        raise MemdynError(f"{root} has no manifest of its parts ({MANIFEST}/): it was written by an older memdyn "
+                          f"or is not a memdyn {what} directory; rebuild it with `{rebuild}`")
+    on_disk = {str(p.relative_to(root)) for g in parts_glob for p in root.glob(g) if p.is_file()}
+    for name in sorted(on_disk - records.keys()):
+        raise MemdynError(f"{root / name} is not in the {what} directory's manifest (an extra or unfinished part); "
+                          f"remove it, or rerun `{rebuild}` to rebuild it")
+    for name in sorted(set(expected(root) or []) | records.keys()):
+        status = part_status(root, name, records.get(name))
+        if status != "ok":
+            raise MemdynError(f"{what} part {root / name} is {status}; rerun `{rebuild}` to recompute it")
+    return records
+
+
+def _read(path: Path, key: str | None, default):
+    try:
+        obj = json.loads(path.read_text())
+        return obj[key] if key else obj
+    except (OSError, ValueError, KeyError, TypeError):
+        if default is not None or key is None:
+            return default
+        raise MemdynError(f"{path} is unreadable or truncated; remove it and rerun the command that wrote it") from None
+
