@@ -155,17 +155,41 @@ def score_chunk(model, model_name: str, revision: str, tokens: np.ndarray, seq_i
     return scores, gens
 
 
+def process_state(device: str | None):
+    """This process's place among the launched ones (accelerate's PartialState)."""
+    from accelerate import PartialState
+
+    # cpu=True on a CPU: only then does accelerate take the launcher's ranks (torchrun, or
+    # `accelerate launch --multi_gpu`) as MULTI_CPU processes instead of N copies of rank 0
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def start_output(state, out: Path, settings_file: str, settings: dict, subdirs: tuple[str, ...] = ()) -> None:
+    """The main process creates the (already checked) output directory and records its settings;
+    every process waits for it."""
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in subdirs:
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        write_json(out / settings_file, settings)
+    state.wait_for_everyone()
+
+
+def claim_jobs(state, jobs: list, is_done) -> list:
+    """This process's share of the jobs (every num_processes-th, so the split does not depend on
+    what is done), less those already done: a killed run resumes with the missing ones."""
+    mine = [j for i, j in enumerate(jobs) if i % state.num_processes == state.process_index]
+    return [j for j in mine if not is_done(j)]
+
+
 def run_scoring(
     family: FamilySpec, out: str | Path, settings: ScoreSettings, data: str | Path, models: list[str] | None,
     revisions: list[str] | None, device: str | None = None, progress: bool = True,
 ) -> Path:
     """Compute every missing chunk (this process's share of them) and write the table.
     data: the Megatron prefix that `settings` were made from."""
-    from accelerate import PartialState
-
-    # cpu=True on a CPU: only then does accelerate take the launcher's ranks (torchrun, or
-    # `accelerate launch --multi_gpu`) as MULTI_CPU processes instead of N copies of rank 0
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    state = process_state(device)
     out = Path(out)
     sizes = family.select(models)
     plan = [(size, family.revision(size, r)) for size in sizes for r in (revisions or [None])]
@@ -175,19 +199,13 @@ def run_scoring(
 
             model_location(family, size, rev)
     check_settings(out, settings)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / GENERATIONS).mkdir(exist_ok=True)
-        write_json(out / SETTINGS, asdict(settings))
-    state.wait_for_everyone()
+    start_output(state, out, SETTINGS, asdict(settings), (GENERATIONS,))
 
     idx = sample_indices(settings)
     ds = IndexedDataset(data)
     n_chunks = -(-len(idx) // settings.chunk_size)
     jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
-    mine = [j for i, j in enumerate(jobs) if i % state.num_processes == state.process_index]
-    todo = [j for j in mine if not (out / _chunk_name(j[0].name, j[1], j[2])).is_file()]
+    todo = claim_jobs(state, jobs, lambda j: (out / _chunk_name(j[0].name, j[1], j[2])).is_file())
     dev = state.device if device in (None, "auto") else resolve_device(device)
     work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
     bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
