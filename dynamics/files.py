@@ -113,8 +113,17 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+class CorruptFile(MemdynError, ValueError):
+    """A file memdyn wrote earlier that no longer parses (truncated, overwritten); a ValueError too,
+    for callers that already turn bad content into their own message."""
+
+
 def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFile(f"{path} is truncated or not valid JSON ({e}); restore it, or remove its directory and "
+                          "rerun the command that wrote it") from None
 
 
 def upgrade_recorded_paths(settings_file: str | os.PathLike, fingerprints: dict[str, tuple[str, Callable[[str], str]]]) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from dynamics.errors import MemdynError
 from dynamics.files import write_json
@@ -129,3 +129,30 @@ def _read(path: Path, key: str | None, default):
             return default
         raise MemdynError(f"{path} is unreadable or truncated; remove it and rerun the command that wrote it") from None
 
+
+
+def settle(root: str | os.PathLike, name: str, rows: int, count_rows: Callable[[Path], int]) -> bool:
+    """Whether part `name` is finished and intact, for a writer about to resume. A part without a
+    record (a kill between the part and its record, or a directory from before manifests) is
+    adopted when `count_rows` reads the expected number of rows from it; anything else not ok is
+    removed, so the caller recomputes it."""
+    root = Path(root)
+    status = part_status(root, name)
+    if status == "unrecorded":
+        try:
+            if count_rows(root / name) == rows:
+                record_part(root, name, rows)
+                return True
+        except Exception:  # unreadable: recomputed below
+            pass
+    elif status == "ok":
+        return True
+    forget_part(root, name)
+    return False
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows of a Parquet file from its footer (reads no data; fails on a truncated or foreign file)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
