@@ -32,6 +32,7 @@ from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, resolve_device
 from dynamics.family.spec import FamilySpec
+from dynamics import manifest
 from dynamics.files import atomic_path, check_output_dir, upgrade_recorded_paths, write_json
 from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
 
@@ -205,7 +206,9 @@ def run_scoring(
     ds = IndexedDataset(data)
     n_chunks = -(-len(idx) // settings.chunk_size)
     jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
-    todo = claim_jobs(state, jobs, lambda j: (out / _chunk_name(j[0].name, j[1], j[2])).is_file())
+    if state.is_main_process:  # the manifest's list of parts makes an unfinished table visible to readers
+        manifest.expect(out, [f"{d}{_chunk_name(z.name, r, c)}" for z, r, c in jobs for d in ("", GENERATIONS + "/")])
+    todo = claim_jobs(state, jobs, lambda j: _chunk_done(out, settings, len(idx), *j))
     dev = state.device if device in (None, "auto") else resolve_device(device)
     work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
     bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
@@ -222,8 +225,10 @@ def run_scoring(
         name = _chunk_name(size.name, rev, chunk)
         with atomic_path(out / GENERATIONS / name) as tmp:
             gens.to_parquet(tmp, index=False)
-        with atomic_path(out / name) as tmp:  # written last: its presence marks the chunk done
+        manifest.record_part(out, f"{GENERATIONS}/{name}", len(gens))
+        with atomic_path(out / name) as tmp:
             scores.to_parquet(tmp, index=False)
+        manifest.record_part(out, name, len(scores))  # last: the chunk is done once both parts are recorded
         bar.update(len(chunk_idx))
     bar.close()
     state.wait_for_everyone()
@@ -231,6 +236,7 @@ def run_scoring(
         table = first_memorized(read_scores(out))
         with atomic_path(out / FIRST_MEMORIZED) as tmp:
             table.to_parquet(tmp, index=False)
+        manifest.record_part(out, FIRST_MEMORIZED, len(table))
     state.wait_for_everyone()
     return out
 
@@ -241,10 +247,27 @@ def read_scores(scores: str | Path) -> pd.DataFrame:
         raise MemdynError(f"{path} is not a memdyn scores directory (no {SETTINGS}); run `memdyn score` first")
     if not any(path.glob("part-*.parquet")):
         raise MemdynError(f"{path} holds no finished chunks yet; rerun the `memdyn score` command to compute them")
+    verify_scores(path)
     return pd.read_parquet(path)
 
 
+def verify_scores(path: Path) -> None:
+    """Refuse a table with a missing, extra, truncated or altered part (every file a Parquet
+    reader of the directory would read is checked against the manifest)."""
+    manifest.verify(path, ["[!_.]*", f"{GENERATIONS}/*"], f"memdyn score ... --out {path}` with the settings in "
+                    f"`{path / SETTINGS}", "scores")
+
+
+def _chunk_done(out: Path, s: ScoreSettings, n_samples: int, size, rev: str, chunk: int) -> bool:
+    """Both parts of a chunk finished and intact (a damaged one is removed, so it is recomputed)."""
+    n = len(range(chunk * s.chunk_size, min((chunk + 1) * s.chunk_size, n_samples)))
+    name = _chunk_name(size.name, rev, chunk)
+    gens = manifest.settle(out, f"{GENERATIONS}/{name}", n * len(s.contexts), manifest.parquet_rows)
+    return manifest.settle(out, name, n * len(s.contexts) * len(s.continuations), manifest.parquet_rows) and gens
+
+
 def read_generations(scores: str | Path) -> pd.DataFrame:
+    verify_scores(Path(scores))
     return pd.read_parquet(Path(scores) / GENERATIONS)
 
 
