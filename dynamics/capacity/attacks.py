@@ -1,0 +1,139 @@
+"""Membership-inference attacks: per-sample scores and their metrics (shared/REFERENCE.md section 6).
+
+Per sample x = x_0 .. x_{T-1} under a causal LM (the first token has no context and is not scored):
+  loss         mean NLL in nats of x_1 .. x_{T-1}                          (lower = member)
+  zlib         loss / zlib-compressed length in bytes of the decoded text   (lower = member;
+               Carlini et al. 2021: the compressor discounts text that is merely predictable)
+  min_k_<k>    mean log p of the k% least likely tokens (Shi et al. 2024)   (higher = member)
+  min_k_pp_<k> mean of the k% lowest (log p(x_t) - mu_t) / sigma_t, mu_t and sigma_t the mean and
+               standard deviation of log p over the vocabulary under the model's own next-token
+               distribution: mu = sum_v p_v log p_v, sigma^2 = sum_v p_v (log p_v - mu)^2
+               (Zhang et al. 2024)                                           (higher = member)
+  reference    target loss - reference model's loss (lower = member)
+k% of the T-1 scored tokens is floor(k/100 * (T-1)), at least 1.
+
+Metrics per attack, on a member score oriented so that higher means member:
+  auroc        sklearn's roc_auc_score; a 95% interval from a seeded stratified bootstrap
+               (members and non-members resampled separately)
+  tpr@fpr      the largest TPR among the ROC operating points (sklearn's roc_curve) with
+               FPR <= the target: no interpolation between points, so with N non-members the
+               finest FPR is 1/N and below it TPR is that of zero false positives
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MIN_K = (10, 20)
+MIN_K_PP = (20,)
+FPRS = (0.01, 0.001)
+N_BOOTSTRAP = 1000
+# column -> orientation: multiply by it to get a score where higher means member
+ATTACKS = {"loss": -1.0, "zlib": -1.0, **{f"min_k_{k}": 1.0 for k in MIN_K},
+           **{f"min_k_pp_{k}": 1.0 for k in MIN_K_PP}, "reference": -1.0}
+# positions whose [B, n, V] logits exist at once (as the scorer's kernel): never the whole [B, T, V]
+_LOGIT_CHUNK = 8
+
+
+@torch.inference_mode()
+def token_statistics(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For x [B, T]: log p(x_t | x_<t), and the mean mu_t and std sigma_t of log p over the
+    vocabulary under the model's next-token distribution, for t = 1..T-1 -> three [B, T-1] fp32."""
+    from dynamics.scoring.kernel import _has_plain_head
+
+    B, T = x.shape
+    if _has_plain_head(model):  # logits made from the hidden states a few positions at a time
+        hidden, head = model.base_model(input_ids=x).last_hidden_state, model.get_output_embeddings()
+        logits_at = lambda a, b: head(hidden[:, a:b]).float()  # noqa: E731
+    else:  # a model that transforms its logits: the whole tensor, reduced in the same chunks
+        full = model(input_ids=x).logits
+        logits_at = lambda a, b: full[:, a:b].float()  # noqa: E731
+    logp, mu, sigma = (torch.empty(B, T - 1, device=x.device) for _ in range(3))
+    for a in range(0, T - 1, _LOGIT_CHUNK):
+        b = min(a + _LOGIT_CHUNK, T - 1)
+        lsm = F.log_softmax(logits_at(a, b), dim=-1)  # [B, b - a, V]: position p predicts token p + 1
+        p = lsm.exp()
+        logp[:, a:b] = lsm.gather(-1, x[:, a + 1 : b + 1, None]).squeeze(-1)
+        # p = 0 where log p is -inf (a masked vocabulary entry) contributes 0, not 0 * -inf = NaN
+        m = torch.where(p > 0, p * lsm, 0.0).sum(-1)
+        mu[:, a:b] = m
+        sigma[:, a:b] = torch.where(p > 0, p * (lsm - m[..., None]) ** 2, 0.0).sum(-1).sqrt()
+    return logp, mu, sigma
+
+
+def lowest_k_mean(values: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the k% lowest values of each row of values [N, T] -> [N]."""
+    n = max(1, int(values.shape[1] * k / 100))
+    return np.sort(values, axis=1)[:, :n].mean(1)
+
+
+def zlib_length(text: str) -> int:
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def per_sample_scores(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, zlib_bytes: np.ndarray) -> dict[str, np.ndarray]:
+    """Every attack but the reference, from per-token arrays [N, T-1] and zlib lengths [N]."""
+    lp = logp.astype(np.float64)
+    nll = -lp.sum(1)  # float64: sums of thousands of terms keep their digits
+    out = {"nll": nll, "loss": nll / lp.shape[1]}
+    out["zlib"] = out["loss"] / np.asarray(zlib_bytes, dtype=np.float64)
+    for k in MIN_K:
+        out[f"min_k_{k}"] = lowest_k_mean(lp, k)
+    # sigma is 0 only for a one-hot prediction; its token is then the predicted one or has p = 0
+    z = (lp - mu) / np.maximum(sigma.astype(np.float64), 1e-12)
+    for k in MIN_K_PP:
+        out[f"min_k_pp_{k}"] = lowest_k_mean(z, k)
+    return out
+
+
+def score_samples(model, samples: np.ndarray, batch_size: int, device, texts: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Attack scores of samples [N, T] under one model, in batches. texts: the decoded samples
+    (for the zlib ratio; without them it is NaN). Returns per-sample arrays: nll (sum, nats),
+    loss, zlib, min_k_<k>, min_k_pp_<k>."""
+    parts = []
+    for start in range(0, len(samples), batch_size):
+        x = torch.from_numpy(np.asarray(samples[start : start + batch_size], dtype=np.int64)).to(device)
+        parts.append([t.cpu().numpy() for t in token_statistics(model, x)])
+    logp, mu, sigma = (np.concatenate(p) for p in zip(*parts))
+    zlib_bytes = np.array([zlib_length(t) for t in texts], dtype=np.float64) if texts is not None else np.full(len(samples), np.nan)
+    return per_sample_scores(logp, mu, sigma, zlib_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def rank_auroc(member: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
+    """AUROC by the Mann-Whitney statistic (ties count half, as roc_auc_score), along the last
+    axis: member [..., M], nonmember [..., N] -> [...]. Vectorised for the bootstrap."""
+    from scipy.stats import rankdata
+
+    both = np.concatenate([member, nonmember], axis=-1)
+    ranks = rankdata(both, axis=-1)[..., : member.shape[-1]]
+    m, n = member.shape[-1], nonmember.shape[-1]
+    return (ranks.sum(-1) - m * (m + 1) / 2) / (m * n)
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """Largest TPR at an ROC operating point with FPR <= target (no interpolation)."""
+    return float(tpr[fpr <= target + 1e-12].max())
+
+
+def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> tuple[dict, tuple]:
+    """Metrics of one attack from member scores oriented higher = member -> (metrics, (fpr, tpr))."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    m, n = np.asarray(member, dtype=np.float64), np.asarray(nonmember, dtype=np.float64)
+    y, s = np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
+    fpr, tpr, _ = roc_curve(y, s)
+    rng = np.random.default_rng(seed)
+    boot = rank_auroc(m[rng.integers(0, len(m), (n_boot, len(m)))], n[rng.integers(0, len(n), (n_boot, len(n)))])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    out = {"auroc": float(roc_auc_score(y, s)), "auroc_lo": float(lo), "auroc_hi": float(hi)}
+    for target in FPRS:
+        out[f"tpr_at_{target:g}_fpr"] = tpr_at_fpr(fpr, tpr, target)
+    return out, (fpr, tpr)

@@ -1,0 +1,368 @@
+"""`memdyn membership`: membership-inference attacks per size and checkpoint, chunked and resumable.
+
+A membership directory holds:
+  _settings.json       what it was computed with; a rerun with other settings is refused
+  _parts/              one Parquet file per finished job: target-<model>-<revision>-<split>-<chunk>
+                       (attack scores of a chunk of samples) and reference-<key>-<split>-<chunk>
+                       (a reference model's loss on them), each written atomically when done
+  attacks.parquet      one row per (model, revision, split, sample_idx): loss, zlib, min_k_10,
+                       min_k_20, min_k_pp_20 and, with a reference, reference_loss and reference
+  metrics.parquet/.csv one row per (model, revision, attack): AUROC with its 95% bootstrap interval,
+                       TPR at 1% and 0.1% FPR, sample counts (see dynamics/capacity/attacks.py)
+  roc.parquet          the ROC curves (fpr, tpr) behind the metrics
+  roc-<model>.png/.svg ROC curves of every attack at the model's latest checkpoint scored
+Members and non-members are balanced: n = min(pool sizes, --samples) of each, drawn with the seed.
+Under `accelerate launch` each process takes every world_size-th job (dynamics/scoring/table.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples
+from dynamics.corpus.megatron import IndexedDataset, paths
+from dynamics.errors import MemdynError
+from dynamics.family.spec import FamilySpec
+from dynamics.files import atomic_path, check_output_dir
+
+SETTINGS = "_settings.json"
+PARTS = "_parts"
+SPLITS = ("member", "nonmember")
+FULL_HASH_LIMIT = 1_000_000  # pools up to this many samples are hashed whole for the overlap check
+
+
+@dataclass(frozen=True)
+class MembershipSettings:
+    family: str
+    corpus_hash: str | None
+    members: str  # content fingerprints of the two datasets, not their paths
+    nonmembers: str
+    n: int  # samples of each split
+    length: int  # tokens of each sample scored (the first `length`)
+    seed: int
+    dtype: str
+    chunk_size: int
+    batch_size: int
+    reference: str | None  # None, "family" (the family's reference per size) or a model id/path
+    training_order: bool  # members are the training samples in order: record which a checkpoint saw
+
+
+@dataclass
+class MembershipPlan:
+    settings: MembershipSettings
+    prefixes: dict  # split -> Megatron prefix
+    indices: dict  # split -> drawn sample indices (sorted)
+    jobs: list  # (kind, size or reference key, revision or reference location, split, chunk)
+    step_batch: int | None  # training samples per optimizer step (which members a checkpoint saw)
+    sizes: list  # size names in the family's order
+
+
+def resolve_data(family: FamilySpec, handle: str, option: str) -> str:
+    """`train` / `heldout` / a Megatron prefix -> a prefix whose .bin/.idx exist."""
+    if handle == "train":
+        prefix = family.data.prefix if family.data else None
+    elif handle == "heldout":
+        prefix = family.data.heldout_prefix if family.data else None
+    else:
+        prefix = handle
+    if not prefix:
+        raise MemdynError(f"{option} {handle}: family {family.name!r} records no such data; pass a Megatron prefix (PREFIX.bin/.idx)")
+    bin_path, idx_path = paths(prefix)
+    if not (bin_path.is_file() and idx_path.is_file()):
+        raise MemdynError(f"{option} {handle}: {bin_path} / {idx_path} not found; give a Megatron .bin/.idx prefix")
+    return str(prefix)
+
+
+def _row_hashes(rows: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(np.ascontiguousarray(r).tobytes(), digest_size=16).digest() for r in rows]
+
+
+def _check_overlap(sets: dict, pools: dict, length: int) -> None:
+    """No token sequence may be both a member and a non-member: the drawn samples of each side
+    are compared with the whole other pool when it is small enough to hash, else with the other
+    side's drawn samples."""
+    hashes = {s: set(_row_hashes(sets[s])) for s in SPLITS}
+    for side, other in (SPLITS, SPLITS[::-1]):
+        pool = pools[other]
+        if len(pool) <= FULL_HASH_LIMIT:
+            against = set(_row_hashes(np.asarray(pool.batch(0, len(pool)))[:, :length]))
+        else:
+            against = hashes[other]
+        common = hashes[side] & against
+        if common:
+            raise MemdynError(f"{len(common)} of the drawn {side} samples also occur among the {other}s (same token sequence); "
+                              "give --members and --nonmembers data that do not overlap")
+
+
+def _check_reference(family: FamilySpec, reference: str, size) -> None:
+    """A reference model with another tokenizer scores other token sequences: refuse it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from dynamics.family.load import load_tokenizer, model_location
+
+    try:
+        ref_config = AutoConfig.from_pretrained(reference)
+    except (OSError, ValueError):
+        raise MemdynError(f"--reference {reference}: not a loadable model (no config.json here or in the Hugging Face cache)") from None
+    location, revision = model_location(family, size, None)
+    target_config = AutoConfig.from_pretrained(location, revision=revision)
+    if ref_config.vocab_size != target_config.vocab_size:
+        raise MemdynError(f"--reference {reference} has a vocabulary of {ref_config.vocab_size}, the family's models "
+                          f"{target_config.vocab_size}: give a reference with the family's tokenizer")
+    try:
+        ref_tok = AutoTokenizer.from_pretrained(reference)
+    except (OSError, ValueError):
+        return  # a bare checkpoint: its vocabulary size was checked above
+    tok = load_tokenizer(family)
+    special = lambda t: (t.bos_token_id, t.eos_token_id, t.pad_token_id, t.unk_token_id)  # noqa: E731
+    if ref_tok.get_vocab() != tok.get_vocab() or special(ref_tok) != special(tok):
+        raise MemdynError(f"--reference {reference} uses another tokenizer (vocabulary or special token ids differ) "
+                          f"than family {family.name!r}; give a reference trained with the family's tokenizer")
+
+
+def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[str | None, dict]:
+    """(settings value, size name -> (reference key, location)) of the reference models."""
+    if reference is None:
+        refs = family.references.get("sizes", {}) if family.kind == "local" else {}
+        if not refs:
+            return None, {}
+        missing = [s.name for s in sizes if s.name not in refs]
+        if missing:
+            raise MemdynError(f"family {family.name!r} has no reference model for {', '.join(missing)}; pass --reference")
+        return "family", {s.name: (s.name, str(family.root / refs[s.name])) for s in sizes}
+    _check_reference(family, reference, sizes[0])
+    return reference, {s.name: ("reference", reference) for s in sizes}
+
+
+def _draw(pools: dict, samples: int | None, seed: int) -> tuple[int, dict]:
+    n = min(len(p) for p in pools.values())
+    if samples is not None:
+        n = min(n, samples)
+    rng = np.random.default_rng(seed)
+    return n, {s: np.sort(rng.choice(len(pools[s]), size=n, replace=False)) for s in SPLITS}
+
+
+def plan_membership(
+    family: FamilySpec, out: Path, members: str, nonmembers: str, models=None, revisions=None, reference: str | None = None,
+    samples: int | None = None, length: int | None = None, seed: int = 0, dtype: str = "fp32", device: str | None = None,
+    batch_size: int = 32, chunk_size: int = 256,
+) -> MembershipPlan:
+    """Every check that can run before any model is loaded; the jobs to run."""
+    from dynamics.family.load import load_tokenizer, model_location, resolve_device, resolve_dtype
+
+    if samples is not None and samples < 1:
+        raise MemdynError(f"--samples must be >= 1, got {samples}")
+    if batch_size < 1 or chunk_size < 1:
+        raise MemdynError("--batch-size and --chunk-size must be >= 1")
+    resolve_dtype(dtype, resolve_device(device))
+    prefixes = {"member": resolve_data(family, members, "--members"), "nonmember": resolve_data(family, nonmembers, "--nonmembers")}
+    pools = {s: IndexedDataset(p) for s, p in prefixes.items()}
+    for s, option in zip(SPLITS, ("--members", "--nonmembers")):
+        if len(pools[s]) == 0:
+            raise MemdynError(f"{option} {prefixes[s]} holds no samples; give non-empty data")
+    full = min(p.fixed_length() for p in pools.values())
+    length = full if length is None else length
+    if not 2 <= length <= full:
+        raise MemdynError(f"--length must be between 2 and {full} (the shorter samples' length), got {length}")
+    n, indices = _draw(pools, samples, seed)
+    drawn = {s: np.asarray(pools[s].batch(0, len(pools[s]))[indices[s]])[:, :length] for s in SPLITS}
+    vocab = len(load_tokenizer(family))
+    for s, option in zip(SPLITS, ("--members", "--nonmembers")):
+        if int(drawn[s].max()) >= vocab:
+            raise MemdynError(f"{option} {prefixes[s]} holds token id {int(drawn[s].max())} but the family's tokenizer has {vocab} "
+                              "tokens: the data was tokenized with another tokenizer")
+    _check_overlap(drawn, pools, length)
+    sizes = family.select(models)
+    plan = [(size, family.revision(size, r)) for size in sizes for r in (revisions or [None])]
+    if family.kind == "local":
+        for size, rev in plan:
+            model_location(family, size, rev)
+    ref_value, refs = _reference_plan(family, reference, sizes)
+    order = members == "train" or (family.kind == "hub" and family.data is not None)
+    settings = MembershipSettings(
+        family=family.name, corpus_hash=family.corpus.get("hash"), members=pools["member"].fingerprint(),
+        nonmembers=pools["nonmember"].fingerprint(), n=n, length=length, seed=seed, dtype=dtype,
+        chunk_size=chunk_size, batch_size=batch_size, reference=ref_value, training_order=order,
+    )
+    check_output_dir(out, SETTINGS, asdict(settings), "membership results")
+    chunks = range(-(-n // chunk_size))
+    jobs = [("target", size, rev, s, c) for size, rev in plan for s in SPLITS for c in chunks]
+    for key, location in dict(refs.values()).items():
+        jobs += [("reference", key, location, s, c) for s in SPLITS for c in chunks]
+    step_batch = family.data.batch_size if family.data else None
+    return MembershipPlan(settings, prefixes, indices, jobs, step_batch, family.size_names)
+
+
+def _part_name(job) -> str:
+    kind, who, rev, split, chunk = job
+    name = who.name if kind == "target" else who
+    rev = f"-{rev}" if kind == "target" else ""
+    return f"{kind}-{name}{rev}-{split}-{chunk:05d}.parquet"
+
+
+def _load_reference(location: str, device, dtype: str):
+    from transformers import AutoModelForCausalLM
+
+    from dynamics.family.load import resolve_dtype
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
+    except OSError:
+        raise MemdynError(f"reference model {location} could not be loaded (not a model directory or hub id here)") from None
+    return model.to(device).eval()
+
+
+def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device) -> pd.DataFrame:
+    from dynamics.corpus.steps import revision_step
+    from dynamics.family.load import check_data_vocab
+
+    kind, who, rev, split, chunk = job
+    s = plan.settings
+    idx = plan.indices[split][chunk * s.chunk_size : (chunk + 1) * s.chunk_size]
+    ds = datasets[split]
+    tokens = np.asarray(ds.batch(0, len(ds))[idx])[:, : s.length]
+    name = who.name if kind == "target" else f"reference for {who}"
+    check_data_vocab(int(tokens.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), name)
+    texts = tokenizer.batch_decode(tokens.tolist()) if kind == "target" else None
+    scores = score_samples(model, tokens, s.batch_size, device, texts)
+    if kind == "reference":
+        return pd.DataFrame({"key": who, "split": split, "sample_idx": idx, "reference_loss": scores["loss"]})
+    head = {"model": who.name, "revision": rev, "step": revision_step(rev) if str(rev).startswith("step") else -1,
+            "split": split, "sample_idx": idx}
+    return pd.DataFrame(head | scores)
+
+
+def _models_of(job, plan, device):
+    """(cache key, loader) of the model a job runs."""
+    from dynamics.family.load import load_model
+
+    kind, who, rev = job[:3]
+    if kind == "target":
+        return (who.name, rev), lambda fam: load_model(fam, who, rev, device=device, dtype=plan.settings.dtype)
+    return ("reference", rev), lambda fam: _load_reference(rev, device, plan.settings.dtype)
+
+
+def run_membership(family: FamilySpec, out: str | Path, members: str, nonmembers: str, models=None, revisions=None,
+                   reference: str | None = None, samples: int | None = None, length: int | None = None, seed: int = 0,
+                   dtype: str = "fp32", device: str | None = None, batch_size: int = 32, chunk_size: int = 256,
+                   progress: bool = True) -> pd.DataFrame | None:
+    """Every missing job (this process's share), then, on the main process, the attacks table,
+    the metrics and the ROC figures; returns the metrics (None on other processes)."""
+    from tqdm.auto import tqdm
+
+    from dynamics.family.load import load_tokenizer, resolve_device
+    from dynamics.scoring.table import claim_jobs, process_state, start_output
+
+    out = Path(out)
+    state = process_state(device)
+    plan = plan_membership(family, out, members, nonmembers, models, revisions, reference, samples, length, seed,
+                           dtype, device, batch_size, chunk_size)
+    start_output(state, out, SETTINGS, asdict(plan.settings), (PARTS,))
+    todo = claim_jobs(state, plan.jobs, lambda j: (out / PARTS / _part_name(j)).is_file())
+    dev = state.device if device in (None, "auto") else resolve_device(device)
+    datasets = {s: IndexedDataset(p) for s, p in plan.prefixes.items()}
+    tokenizer = load_tokenizer(family)
+    bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress)
+    loaded = (None, None)
+    for job in todo:
+        key, load = _models_of(job, plan, dev)
+        if loaded[0] != key:
+            loaded = (None, None)  # free the previous model before loading the next
+            loaded = (key, load(family))
+        table = _run_job(job, loaded[1], plan, datasets, tokenizer, dev)
+        with atomic_path(out / PARTS / _part_name(job)) as tmp:
+            table.to_parquet(tmp, index=False)
+        bar.update(1)
+    bar.close()
+    state.wait_for_everyone()
+    result = finish(out, plan) if state.is_main_process else None
+    state.wait_for_everyone()
+    return result
+
+
+def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
+    """Every (model, revision) whose parts are all done, with the reference ratio joined in."""
+    parts = sorted((out / PARTS).glob("target-*.parquet"))
+    if not parts:
+        raise MemdynError(f"{out} holds no finished membership jobs; rerun the command to compute them")
+    t = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    n = t.groupby(["model", "revision"])["sample_idx"].transform("size")
+    t = t[n == 2 * plan.settings.n]
+    refs = sorted((out / PARTS).glob("reference-*.parquet"))
+    if plan.settings.reference is not None and refs:
+        r = pd.concat([pd.read_parquet(p) for p in refs], ignore_index=True)
+        t = t.assign(key=t.model if plan.settings.reference == "family" else "reference")
+        t = t.merge(r, on=["key", "split", "sample_idx"], how="left").drop(columns="key")
+        t["reference"] = t["loss"] - t["reference_loss"]
+    order = {m: i for i, m in enumerate(plan.sizes)}
+    t = t.assign(_o=t.model.map(order)).sort_values(["_o", "step", "split", "sample_idx"]).drop(columns="_o")
+    return t.reset_index(drop=True)
+
+
+def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics: one row per model, revision, attack; ROC curve points)."""
+    rows, curves = [], []
+    for (model, rev), g in t.groupby(["model", "revision"], sort=False):
+        member, nonmember = g[g.split == "member"], g[g.split == "nonmember"]
+        seen = np.nan
+        step = int(g.step.iloc[0])
+        if plan.settings.training_order and plan.step_batch and step >= 0:
+            seen = float(np.mean(member.sample_idx.to_numpy() < step * plan.step_batch))
+        for attack, sign in ATTACKS.items():
+            if attack not in g or g[attack].isna().any():
+                continue
+            metrics, (fpr, tpr) = attack_metrics(sign * member[attack].to_numpy(), sign * nonmember[attack].to_numpy(),
+                                                 seed=plan.settings.seed)
+            head = {"model": model, "revision": rev, "step": step, "attack": attack}
+            rows.append(head | metrics | {"n_members": len(member), "n_nonmembers": len(nonmember), "members_seen": seen})
+            curves.append(pd.DataFrame(head | {"fpr": fpr, "tpr": tpr}))
+    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+
+
+def finish(out: Path, plan: MembershipPlan) -> pd.DataFrame:
+    t = attacks_table(out, plan)
+    metrics, roc = attack_table_metrics(t, plan)
+    for name, table in (("attacks.parquet", t), ("metrics.parquet", metrics), ("roc.parquet", roc)):
+        with atomic_path(out / name) as tmp:
+            table.to_parquet(tmp, index=False)
+    with atomic_path(out / "metrics.csv") as tmp:
+        metrics.to_csv(tmp, index=False)
+    for model, g in roc.groupby("model", sort=False):
+        latest = g[g.step == g.step.max()]
+        plot_roc(latest, metrics[(metrics.model == model) & (metrics.step == latest.step.iloc[0])], out / f"roc-{model}")
+    return metrics
+
+
+def plot_roc(roc: pd.DataFrame, metrics: pd.DataFrame, stem: Path) -> None:
+    """ROC curves of every attack, linear and log-log (low FPR is where attacks matter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynamics.decoding.plots import save
+
+    auroc = dict(zip(metrics.attack, metrics.auroc))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for attack, g in roc.groupby("attack", sort=False):
+        for ax in axes:
+            ax.plot(g.fpr, g.tpr, lw=1.2, label=f"{attack} (AUROC {auroc[attack]:.3f})")
+    floor = 1.0 / max(1, int(metrics.n_nonmembers.max()))
+    for ax, scale in zip(axes, ("linear", "log")):
+        ax.plot([floor, 1], [floor, 1], c="grey", lw=0.8, ls=":")
+        ax.set_xscale(scale)
+        ax.set_yscale(scale)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+    axes[1].set_xlim(floor / 2, 1)
+    axes[1].set_ylim(floor / 2, 1.05)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"membership inference: {roc.model.iloc[0]} at {roc.revision.iloc[0]}")
+    fig.tight_layout()
+    save(fig, stem)
+    plt.close(fig)
