@@ -1,0 +1,215 @@
+"""`memdyn canaries`: per canary, model size and checkpoint, the greedy verbatim score and the
+exposure of the canaries listed in the family's canaries.parquet (dynamics/corpus/world.py).
+
+Score: each canary is scored as its own sequence with the grid scorer (dynamics.scoring.kernel),
+continuation = its last c = min(16, L // 2) tokens, context = the L - c tokens before (48-token
+canaries: context 32 / continuation 16); memorized = score 1.
+
+Exposure (dynamics.analyses.exposure): candidates are drawn the way world.py draws the canaries:
+token canaries, tokens uniform over the vocabulary without special tokens; word canaries, words
+uniform over canary_words.json joined by spaces. One candidate set per kind, drawn with the seed,
+serves every model and checkpoint (paired comparisons). A candidate is drawn at the kind's longest
+canary (in tokens, or in words) and its prefixes stand for the shorter ones: the byte-level BPE
+splits at spaces, so the tokens of the first n words are a prefix of the tokens of all of them.
+
+OUT/part-<size>-<revision>.parquet   one row per canary: canary_id, kind, count, insert, length,
+                                     model, revision, step, copies_seen (copies trained before the
+                                     checkpoint), context_len, continuation_len, matches, score,
+                                     logp_bits, exposure, exposure_empirical, space_size_log2
+OUT/_settings.json                   settings; a rerun with others is refused
+`pandas.read_parquet(OUT)` is the table; each part is written atomically, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dynamics.analyses import world
+from dynamics.analyses.stats import bootstrap_ci, diff_ci
+from dynamics.corpus.steps import revision_step
+from dynamics.errors import MemdynError
+from dynamics.family.spec import FamilySpec
+from dynamics.files import atomic_path, check_output_dir, write_json
+
+SETTINGS = "_settings.json"
+MIN_CANDIDATES = 32  # below this the fitted tail is noise
+
+
+def split_lengths(n_tokens: int) -> tuple[int, int]:
+    """(context, continuation) of a canary of n_tokens tokens."""
+    c = min(16, n_tokens // 2)
+    return n_tokens - c, c
+
+
+def _alphabet(tokenizer) -> np.ndarray:
+    from dynamics.corpus.tokenizer import EOD_ID, PAD_ID
+
+    specials = {EOD_ID, PAD_ID, *tokenizer.all_special_ids}  # as world.make_canaries excludes them
+    return np.array([t for t in range(len(tokenizer)) if t not in specials], dtype=np.int64)
+
+
+def candidates(kind: str, units: int, n: int, tokenizer, words: list[str] | None, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """n candidates of `units` tokens (token kind) or words (word kind): (token arrays, ends [n, units])
+    where ends[i, u] is the number of tokens of candidate i's first u + 1 units."""
+    rng = np.random.default_rng([seed, 11, 0 if kind == "tokens" else 1])
+    if kind == "tokens":
+        seqs = list(rng.choice(_alphabet(tokenizer), size=(n, units)))
+        return seqs, np.tile(np.arange(1, units + 1), (n, 1))
+    seqs, ends = [], np.zeros((n, units), dtype=np.int64)
+    for i in range(n):
+        chosen = [words[j] for j in rng.integers(len(words), size=units)]
+        pieces = tokenizer([chosen[0]] + [" " + w for w in chosen[1:]], add_special_tokens=False)["input_ids"]
+        full = tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]
+        if sum(pieces, []) != full:
+            raise MemdynError(f"the tokenizer does not split word candidates at spaces ({' '.join(chosen[:4])!r}...); "
+                              "word-canary exposure needs a tokenizer that pre-splits on whitespace")
+        seqs.append(np.asarray(full, dtype=np.int64))
+        ends[i] = np.cumsum([len(p) for p in pieces])
+    return seqs, ends
+
+
+def _units(row, tokenizer) -> int:
+    return len(row.tokens) if row.kind == "tokens" else len(row.text.split(" "))
+
+
+def settings_of(family: FamilySpec, table: pd.DataFrame, seed: int, n_candidates: int) -> dict:
+    h = hashlib.sha256(str([list(map(int, t)) for t in table["tokens"]]).encode()).hexdigest()[:16]
+    return {"family": family.name, "corpus_hash": family.corpus.get("hash"), "canaries": h, "seed": seed,
+            "n_candidates": n_candidates}
+
+
+def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_size: int) -> pd.DataFrame:
+    """One row per canary at one checkpoint: greedy score and exposure."""
+    import torch
+
+    from dynamics.analyses.exposure import exposure, fit_candidates, token_logprobs
+    from dynamics.scoring.kernel import score_batch
+
+    device = next(model.parameters()).device
+    lengths = table["tokens"].map(len).to_numpy()
+    matches = np.zeros(len(table), dtype=np.int64)
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        k, c = split_lengths(int(n))
+        x = torch.as_tensor(np.stack([np.asarray(table["tokens"].iloc[r], dtype=np.int64) for r in rows])).to(device)
+        for i in range(0, len(rows), batch_size):
+            gen = score_batch(model, x[i : i + batch_size], [k], c).generated[:, 0]
+            matches[rows[i : i + batch_size]] = (gen == x[i : i + batch_size, k : k + c].cpu().numpy()).sum(1)
+    own = token_logprobs(model, [np.asarray(t) for t in table["tokens"]], batch_size)
+    logp = np.array([lp.sum() for lp in own])
+    expo, emp = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    for kind, (seqs, ends) in pools.items():
+        cum = [np.cumsum(lp) for lp in token_logprobs(model, seqs, batch_size)]
+        mine = np.flatnonzero(table["kind"].to_numpy() == kind)
+        units = table["units"].to_numpy()[mine]
+        for u in np.unique(units):
+            cand = np.array([cs[e - 1] for cs, e in zip(cum, ends[:, u - 1])])  # log2 p of each candidate's first u units
+            rows = mine[units == u]
+            space = table["space_size_log2"].to_numpy()[rows]
+            f, e = exposure(logp[rows], cand, float(space.max()), fitted=fit_candidates(cand))
+            expo[rows], emp[rows] = np.minimum(f, space), np.minimum(e, space)
+    ks = np.array([split_lengths(int(n)) for n in lengths])
+    steps = table["steps"].map(lambda s: int((np.asarray(s) < step).sum()))
+    return pd.DataFrame({
+        "canary_id": table["canary_id"].to_numpy(), "kind": table["kind"].to_numpy(), "count": table["count"].to_numpy(),
+        "insert": table["insert"].to_numpy(), "length": lengths, "copies_seen": steps.to_numpy(),
+        "context_len": ks[:, 0], "continuation_len": ks[:, 1], "matches": matches, "score": matches / ks[:, 1],
+        "logp_bits": logp, "exposure": expo, "exposure_empirical": emp,
+        "space_size_log2": table["space_size_log2"].to_numpy(),
+    })
+
+
+def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candidates: int = 256, batch_size: int = 64,
+                 models: list[str] | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Score and expose every canary at every checkpoint of every size; resumable per checkpoint."""
+    from tqdm.auto import tqdm
+
+    from dynamics.family.load import load_model, load_tokenizer
+
+    out = Path(out)
+    table = world.canaries(family)  # an old-layout family fails here, before any work
+    if n_candidates < MIN_CANDIDATES:
+        raise MemdynError(f"--candidates must be >= {MIN_CANDIDATES} (the exposure fit needs them), got {n_candidates}")
+    if batch_size < 1:
+        raise MemdynError(f"--batch-size must be >= 1, got {batch_size}")
+    sizes = family.select(models)
+    settings = settings_of(family, table, seed, n_candidates)
+    check_output_dir(out, SETTINGS, settings, "canary scores")
+    tok = load_tokenizer(family)
+    words = world.canary_words(family) if (table["kind"] == "words").any() else None
+    table = table.assign(units=[_units(r, tok) for r in table.itertuples()])
+    pools = {kind: candidates(kind, int(g["units"].max()), n_candidates, tok, words, seed)
+             for kind, g in table.groupby("kind", sort=True)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SETTINGS, settings)
+    plan = [(s, r) for s in sizes for r in s.revisions]
+    todo = [(s, r) for s, r in plan if not (out / f"part-{s.name}-{r}.parquet").is_file()]
+    for size, rev in tqdm(todo, desc="canaries", unit="ckpt", disable=not progress):
+        model = load_model(family, size, rev, device=device)
+        step = revision_step(rev)
+        part = score_checkpoint(model, table, pools, step, batch_size)
+        part.insert(5, "model", size.name)
+        part.insert(6, "revision", rev)
+        part.insert(7, "step", step)
+        with atomic_path(out / f"part-{size.name}-{rev}.parquet") as tmp:
+            part.to_parquet(tmp, index=False)
+    return out
+
+
+def read_canaries(out: str | Path) -> pd.DataFrame:
+    out = Path(out)
+    if not (out / SETTINGS).is_file() or not any(out.glob("part-*.parquet")):
+        raise MemdynError(f"{out} holds no canary scores; compute them with `memdyn canaries --family DIR --out {out}`")
+    return pd.read_parquet(out)
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def _stats(g: pd.DataFrame, seed: int) -> dict:
+    mem = (g["score"] >= 1).to_numpy(float)
+    lo, hi = bootstrap_ci(mem, seed)
+    elo, ehi = bootstrap_ci(g["exposure"], seed)
+    return {"n": len(g), "memorized": int(mem.sum()), "share": mem.mean(), "share_lo": lo, "share_hi": hi,
+            "mean_score": g["score"].mean(), "exposure": g["exposure"].mean(), "exposure_lo": elo, "exposure_hi": ehi,
+            "exposure_empirical": g["exposure_empirical"].mean()}
+
+
+def final(t: pd.DataFrame) -> pd.DataFrame:
+    return t[t["step"] == t.groupby("model")["step"].transform("max")]
+
+
+def by(t: pd.DataFrame, column: str, seed: int) -> pd.DataFrame:
+    """Per (model, kind incl. 'all', column) at each model's final checkpoint: memorized share and
+    mean exposure with bootstrap 95% CIs over canaries."""
+    rows = []
+    f = final(t)
+    for kind, part in [("all", f), *f.groupby("kind", sort=True)]:
+        for (model, value), g in part.groupby(["model", column], sort=True):
+            rows.append({"model": model, "kind": kind, column: value, **_stats(g, seed)})
+    return pd.DataFrame(rows)
+
+
+def forgetting(t: pd.DataFrame, seed: int, insert: str = "early") -> pd.DataFrame:
+    """Canaries inserted `insert`: memorized share and exposure at every checkpoint after their last
+    copy was trained (all copies seen), per model."""
+    part = t[t["insert"] == insert]
+    part = part[part["copies_seen"] == part["count"]]
+    rows = [{"model": model, "step": int(step), **_stats(g, seed)} for (model, step), g in part.groupby(["model", "step"], sort=True)]
+    return pd.DataFrame(rows)
+
+
+def trend(t: pd.DataFrame, column: str, value: str, seed: int, model: str | None = None) -> dict:
+    """Difference in `value` ('memorized' or 'exposure') between the largest and the smallest value
+    of `column` (count: repetition count, or 'params' order via model) at the final checkpoints,
+    with a bootstrap 95% CI over canaries."""
+    f = final(t) if model is None else final(t)[final(t)["model"] == model]
+    y = (f["score"] >= 1).astype(float) if value == "memorized" else f["exposure"]
+    lo_v, hi_v = f[column].min(), f[column].max()
+    d, lo, hi = diff_ci(y[f[column] == lo_v], y[f[column] == hi_v], seed)
+    return {"low": lo_v, "high": hi_v, "at_low": float(y[f[column] == lo_v].mean()), "at_high": float(y[f[column] == hi_v].mean()),
+            "diff": d, "ci_lo": lo, "ci_hi": hi}
