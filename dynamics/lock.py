@@ -14,6 +14,8 @@ their whole output directory atomically, and a failed check must not leave the d
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import socket
@@ -165,3 +167,17 @@ def output_lock(out: str | os.PathLike, option: str = "--out", kind: str = "dir"
         yield
     finally:
         release(path)
+
+
+def locks_output(param: str = "out", option: str = "--out", kind: str = "dir"):
+    """Decorator: the function holds the lock of its output argument `param` while it runs (one
+    line on each stage that writes a directory)."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            with output_lock(signature.bind(*args, **kwargs).arguments[param], option, kind):
+                return fn(*args, **kwargs)
+        return locked
+    return wrap

@@ -29,10 +29,13 @@ def resolve_device(device: str | None = None) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'fp32' | 'bf16' | 'fp16' -> the torch dtype, checked against the device (the one table of dtypes)."""
     if dtype not in DTYPES:
         raise MemdynError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type == "cpu":
-        raise MemdynError("dtype fp16 is not supported on the CPU: use fp32 or bf16")
+        raise MemdynError("dtype fp16 is not supported on the CPU: use --dtype fp32 or bf16")
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MemdynError("this GPU does not support bf16: use --dtype fp32 or fp16")
     return DTYPES[dtype]
 
 
@@ -65,8 +68,45 @@ def model_location(family: FamilySpec, size: SizeSpec, revision: str | None) -> 
                 f"checkpoint {revision} of model {size.name!r} is missing in {family.root} "
                 "(rerun `memdyn family train` with the same arguments to finish it)"
             )
+        check_checkpoint(path, f"checkpoint {revision} of model {size.name!r}")
         return str(path), None
     return size.path, revision
+
+
+def check_checkpoint(path: Path, what: str) -> None:
+    """A local checkpoint's files are whole: config.json parses and every safetensors file is as
+    long as its header says (a truncated copy fails here, before any work, not in the middle)."""
+    import json
+
+    fix = "restore it, or rerun the `memdyn family train` command that wrote it"
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MemdynError(f"{what}: {path / 'config.json'} is unreadable or truncated ({e}); {fix}") from None
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise MemdynError(f"{what}: {path} holds no model weights (model.safetensors); {fix}")
+    for file in weights:
+        if file.suffix == ".safetensors" and not _whole_safetensors(file):
+            raise MemdynError(f"{what}: {file} is truncated or corrupt ({file.stat().st_size} bytes); {fix}")
+
+
+def _whole_safetensors(file: Path) -> bool:
+    """The file holds the 8-byte header length, the JSON header and every tensor it lists."""
+    import json
+    import struct
+
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return False
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0) == size
 
 
 def load_model(

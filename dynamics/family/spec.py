@@ -135,6 +135,9 @@ def load_family(spec: str | Path, data: str | None = None) -> FamilySpec:
                 family.data.heldout_prefix = str(family.root / family.data.heldout_prefix)
         if data:
             family.data.prefix = data
+        from dynamics.family.consistency import check_family
+
+        check_family(family)  # tokenizer, models and data agree
         return family
     if spec in HUB_FAMILIES:
         return pythia_family(spec, data)

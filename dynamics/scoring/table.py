@@ -30,9 +30,11 @@ from tqdm.auto import tqdm
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
-from dynamics.family.load import check_data_vocab, load_model, resolve_device
+from dynamics.family.load import check_data_vocab, load_model, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
+from dynamics.lock import locks_output
+from dynamics.files import read_json
 from dynamics.files import atomic_path, check_output_dir, upgrade_recorded_paths, write_json
 from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
 
@@ -184,6 +186,7 @@ def claim_jobs(state, jobs: list, is_done) -> list:
     return [j for j in mine if not is_done(j)]
 
 
+@locks_output()
 def run_scoring(
     family: FamilySpec, out: str | Path, settings: ScoreSettings, data: str | Path, models: list[str] | None,
     revisions: list[str] | None, device: str | None = None, progress: bool = True,
@@ -199,6 +202,8 @@ def run_scoring(
             from dynamics.family.load import model_location
 
             model_location(family, size, rev)
+    dev = state.device if device in (None, "auto") else resolve_device(device)
+    resolve_dtype(settings.dtype, dev)  # fp16 on a CPU fails now, before any file is written
     check_settings(out, settings)
     start_output(state, out, SETTINGS, asdict(settings), (GENERATIONS,))
 
@@ -209,7 +214,6 @@ def run_scoring(
     if state.is_main_process:  # the manifest's list of parts makes an unfinished table visible to readers
         manifest.expect(out, [f"{d}{_chunk_name(z.name, r, c)}" for z, r, c in jobs for d in ("", GENERATIONS + "/")])
     todo = claim_jobs(state, jobs, lambda j: _chunk_done(out, settings, len(idx), *j))
-    dev = state.device if device in (None, "auto") else resolve_device(device)
     work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
     bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
     loaded = (None, None, None)
@@ -254,6 +258,7 @@ def read_scores(scores: str | Path) -> pd.DataFrame:
 def verify_scores(path: Path) -> None:
     """Refuse a table with a missing, extra, truncated or altered part (every file a Parquet
     reader of the directory would read is checked against the manifest)."""
+    read_json(path / SETTINGS)  # a truncated settings file is refused here, in one line
     manifest.verify(path, ["[!_.]*", f"{GENERATIONS}/*"], f"memdyn score ... --out {path}` with the settings in "
                     f"`{path / SETTINGS}", "scores")
 
