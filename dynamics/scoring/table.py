@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.corpus.steps import revision_step
-from dynamics.errors import MemdynError
+from dynamics.errors import MemdynError, note
 from dynamics.family.load import check_data_vocab, load_model, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
@@ -105,6 +105,8 @@ def make_settings(
                 raise MemdynError(f"--samples must look like START:END (e.g. 0:1000), got {samples!r}")
             start = int(m[1]) if m[1] else 0
             stop = min(int(m[2]), len(ds)) if m[2] else len(ds)
+            if m[2] and int(m[2]) > len(ds) > start:
+                note(f"--samples {samples} runs past the {len(ds)} samples of the data; clamped to {len(ds) - start} samples ({start}:{len(ds)})")
         if stop <= start:
             raise MemdynError(f"--samples {samples} selects no samples (the data has {len(ds)})")
         mode, spec = "range", [start, stop]
