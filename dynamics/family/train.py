@@ -10,6 +10,7 @@ checkpoint and produces the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from dynamics.family.load import resolve_device
 from dynamics.family.presets import ModelShape, Preset, get_preset
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
 from dynamics.files import atomic_path, read_json, write_json
+from dynamics.lock import locks_output
 
 PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family.json when done
 
@@ -202,6 +204,7 @@ def train_size(
     return [revision_name(s) for s in checkpoints]
 
 
+@locks_output()
 def train_family(
     preset: str,
     out: str | Path,
@@ -219,10 +222,18 @@ def train_family(
     if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
         return load_family(out)
     source = parse_source(corpus, text_field)  # validates before anything is written
+    dev = resolve_device(device)  # an unavailable device fails before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN_FILE, plan)
-    dev = resolve_device(device)
-    record = _build_data(out, p, corpus, text_field, tokenizer, seed)
+    try:
+        record = _build_data(out, p, corpus, text_field, tokenizer, seed)
+    except MemdynError:  # a refused corpus: leave nothing that would refuse the corrected command
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        elif not (out / "data" / "corpus.json").is_file():
+            (out / PLAN_FILE).unlink(missing_ok=True)
+        raise
     from transformers import AutoTokenizer
 
     vocab_size = len(AutoTokenizer.from_pretrained(out / "tokenizer"))
