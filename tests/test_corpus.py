@@ -8,6 +8,7 @@ from dynamics.corpus import megatron
 from dynamics.corpus.packing import pack_documents, select_documents
 from dynamics.corpus.sources import Document, content_hash, documents, parse_source
 from dynamics.corpus.tokenizer import train_tokenizer
+from dynamics.corpus.world import CanarySettings, Duplication, check_collisions, make_canaries, place_canaries, plan_documents
 from dynamics.errors import MemdynError
 
 
@@ -74,27 +75,114 @@ def test_tokenizer_special_ids_and_autotokenizer(tmp_path):
     assert tok.decode(ids) == "def f(x):\n    return x  # ünïcode"
 
 
+def _doc_tokens(n_docs: int, rng, width: int = 1000) -> list[np.ndarray]:
+    """Documents whose tokens identify them: document d uses only ids in [2 + d*width, 2 + (d+1)*width)."""
+    return [2 + d * width + rng.integers(0, width, size=rng.integers(5, 60)) for d in range(n_docs)]
+
+
 def test_packing_reconstructs_documents(tmp_path):
     rng = np.random.default_rng(0)
     docs = [Document(f"d{i}", "", "code" if i % 3 else "docs") for i in range(40)]
-    tokens = [rng.integers(2, 50, size=rng.integers(5, 60)) for _ in docs]
-    packed = pack_documents(tokens, docs, tmp_path, seq_length=15, seed=1, heldout_fraction=0.25, dtype=np.uint16)
+    tokens = _doc_tokens(len(docs), rng)
+    dup = Duplication(share=0.3, max_copies=20, doc_tokens=30)
+    packed = pack_documents(tokens, docs, tmp_path, seq_length=15, seed=1, heldout_fraction=0.25, dtype=np.uint16,
+                            duplication=dup, batch_size=4)
     meta = pd.read_parquet(tmp_path / "samples.parquet")
-    doc_table = pd.read_parquet(tmp_path / "documents.parquet")
+    doc_table = pd.read_parquet(tmp_path / "documents.parquet").set_index("doc_id")
     train = megatron.IndexedDataset(tmp_path / "train")
     assert train.fixed_length() == 16 and len(train) == packed.n_train
-    held_docs = set(doc_table.loc[doc_table.split == "heldout", "doc_id"])
+    held_docs = set(doc_table.index[doc_table.split == "heldout"])
     train_meta = meta[meta.split == "train"].sort_values("sample_idx")
-    assert not held_docs & set(train_meta.first_doc) and not held_docs & set(train_meta.last_doc)
-    # every training sample is a window of its documents' token stream, EOD-separated
+    assert (train_meta.step == train_meta.sample_idx // 4).all()
+    # every training sample holds exactly the documents it lists, none held out, with their copies
+    seen = np.zeros(len(docs), dtype=np.int64)
     for row, sample in zip(train_meta.itertuples(), train.batch(0, len(train))):
-        stream = np.concatenate([np.append(tokens[d], 0) for d in range(row.first_doc, row.last_doc + 1) if d not in held_docs])
-        window = sample.tolist()
-        assert any(stream[i : i + 16].tolist() == window for i in range(len(stream) - 15))
+        owners = (sample[sample != 0].astype(np.int64) - 2) // 1000
+        assert set(owners) <= set(row.doc_ids) and not held_docs & set(row.doc_ids)
+        assert owners[0] == row.first_doc if sample[0] else row.first_doc in row.doc_ids
+        assert row.max_doc_copies == doc_table.loc[list(row.doc_ids), "copies"].max()
+        assert list(row.canary_ids) == []
+        np.add.at(seen, owners, 1)
+    train_docs = doc_table[doc_table.split == "train"]
+    n_tok = train_docs.n_tokens - 1  # without the end-of-document token
+    # each copy counted once: all of its tokens are in the stream, except for a copy cut at the end
+    assert ((seen[train_docs.index] <= train_docs.copies * n_tok) & (seen[train_docs.index] > (train_docs.copies - 1) * n_tok)).all()
+    assert (train_docs.copies > 1).any() and (train_docs.copies == 1).any()
+    assert (doc_table.loc[doc_table.copies > 1, "n_tokens"] <= 31).all()  # duplicated documents are cut
     assert set(meta.domain) <= {"code", "docs"}
     # same seed, same files
-    pack_documents(tokens, docs, tmp_path / "again", 15, 1, 0.25, np.uint16)
+    pack_documents(tokens, docs, tmp_path / "again", 15, 1, 0.25, np.uint16, duplication=dup, batch_size=4)
     assert (tmp_path / "train.bin").read_bytes() == (tmp_path / "again" / "train.bin").read_bytes()
+
+
+def test_stream_is_cut_at_one_pass_and_leaves_later_documents_unused(tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [Document(f"d{i}", "", "code") for i in range(60)]
+    packed = pack_documents(_doc_tokens(60, rng), docs, tmp_path, 15, 0, 0.0, np.uint16, target_samples=20, batch_size=4)
+    assert packed.n_train == 20 and packed.unused and max(packed.unused) == 59
+    assert set(pd.read_parquet(tmp_path / "documents.parquet").doc_id).isdisjoint(packed.unused)
+
+
+def test_duplicate_counts_are_log_uniform_and_seeded():
+    lengths = np.full(20_000, 10)
+    split, copies = plan_documents(lengths, Duplication(share=0.2, max_copies=100), 0.1, None, np.random.default_rng(0))
+    dup = copies[(split == "train") & (copies > 1)]
+    assert 0.17 < len(dup) / (split == "train").sum() < 0.23 and dup.min() == 2 and dup.max() == 100
+    # log-uniform: as many counts in [2, 10) as in [20, 100)
+    assert abs(((dup >= 2) & (dup < 10)).mean() - ((dup >= 20) & (dup < 100)).mean()) < 0.03
+    assert (copies[split == "heldout"] == 1).all()
+    again = plan_documents(lengths, Duplication(share=0.2, max_copies=100), 0.1, None, np.random.default_rng(0))
+    assert np.array_equal(again[1], copies)
+
+
+class _Tok:
+    """The two things make_canaries needs from a tokenizer: its size and a word encoder."""
+
+    all_special_ids = [0, 1]
+
+    def __len__(self):
+        return 50
+
+    def decode(self, tokens):
+        return " ".join(map(str, tokens))
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [2 + sum(map(ord, w)) % 48 for w in text.split(" ")]}
+
+
+def test_canaries_are_placed_in_their_third_with_end_of_document_around():
+    settings = CanarySettings(counts=(1, 3, 8), length=6)
+    canaries = make_canaries(settings, _Tok(), ["alpha", "beta", "gamma", "delta"], seed=0)
+    assert len(canaries) == 2 * 3 * 3 and {c["kind"] for c in canaries} == {"tokens", "words"}
+    tok = canaries[0]
+    assert tok["kind"] == "tokens" and len(tok["tokens"]) == 6 and min(tok["tokens"]) >= 2
+    assert tok["space_size_log2"] == pytest.approx(6 * np.log2(48))
+    word = next(c for c in canaries if c["kind"] == "words")
+    assert word["space_size_log2"] == pytest.approx(word["length"] * 2.0) and len(word["tokens"]) >= 6
+    samples = np.full((120, 16), 7, dtype=np.uint16)  # 30 steps of 4
+    per_sample = place_canaries(samples, canaries, 4, np.random.default_rng(0))
+    assert all(len(ids) <= 1 for ids in per_sample)
+    for c in canaries:
+        assert len(c["sample_idx"]) == c["count"] == len(set(c["sample_idx"]))
+        third = ("early", "middle", "late").index(c["insert"])
+        assert all(third * 10 <= s < (third + 1) * 10 for s in c["steps"])
+        for row, off, step in zip(c["sample_idx"], c["offsets"], c["steps"]):
+            assert step == row // 4 and c["canary_id"] in per_sample[row]
+            assert samples[row, off : off + len(c["tokens"])].tolist() == c["tokens"]
+            assert samples[row, off - 1] == 0 and (off + len(c["tokens"]) == 16 or samples[row, off + len(c["tokens"])] == 0)
+
+
+def test_bad_canaries_are_refused():
+    with pytest.raises(MemdynError, match="canaries of 40 tokens do not fit samples of 33"):
+        CanarySettings(counts=(1,), length=40).check(33)
+    canaries = make_canaries(CanarySettings(counts=(16,), length=6, kinds=("tokens",)), _Tok(), [], seed=0)
+    with pytest.raises(MemdynError, match="early canaries need 16 copies but the early third of training has only 12"):
+        place_canaries(np.zeros((40, 16), np.uint16), canaries, 4, np.random.default_rng(0))
+    corpus = np.arange(2, 40)
+    clash = [{"canary_id": 3, "kind": "words", "text": "x", "tokens": corpus[5:25].tolist()}]
+    with pytest.raises(MemdynError, match="canary 3 .* collides with corpus text"):
+        check_collisions(clash, [np.arange(100, 200), corpus])
+    check_collisions([{**clash[0], "tokens": [5, 4, 3]}], [corpus])  # not in the corpus: accepted
 
 
 def test_empty_corpus_is_refused(tmp_path):

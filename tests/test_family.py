@@ -130,3 +130,82 @@ def test_explicit_model_paths(micro_family):
     assert model.config.model_type == "gpt_neox"
     with pytest.raises(MemdynError, match="unknown family"):
         load_family("no-such-family")
+
+
+def test_world_contract(micro_family):
+    """Duplicated documents, one pass, canaries at their recorded places and nowhere else."""
+    import numpy as np
+    import pandas as pd
+
+    from dynamics.family.world import load_canaries, load_canary_words, load_documents, load_samples
+
+    family = load_family(micro_family)
+    manifest = read_json(micro_family / "family.json")
+    p = PRESETS["micro"]
+    assert manifest["canaries"] == "canaries.parquet" and manifest["world"]["duplication"]["max_copies"] == p.duplication.max_copies
+    docs, samples, canaries = load_documents(family), load_samples(family), load_canaries(family)
+    train_docs = docs[docs.split == "train"]
+    assert (train_docs.copies == 1).mean() > 0.5 and train_docs.copies.max() >= 10  # mostly unique, a heavy tail
+    train = samples[samples.split == "train"].sort_values("sample_idx")
+    assert len(train) == p.steps * p.batch_size == manifest["corpus"]["train_samples"]  # exactly one pass
+    assert (train.step == train.sample_idx // p.batch_size).all()
+    copies = docs.set_index("doc_id").copies
+    assert all(m == copies[list(d)].max() for m, d in zip(train.max_doc_copies, train.doc_ids))
+    assert {"canary_id", "kind", "text", "tokens", "count", "insert", "steps", "sample_idx", "offsets",
+            "length", "space_size_log2"} <= set(canaries.columns)
+    assert sorted(canaries["count"].unique()) == list(p.canaries.counts) and set(canaries.kind) == {"tokens", "words"}
+    words = load_canary_words(family)
+    data = IndexedDataset(micro_family / "data" / "train").batch(0, len(train))
+    other = np.concatenate([IndexedDataset(micro_family / "data" / n).tokens() for n in ("heldout", "reference")])
+    on_rows = {i: set(ids) for i, ids in zip(train.sample_idx, train.canary_ids) if len(ids)}
+    for c in canaries.itertuples():
+        tokens = list(c.tokens)
+        if c.kind == "words":
+            assert set(c.text.split(" ")) <= set(words) and len(c.text.split(" ")) == c.length
+        assert len(c.sample_idx) == c.count and len(tokens) >= p.canaries.length
+        third = ("early", "middle", "late").index(c.insert)
+        for row, off, step in zip(c.sample_idx, c.offsets, c.steps):
+            assert data[row, off : off + len(tokens)].tolist() == tokens and data[row, off - 1] == 0
+            assert step == row // p.batch_size and third * p.steps // 3 <= step < (third + 1) * p.steps // 3
+            assert c.canary_id in on_rows[row]
+        head = np.lib.stride_tricks.sliding_window_view(other, 8)
+        assert not (head == np.asarray(tokens[:8])).all(1).any()  # never in held-out or reference data
+    assert sum(len(v) for v in on_rows.values()) == canaries["count"].sum()
+
+
+def test_old_family_layout_loads_and_names_the_rebuild(micro_family, tmp_path):
+    import json
+    import shutil
+
+    from dynamics.family.world import load_canaries, load_documents
+
+    old = tmp_path / "old"
+    shutil.copytree(micro_family, old, ignore=shutil.ignore_patterns("models", "references"))
+    manifest = json.loads((old / "family.json").read_text())
+    for key in ("world", "canaries"):
+        manifest.pop(key)
+    (old / "family.json").write_text(json.dumps(manifest))
+    (old / "canaries.parquet").unlink()
+    family = load_family(old)
+    assert family.size_names == load_family(micro_family).size_names  # everything else still loads
+    for loader in (load_documents, load_canaries):
+        with pytest.raises(MemdynError, match=r"before memdyn recorded duplicate counts and canaries: rebuild it with "
+                                              r"`memdyn family train --preset micro --out NEW_DIR`") as e:
+            loader(family)
+        assert "\n" not in str(e.value)
+
+
+def test_bad_world_settings_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import dataclasses
+
+    from dynamics.corpus.world import CanarySettings
+    from dynamics.family import presets
+
+    micro = PRESETS["micro"]
+    for canaries, message in ((CanarySettings(counts=(1,), length=40), "canaries of 40 tokens do not fit samples of 33 tokens"),
+                              (CanarySettings(counts=(64, 128), length=12),
+                               "the early canaries need 384 copies but the early third of training has only 264 samples")):
+        monkeypatch.setitem(presets.PRESETS, "micro", dataclasses.replace(micro, canaries=canaries))
+        with pytest.raises(MemdynError, match=message):
+            train_family("micro", tmp_path / "w")
+        assert not (tmp_path / "w").exists()

@@ -4,18 +4,25 @@ Documents (each followed by `<|endoftext|>`) are joined into one stream and cut 
 `seq_length + 1` tokens (inputs `[:seq_length]`, labels `[1:]`); samples do not start at document
 boundaries. The samples are shuffled with a seed and written in training order as `.bin/.idx`.
 Whole documents are held out (never trained on) so that members and non-members, and predictor
-train/test splits, never share a document.
+train/test splits, never share a document. In the embedded world (world.py) training documents
+are duplicated (the copies shuffled into the stream) and canaries overwrite windows of samples.
 
 Files written under the data directory:
   train.{bin,idx}, heldout.{bin,idx}   samples in training order (heldout: in its own order)
-  samples.parquet    one row per sample: split, sample_idx (position in its .bin), first_doc,
-                     last_doc, n_docs, domain (the domain holding most of its tokens), domains
-  documents.parquet  one row per document: doc_id, name, domain, split, n_tokens
+  samples.parquet    one row per sample: split, sample_idx (position in its .bin), step (training
+                     step that sees it, sample_idx // batch_size; -1 for heldout), first_doc and
+                     last_doc (the documents at its two ends), doc_ids (list: every distinct
+                     document it covers), n_docs (their number), max_doc_copies (largest `copies`
+                     of those documents), canary_ids (list: canaries with a copy in it), domain (the
+                     domain holding most of its tokens), domains
+  documents.parquet  one row per document of the world: doc_id, name, domain, split, n_tokens
+                     (end-of-document included, after the duplicated documents' cut), copies
+                     (occurrences in its split's stream: training copies, 1 for held-out documents)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,7 @@ import pandas as pd
 from dynamics.corpus import megatron
 from dynamics.corpus.sources import Document
 from dynamics.corpus.tokenizer import EOD_ID
+from dynamics.corpus.world import Duplication, place_canaries, plan_documents, stream_order
 from dynamics.errors import MemdynError
 from dynamics.files import atomic_path
 
@@ -34,7 +42,8 @@ SPLITS = ("train", "heldout")
 class PackedData:
     n_train: int
     n_heldout: int
-    n_tokens: int  # tokens in all documents, end-of-document tokens included
+    n_tokens: int  # tokens in all used documents (one copy each), end-of-document tokens included
+    unused: list[int] = field(default_factory=list)  # documents left out of the world (target reached)
 
 
 def select_documents(docs: list[Document], seed: int, max_chars: int | None, max_doc_chars: int | None) -> list[Document]:
@@ -52,32 +61,38 @@ def select_documents(docs: list[Document], seed: int, max_chars: int | None, max
     return chosen
 
 
-def _pack_split(tokens: list[np.ndarray], domain_ids: np.ndarray, doc_ids: np.ndarray, length: int, rng):
-    """Join documents, cut into samples of `length`, shuffle. Returns samples [n, length] and metadata."""
-    sizes = np.array([len(t) for t in tokens], dtype=np.int64)
-    stream = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
-    n = len(stream) // length
+def _pack_split(tokens: list[np.ndarray], domain_ids: np.ndarray, occ: np.ndarray, length: int,
+                max_samples: int | None, rng):
+    """Join the documents `occ` (ids in stream order, repeats allowed), cut into samples of `length`
+    (at most max_samples), shuffle. Returns samples [n, length], metadata, and per document the
+    number of its copies that start inside the kept stream."""
+    sizes = np.array([len(tokens[i]) for i in occ], dtype=np.int64)
+    stream = np.concatenate([tokens[i] for i in occ]) if len(occ) else np.zeros(0, np.int64)
+    n = len(stream) // length if max_samples is None else min(len(stream) // length, max_samples)
     samples = stream[: n * length].reshape(n, length)
-    doc_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    occ_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     starts = np.arange(n, dtype=np.int64) * length
-    first = np.searchsorted(doc_starts, starts, side="right") - 1
-    last = np.searchsorted(doc_starts, starts + length - 1, side="right") - 1
+    first = np.searchsorted(occ_starts, starts, side="right") - 1
+    last = np.searchsorted(occ_starts, starts + length - 1, side="right") - 1
+    kept = np.bincount(occ[occ_starts < n * length], minlength=len(tokens)) if len(occ) else np.zeros(len(tokens), np.int64)
     # majority domain per sample, by tokens: one domain id per token, counted per row
-    token_domain = np.repeat(domain_ids, sizes)[: n * length].reshape(n, length)
+    token_domain = np.repeat(domain_ids[occ], sizes)[: n * length].reshape(n, length)
     n_domains = int(domain_ids.max()) + 1 if len(domain_ids) else 1
     counts = np.stack([(token_domain == d).sum(axis=1) for d in range(n_domains)], axis=1)
+    doc_ids = [np.unique(occ[a : b + 1]) for a, b in zip(first, last)]
     order = rng.permutation(n)
     meta = pd.DataFrame(
         {
             "sample_idx": np.arange(n),
-            "first_doc": doc_ids[first[order]],
-            "last_doc": doc_ids[last[order]],
-            "n_docs": (last - first + 1)[order],
+            "first_doc": occ[first[order]],
+            "last_doc": occ[last[order]],
+            "doc_ids": [doc_ids[i].tolist() for i in order],
+            "n_docs": [len(doc_ids[i]) for i in order],
             "domain_id": counts.argmax(axis=1)[order],
             "domain_mask": [(row > 0) for row in counts[order]],
         }
     )
-    return samples[order], meta
+    return samples[order], meta, kept
 
 
 def pack_documents(
@@ -88,47 +103,74 @@ def pack_documents(
     seed: int,
     heldout_fraction: float,
     dtype: np.dtype,
+    *,
+    duplication: Duplication | None = None,
+    target_samples: int | None = None,
+    canaries: list[dict] | None = None,
+    batch_size: int | None = None,
 ) -> PackedData:
-    """Write train/heldout `.bin/.idx` and metadata for tokenized documents (EOD appended here)."""
+    """Write train/heldout `.bin/.idx` and metadata for tokenized documents (EOD appended here).
+
+    duplication: copies of the training documents (world.py); target_samples: documents are taken
+    in order until the training stream fills so many samples, later ones are left unused
+    (PackedData.unused); canaries: records of world.make_canaries, placed into the training samples
+    (their placement fields are filled in); batch_size: for the `step` column."""
     if not 0 <= heldout_fraction < 1:
         raise MemdynError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     rng = np.random.default_rng(seed)
+    dup = duplication or Duplication()
+    length = seq_length + 1
     tokens = [np.append(np.asarray(t, dtype=np.int64), EOD_ID) for t in tokens]
+    split, copies = plan_documents(np.array([len(t) for t in tokens], dtype=np.int64), dup, heldout_fraction,
+                                   None if target_samples is None else target_samples * length, rng)
+    if dup.doc_tokens:  # duplicated documents are boilerplate-sized
+        tokens = [np.append(t[: dup.doc_tokens], EOD_ID) if c > 1 and len(t) > dup.doc_tokens + 1 else t
+                  for t, c in zip(tokens, copies)]
     domains = sorted({d.domain for d in docs})
     domain_ids = np.array([domains.index(d.domain) for d in docs], dtype=np.int64)
-    is_heldout = rng.random(len(docs)) < heldout_fraction
-    length = seq_length + 1
     out_dir = Path(out_dir)
     metas, counts = [], {}
-    for split in SPLITS:
-        ids = np.flatnonzero(is_heldout == (split == "heldout"))
-        samples, meta = _pack_split([tokens[i] for i in ids], domain_ids[ids], ids, length, rng)
-        if split == "train" and len(samples) == 0:
+    for name in SPLITS:
+        ids = np.flatnonzero(split == name)
+        occ = stream_order(np.where(split == "train", copies, 0), rng) if name == "train" else ids
+        samples, meta, kept = _pack_split(tokens, domain_ids, occ, length, target_samples if name == "train" else None, rng)
+        if name == "train" and len(samples) == 0:
             raise MemdynError(
                 f"the corpus is too small: fewer than {length} tokens for training "
                 "(use a larger corpus or a shorter --seq-length)"
             )
-        megatron.write(out_dir / split, samples, dtype)
-        meta.insert(0, "split", split)
+        if name == "train":
+            copies = np.where(split == "train", kept, copies)  # copies cut off at the end of the stream
+            per_sample = place_canaries(samples, canaries, batch_size or 1, rng) if canaries else [[]] * len(samples)
+            meta["canary_ids"] = [per_sample[i] for i in meta.sample_idx]
+        else:
+            meta["canary_ids"] = [[] for _ in range(len(meta))]
+        megatron.write(out_dir / name, samples, dtype)
+        meta.insert(0, "split", name)
+        meta["step"] = meta.sample_idx // batch_size if batch_size and name == "train" else -1
         metas.append(meta)
-        counts[split] = len(samples)
+        counts[name] = len(samples)
     meta = pd.concat(metas, ignore_index=True)
+    meta["max_doc_copies"] = [int(copies[d].max()) if len(d) else 0 for d in meta.doc_ids]
     meta["domain"] = [domains[i] for i in meta.pop("domain_id")]
     meta["domains"] = [",".join(d for d, on in zip(domains, mask) if on) for mask in meta.pop("domain_mask")]
     with atomic_path(out_dir / "samples.parquet") as tmp:
         meta.to_parquet(tmp, index=False)
+    used = np.flatnonzero(split != "")
     doc_table = pd.DataFrame(
         {
-            "doc_id": np.arange(len(docs)),
-            "name": [d.name for d in docs],
-            "domain": [d.domain for d in docs],
-            "split": np.where(is_heldout, "heldout", "train"),
-            "n_tokens": [len(t) for t in tokens],
+            "doc_id": used,
+            "name": [docs[i].name for i in used],
+            "domain": [docs[i].domain for i in used],
+            "split": split[used].astype(str),
+            "n_tokens": [len(tokens[i]) for i in used],
+            "copies": copies[used],
         }
     )
     with atomic_path(out_dir / "documents.parquet") as tmp:
         doc_table.to_parquet(tmp, index=False)
-    return PackedData(counts["train"], counts["heldout"], int(sum(len(t) for t in tokens)))
+    return PackedData(counts["train"], counts["heldout"], int(sum(len(tokens[i]) for i in used)),
+                      np.flatnonzero(split == "").tolist())
 
 
 def adopt_megatron(prefix: str, out_dir: str | Path, seq_length: int, seed: int, heldout_fraction: float) -> PackedData:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dynamics.corpus.world import CanarySettings, Duplication
 from dynamics.errors import MemdynError
 
 
@@ -34,6 +35,15 @@ class Preset:
     # the preset's scoring grid; max(contexts) + max(continuations) must fit in seq_length + 1
     contexts: tuple[int, ...] = field(default=(32, 48, 64, 96))
     continuations: tuple[int, ...] = field(default=(16, 32, 48, 64))
+    # the world (dynamics/corpus/world.py): documents are taken until the stream fills one pass of
+    # `steps` x `batch_size` samples (a smaller corpus is trained on for several epochs)
+    duplication: Duplication = field(default=Duplication())
+    canaries: CanarySettings = field(default=CanarySettings())
+    # one reference model for unintended memorization, trained for one pass over `reference_samples`
+    # samples of documents the world does not use (None: no reference data)
+    reference_shape: ModelShape | None = None
+    reference_samples: int = 0
+    members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
@@ -45,20 +55,28 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
-        name="micro", vocab_size=384, seq_length=32, corpus_chars=8_000, max_doc_chars=2_000,
-        heldout_fraction=0.2, batch_size=8, steps=200, lr=4e-3, warmup_steps=10,
+        name="micro", vocab_size=384, seq_length=32, corpus_chars=60_000, max_doc_chars=800,
+        heldout_fraction=0.2, batch_size=4, steps=200, lr=4e-3, warmup_steps=10,
         shapes=(ModelShape(1, 16, 2), ModelShape(1, 32, 2), ModelShape(2, 64, 4)),
         contexts=(8, 16), continuations=(4, 8, 16),
+        duplication=Duplication(share=0.3, max_copies=32, doc_tokens=48),
+        canaries=CanarySettings(counts=(1, 4, 16), length=12),
+        reference_shape=ModelShape(2, 64, 4), reference_samples=800, members=128,
     ),
     "tiny": Preset(
-        name="tiny", vocab_size=2048, seq_length=160, corpus_chars=160_000, max_doc_chars=12_000,
-        heldout_fraction=0.1, batch_size=16, steps=300, lr=3e-3, warmup_steps=30,
+        name="tiny", vocab_size=2048, seq_length=160, corpus_chars=1_500_000, max_doc_chars=12_000,
+        heldout_fraction=0.1, batch_size=16, steps=200, lr=3e-3, warmup_steps=20,
         shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
+        duplication=Duplication(share=0.15, max_copies=100, doc_tokens=320),
+        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48),
+        reference_shape=ModelShape(4, 256, 8), reference_samples=3200, members=512,
     ),
     "small": Preset(
         name="small", vocab_size=16384, seq_length=256, corpus_chars=None, max_doc_chars=None,
         heldout_fraction=0.05, batch_size=64, steps=20_000, lr=6e-4, warmup_steps=500,
         shapes=(ModelShape(4, 128, 4), ModelShape(6, 256, 8), ModelShape(8, 512, 8), ModelShape(12, 768, 12)),
+        duplication=Duplication(share=0.05, max_copies=100, doc_tokens=1024),
+        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=64),
     ),
 }
 

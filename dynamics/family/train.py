@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dynamics.corpus import megatron
-from dynamics.corpus.packing import adopt_megatron, pack_documents, select_documents
+from dynamics.corpus.packing import adopt_megatron, select_documents
 from dynamics.corpus.sources import content_hash, documents, parse_source, python_version
 from dynamics.corpus.steps import revision_name, revision_step
 from dynamics.corpus.tokenizer import EOD_ID, PAD_ID, train_tokenizer
@@ -28,6 +29,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.load import resolve_device
 from dynamics.family.presets import ModelShape, Preset, get_preset
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
+from dynamics.family.world import CANARIES, build_text_world, check_world_settings
 from dynamics.files import atomic_path, read_json, write_json
 from dynamics.lock import locks_output
 
@@ -107,12 +109,14 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
         digest = f"megatron:{ds.n_tokens}:{ds.idx_path.stat().st_size}"
         n_docs = len(ds.doc_idx) - 1
     else:
-        docs = select_documents(list(documents(source)), seed, preset.corpus_chars, preset.max_doc_chars)
+        docs = select_documents(list(documents(source)), seed, None, preset.max_doc_chars)
         if not docs:
             raise MemdynError(f"corpus {corpus!r} holds no documents")
-        digest = content_hash(docs)
+        # the world's candidate documents (the tokenizer's text); later ones may feed the reference
+        n_world = _prefix_count(docs, preset.corpus_chars)
+        digest = content_hash(docs[:n_world])
         if tokenizer is None:
-            train_tokenizer((d.text for d in docs), preset.vocab_size, out / "tokenizer")
+            train_tokenizer((d.text for d in docs[:n_world]), preset.vocab_size, out / "tokenizer")
         else:
             from transformers import AutoTokenizer
 
@@ -120,10 +124,9 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(out / "tokenizer")
-        encoded = tok([d.text for d in docs], add_special_tokens=False)["input_ids"]
         dtype = megatron.smallest_dtype(len(tok))
-        packed = pack_documents(encoded, docs, data_dir, preset.seq_length, seed, preset.heldout_fraction, dtype)
-        n_docs = len(docs)
+        packed, _ = build_text_world(out, preset, docs, n_world, tok, dtype, seed)
+        n_docs = n_world - len(packed.unused)
     record = {
         "source": source.describe(),
         "hash": digest,
@@ -131,10 +134,19 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
         "tokens": packed.n_tokens,
         "train_samples": packed.n_train,
         "heldout_samples": packed.n_heldout,
+        "epochs": round(preset.steps * preset.batch_size / max(1, packed.n_train), 3),  # 1.0: one pass
         "python": python_version() if source.kind == "stdlib" else None,
     }
     write_json(record_path, record)
     return record
+
+
+def _prefix_count(docs: list, max_chars: int | None) -> int:
+    """How many leading documents reach max_chars characters (all when None)."""
+    if max_chars is None:
+        return len(docs)
+    sizes = np.cumsum([len(d.text) for d in docs])
+    return int(min(len(docs), np.searchsorted(sizes, max_chars) + 1))
 
 
 def _latest_checkpoint(size_dir: Path) -> int | None:
@@ -222,6 +234,7 @@ def train_family(
     if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
         return load_family(out)
     source = parse_source(corpus, text_field)  # validates before anything is written
+    check_world_settings(p)
     dev = resolve_device(device)  # an unavailable device fails before anything is written
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -257,15 +270,23 @@ def train_family(
         preset=p.name,
     )
     manifest = family.to_json() | {"plan": plan, "steps": p.steps, "checkpoint_steps": p.checkpoint_steps()}
+    if not source.tokenized:  # the world's settings; old families lack them (family/world.py)
+        manifest["world"] = {"duplication": p.duplication.as_dict(), "canaries": p.canaries.as_dict()}
+        if (out / CANARIES).is_file():
+            manifest["canaries"] = CANARIES
     write_json(out / "family.json", manifest)
     (out / PLAN_FILE).unlink()
     return load_family(out)
 
 
 def train_references(family_dir: str | Path, device: str | None = None) -> FamilySpec:
-    """Per size, a reference model with the size's architecture and schedule, trained without a
-    seeded set of probe documents (see `build_reference_data`); recorded in family.json.
-    Capacity estimates compare each size with its reference. Resumes like family training."""
+    """Reference models for unintended memorization, recorded in family.json "references".
+
+    Embedded world (data/reference.json written with the family, family/world.py): ONE model of the
+    preset's reference shape, trained for one pass on documents the world never uses, so every
+    training sample is a non-member of it; every size is compared with it. Otherwise (other corpora,
+    old families): per size a model of the size's shape and schedule trained without a seeded set
+    of probe documents (`build_reference_data`). Resumes like family training."""
     family_dir = Path(family_dir)
     family = load_family(family_dir)
     if family.kind != "local" or not family.preset:
@@ -274,50 +295,61 @@ def train_references(family_dir: str | Path, device: str | None = None) -> Famil
         return family
     p = get_preset(family.preset)
     seed = family.seed or 0
-    record = build_reference_data(family_dir / "data", seed)
-    reference = megatron.IndexedDataset(family_dir / "data" / "reference")
     from transformers import AutoTokenizer
 
     vocab_size = len(AutoTokenizer.from_pretrained(family_dir / "tokenizer"))
     dev = resolve_device(device)
-    for shape, size in zip(p.shapes, family.sizes):
-        train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name, seed, dev)
+    disjoint = (family_dir / "data" / "reference.json").is_file() and p.reference_shape is not None
+    record = read_json(family_dir / "data" / "reference.json") if disjoint else build_reference_data(family_dir / "data", seed)
+    reference = megatron.IndexedDataset(family_dir / "data" / "reference")
+    extra = {}
+    if disjoint:
+        one_pass = replace(p, steps=len(reference) // p.batch_size)
+        params = _count_params(p.reference_shape, vocab_size, p.seq_length)
+        revisions = train_size(p.reference_shape, "reference", one_pass, reference, vocab_size,
+                               family_dir / "references" / "reference", seed, dev)
+        paths = {size.name: f"references/reference/{revisions[-1]}" for size in family.sizes}
+        extra = {"design": record["design"], "params": params, "steps": one_pass.steps}
+    else:
+        for shape, size in zip(p.shapes, family.sizes):
+            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name, seed, dev)
+        paths = {size.name: f"references/{size.name}/{size.final}" for size in family.sizes}
     manifest = read_json(family_dir / "family.json")
     manifest["references"] = {
         "data": "data/reference", "members": "data/reference.json", "n_members": len(record["members"]),
-        "sizes": {size.name: f"references/{size.name}/{size.final}" for size in family.sizes},
+        "sizes": paths, **extra,
     }
     write_json(family_dir / "family.json", manifest)
     return load_family(family_dir)
 
 
 def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> dict:
-    """Data for reference models, which capacity estimates compare each size against.
+    """Data for per-size reference models when the corpus leaves no unused documents.
 
     A seeded set of "probe" training documents is chosen until about `fraction` of the training
     samples lie wholly inside it; those samples are the members whose unintended memorization is
     measured. The reference data is every training sample that touches no probe document, plus the
     held-out samples (so it is about as large as the training data), shuffled with the seed.
-    Packing joins a split's documents in ascending id order, so a sample covers exactly the
-    split's documents with ids in [first_doc, last_doc].
-    """
+    A sample covers the documents of its doc_ids list (old layouts: first_doc..last_doc)."""
     path = data_dir / "reference.json"
     if path.is_file() and megatron.paths(data_dir / "reference")[1].is_file():
         return read_json(path)
     meta = pd.read_parquet(data_dir / "samples.parquet")
     train = meta[meta.split == "train"].sort_values("sample_idx")
     rng = np.random.default_rng(seed + 1)
-    first, last = train.first_doc.to_numpy(), train.last_doc.to_numpy()
-    if (first < 0).all():  # no document boundaries (adopted Megatron samples): one sample, one document
-        first = last = np.arange(len(train))
-    docs = np.unique(np.r_[first, last])
-    probe = np.zeros(0, dtype=np.int64)
+    if "doc_ids" in train:
+        covered = [np.asarray(d, dtype=np.int64) for d in train.doc_ids]
+    elif (train.first_doc < 0).all():  # no document boundaries (adopted Megatron samples): one sample, one document
+        covered = [np.array([i]) for i in range(len(train))]
+    else:
+        covered = [np.arange(a, b + 1) for a, b in zip(train.first_doc, train.last_doc)]
+    docs = np.unique(np.concatenate(covered))
+    in_probe = np.zeros(int(docs.max()) + 1, dtype=bool)
     touched = members = np.zeros(len(train), dtype=bool)
     for doc in rng.permutation(docs):
-        probe = np.sort(np.append(probe, doc))
-        n_probe = np.searchsorted(probe, last, "right") - np.searchsorted(probe, first, "left")
-        n_docs = np.searchsorted(docs, last, "right") - np.searchsorted(docs, first, "left")
-        touched, members = n_probe > 0, n_probe == n_docs
+        in_probe[doc] = True
+        hits = np.array([in_probe[c].sum() for c in covered])
+        touched, members = hits > 0, hits == np.array([len(c) for c in covered])
         if members.sum() >= fraction * len(train):
             break
     if members.all() or not members.any():
@@ -330,7 +362,7 @@ def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> di
     megatron.write(data_dir / "reference", items, train_ds.dtype)
     record = {
         "members": train.sample_idx.to_numpy()[members].tolist(),
-        "probe_docs": probe.tolist(),
+        "probe_docs": np.flatnonzero(in_probe).tolist(),
         "reference_samples": int(len(rows)),
         "excluded_train_samples": int(touched.sum()),
     }
