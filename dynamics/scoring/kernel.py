@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamics.errors import MemdynError
+from dynamics.scoring.extraction import Extraction, Scheme
 
 NEAR_TIE = 1e-4
 
@@ -43,6 +44,9 @@ class BatchResult:
     min_gap: np.ndarray  # float32 [B, K] smallest top-2 logit gap along the generation
     loss: np.ndarray  # float32 [B, K] mean NLL (nats) of the true continuation, teacher-forced
     context_loss: np.ndarray  # float32 [B, K] mean NLL (nats) of context tokens 1..k-1
+    # float32 [S, B, K, C] per sampling scheme: log-probability of each true continuation token
+    # (dynamics.scoring.extraction; NaN after a cell's first -inf); None without schemes
+    logp: np.ndarray | None = None
 
 
 def _greedy_and_gap(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,9 +206,10 @@ def _has_plain_head(model) -> bool:
     return _plain_head[model]
 
 
-def _teacher_forced(model, x: torch.Tensor):
+def _teacher_forced(model, x: torch.Tensor, extraction: Extraction | None = None):
     """One teacher-forced pass over x [B, T] -> (KV cache, NLL of tokens 1..T-1 [B, T-1],
-    greedy prediction [B, T] and top-2 logit gap [B, T] at every position).
+    greedy prediction [B, T] and top-2 logit gap [B, T] at every position). Each chunk of logits
+    also feeds `extraction` (the true tokens' probabilities under sampling schemes).
 
     The [B, T, V] logits are made and reduced a few positions at a time: made at once they are
     tens of MB, and each reduction over them went to main memory (a third of the pass on a CPU).
@@ -227,20 +232,24 @@ def _teacher_forced(model, x: torch.Tensor):
         nll[:, a:e] = F.cross_entropy(
             logits[:, : e - a].flatten(0, 1), x[:, a + 1 : e + 1].flatten(), reduction="none"
         ).view(B, e - a)
+        if extraction is not None and e > a:
+            extraction.add(a, logits[:, : e - a], x[:, a + 1 : e + 1], nll[:, a:e])
         pred[:, a:b], gap[:, a:b] = _greedy_and_gap(logits)  # last: it overwrites the maxima
     return out.past_key_values, nll, pred, gap
 
 
 @torch.inference_mode()
-def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: int) -> BatchResult:
-    """Greedy continuations of `continuation` tokens after every context length, for a batch.
+def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: int, schemes: list[Scheme] = ()) -> BatchResult:
+    """Greedy continuations of `continuation` tokens after every context length, for a batch,
+    and the true continuations' per-token log-probabilities under each sampling scheme.
 
     tokens: [B, >= max(contexts) + continuation] true samples (on the model's device).
     """
     B, C = tokens.size(0), continuation
     T = max(contexts) + C
     x = tokens[:, :T]
-    cache, nll, pred, gap = _teacher_forced(model, x)
+    extraction = Extraction(list(schemes), B, T, contexts, C, x.device) if schemes else None
+    cache, nll, pred, gap = _teacher_forced(model, x, extraction)
 
     K = len(contexts)
     generated = torch.empty(B, K, C, dtype=torch.long, device=x.device)
@@ -279,7 +288,8 @@ def score_batch(model, tokens: torch.Tensor, contexts: list[int], continuation: 
         valid = positions[:, : new_gaps.size(1)] < (C - 1 - m)[:, None]
         min_gap[rows, ctx_idx] = torch.minimum(min_gap[rows, ctx_idx], torch.where(valid, new_gaps, torch.inf).min(1).values)
     return BatchResult(
-        generated.cpu().numpy(), min_gap.cpu().numpy(), loss.cpu().numpy(), context_loss.cpu().numpy()
+        generated.cpu().numpy(), min_gap.cpu().numpy(), loss.cpu().numpy(), context_loss.cpu().numpy(),
+        extraction.result() if extraction is not None else None,
     )
 
 
