@@ -33,7 +33,7 @@ from dynamics.analyses.stats import bootstrap_ci, diff_ci
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, write_json
+from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
 
 SETTINGS = "_settings.json"
 MIN_CANDIDATES = 32  # below this the fitted tail is noise
@@ -145,7 +145,7 @@ def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candid
     pools = {kind: candidates(kind, int(g["units"].max()), n_candidates, tok, words, seed)
              for kind, g in table.groupby("kind", sort=True)}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / SETTINGS, settings)
+    write_json(out / SETTINGS, settings_record(settings))
     plan = [(s, r) for s in sizes for r in s.revisions]
     todo = [(s, r) for s, r in plan if not (out / f"part-{s.name}-{r}.parquet").is_file()]
     for size, rev in tqdm(todo, desc="canaries", unit="ckpt", disable=not progress):

@@ -107,7 +107,7 @@ def dose_response(scored: pd.DataFrame, seed: int, measure: str = "span_count") 
                          "count_mean": float(part[measure].mean()), "n": len(part), "memorized": int(m.sum()),
                          "share": m.mean(), "ci_lo": lo, "ci_hi": hi})
         x = np.log2(np.maximum(g[measure].to_numpy(float), 1))
-        a, slope, lo, hi = logistic_slope_ci(x, mem, seed) if np.ptp(x) > 0 else (np.nan, np.nan, np.nan, np.nan)
+        a, slope, lo, hi = logistic_slope_ci(x, mem, seed)
         fits.append({"model": model, "step": int(step), "measure": measure, "n": len(g), "memorized": int(mem.sum()),
                      "intercept": a, "slope": slope, "slope_lo": lo, "slope_hi": hi,
                      "spearman": float(pd.Series(x).corr(pd.Series(g["score"].to_numpy()), method="spearman"))

@@ -70,9 +70,9 @@ def _logistic_batch(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray
 def logistic_slope_ci(x, y, seed: int, n_resamples: int = 200, level: float = 0.95) -> tuple[float, float, float, float]:
     """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or len(np.unique(y)) < 2 or np.ptp(x) == 0:
+        return (float("nan"),) * 4  # one class, or one x: no slope to fit
     a, b = logistic_fit(x, y)
-    if len(x) < 2 or len(np.unique(y)) < 2:
-        return a, b, float("nan"), float("nan")
     i = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
     slopes = _logistic_batch(x[i], y[i])[:, 1]
     q = (1 - level) / 2

@@ -93,11 +93,11 @@ def transitions(scored: pd.DataFrame, order: list[tuple[str, int]], kind: str) -
     """Per category, between consecutive (model, step) stages of `order`: of the samples memorized at
     the first, the share still memorized at the second (kept); of those not memorized, the share
     that becomes memorized (gained)."""
-    mem = scored.assign(m=scored["score"] >= 1).set_index(["model", "step", "seq_idx"])["m"]
+    mem = scored.assign(m=scored["score"] >= 1).set_index(["model", "step", "seq_idx"])["m"].sort_index()
     cats = scored.drop_duplicates("seq_idx").set_index("seq_idx")["category"]
     rows = []
     for (ma, sa), (mb, sb) in zip(order, order[1:]):
-        a, b = mem.loc[(ma, sa)], mem.loc[(mb, sb)]
+        a, b = mem.xs((ma, sa), level=["model", "step"]), mem.xs((mb, sb), level=["model", "step"])
         both = a.index.intersection(b.index)
         a, b = a.loc[both], b.loc[both]
         for cat in CATEGORIES:

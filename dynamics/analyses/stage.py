@@ -1,0 +1,84 @@
+"""The pipeline's analyses stage: duplication, dose-response, taxonomy and canaries of a work directory.
+
+  WORKDIR/scores/_duplication.parquet, WORKDIR/scores_checkpoints/_duplication.parquet
+                                    per-sample duplication and category beside the scores
+  WORKDIR/canaries/                 `memdyn canaries` output (per canary, size and checkpoint)
+  WORKDIR/analyses/dose_bins.parquet     memorized share per (measure, model, step, count bin), 95% CIs
+  WORKDIR/analyses/dose_fits.parquet     logistic fit on log2 count per (measure, model, step), slope CI
+  WORKDIR/analyses/taxonomy_shares.parquet       memorized share per (category, model, step)
+  WORKDIR/analyses/taxonomy_transitions.parquet  kept / gained per category between sizes and checkpoints
+  WORKDIR/analyses/canary_by_count.parquet, canary_by_insert.parquet, canary_forgetting.parquet
+  WORKDIR/analyses/done.json        the seed and cell it was computed with (its presence: stage done)
+Every table is at the main cell (context k, continuation c) and written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dynamics.analyses import canaries as C
+from dynamics.analyses import duplication as D
+from dynamics.analyses import taxonomy as T
+from dynamics.family.spec import FamilySpec
+from dynamics.files import atomic_path, read_json, write_json
+
+TABLES = ("dose_bins", "dose_fits", "taxonomy_shares", "taxonomy_transitions", "canary_by_count", "canary_by_insert",
+          "canary_forgetting")
+
+
+def _write(out: Path, name: str, table: pd.DataFrame) -> None:
+    with atomic_path(out / f"{name}.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def checkpoint_table(family: FamilySpec, scores: Path, k: int, c: int) -> pd.DataFrame:
+    """Score rows of every checkpoint at (k, c) joined with the duplication columns."""
+    from dynamics.scoring.table import read_scores
+
+    D.annotate_scores(family, scores)
+    return D.joined(read_scores(scores), D.read_duplication(scores), k, c)
+
+
+def dose_tables(scored: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dose-response on span_count at every checkpoint, and on max_doc_copies at the final ones."""
+    bins, fits = D.dose_response(scored, seed, "span_count")
+    final = scored[scored["step"] == scored.groupby("model")["step"].transform("max")]
+    docs_bins, docs_fits = D.dose_response(final, seed, "max_doc_copies")
+    return (pd.concat([bins.assign(measure="span_count"), docs_bins.assign(measure="max_doc_copies")], ignore_index=True),
+            pd.concat([fits, docs_fits], ignore_index=True))
+
+
+def taxonomy_tables(scored: pd.DataFrame, sizes: list[str], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    shares = T.shares(scored, seed)
+    final = scored.groupby("model")["step"].max()
+    parts = [T.transitions(scored, [(s, int(final[s])) for s in sizes if s in final.index], "sizes")]
+    for size in sizes:
+        steps = sorted(scored.loc[scored["model"] == size, "step"].unique())
+        parts.append(T.transitions(scored, [(size, int(s)) for s in steps], "checkpoints"))
+    return shares, pd.concat(parts, ignore_index=True)
+
+
+def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: int = 0, n_candidates: int = 256,
+                 progress: bool = True) -> Path:
+    """Every table above; skipped when done.json records the same settings."""
+    w = Path(workdir)
+    out = w / "analyses"
+    settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates}
+    if (out / "done.json").is_file() and read_json(out / "done.json") == settings:
+        return out
+    D.annotate_scores(family, w / "scores")
+    scored = checkpoint_table(family, w / "scores_checkpoints", k, c)
+    sizes = sorted(family.size_names, key=lambda s: family.size(s).params or 0)
+    tables = dict(zip(("dose_bins", "dose_fits"), dose_tables(scored, seed)))
+    tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
+    C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress)
+    canary = C.read_canaries(w / "canaries")
+    tables.update(canary_by_count=C.by(canary, "count", seed), canary_by_insert=C.by(canary, "insert", seed),
+                  canary_forgetting=C.forgetting(canary, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        _write(out, name, table)
+    write_json(out / "done.json", settings)
+    return out

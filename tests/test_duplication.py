@@ -1,0 +1,94 @@
+"""Per-sample duplication beside the scores, and the dose-response fit."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynamics.errors import MemdynError
+
+
+def test_logistic_fit_equals_sklearn_and_recovers_the_slope():
+    from sklearn.linear_model import LogisticRegression
+
+    from dynamics.analyses.stats import logistic_fit, logistic_slope_ci
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 7, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(-3 + 0.6 * x)))).astype(float)
+    a, b = logistic_fit(x, y)
+    ref = LogisticRegression(C=1e12, max_iter=1000).fit(x[:, None], y)
+    assert a == pytest.approx(ref.intercept_[0], abs=1e-4) and b == pytest.approx(ref.coef_[0, 0], abs=1e-4)
+    _, slope, lo, hi = logistic_slope_ci(x, y, seed=0)
+    assert lo < 0.6 < hi and lo < slope < hi
+    assert logistic_slope_ci(x, y, seed=0) == (_, slope, lo, hi)  # seeded
+    assert np.isnan(logistic_slope_ci(x, np.zeros_like(y), seed=0)[1])  # one class: no slope
+
+
+def test_dose_response_on_synthetic_log_linear_data():
+    from dynamics.analyses.duplication import dose_response
+
+    rng = np.random.default_rng(1)
+    counts = np.exp(rng.uniform(0, np.log(100), 3000)).astype(int) + 1
+    p = 1 / (1 + np.exp(-(-4 + 0.9 * np.log2(counts))))
+    scored = pd.DataFrame({"model": "m", "step": 10, "span_count": counts,
+                           "score": (rng.random(3000) < p).astype(float)})
+    bins, fits = dose_response(scored, seed=0)
+    assert list(bins["bin"][:3]) == ["2-3", "4-7", "8-15"]  # log-spaced (no count is 1 here)
+    assert bins["share"].is_monotonic_increasing or np.corrcoef(bins["bin_lo"], bins["share"])[0, 1] > 0.9
+    assert (bins["ci_lo"] <= bins["share"]).all() and (bins["share"] <= bins["ci_hi"]).all()
+    fit = fits.iloc[0]
+    assert fit["slope_lo"] < 0.9 < fit["slope_hi"] and fit["slope_lo"] > 0
+    assert fit["memorized"] == int(scored["score"].sum())
+
+
+def test_annotation_counts_spans_in_the_training_stream(micro_family, micro_scores, tmp_path):
+    from dynamics.analyses.duplication import DUPLICATION, annotate_scores
+    from dynamics.corpus.megatron import IndexedDataset
+    from dynamics.family.spec import load_family
+    from dynamics.scoring.table import read_scores
+
+    scores = tmp_path / "scores"
+    shutil.copytree(micro_scores, scores)
+    family = load_family(micro_family)
+    before = pd.read_parquet(scores)
+    annotate_scores(family, scores)
+    dup = pd.read_parquet(scores / DUPLICATION)
+    after = read_scores(scores)
+    assert len(after) == len(before)  # the score table is unchanged by the file beside it
+    cells = before[["seq_idx", "context_len", "continuation_len"]].drop_duplicates()
+    assert len(dup) == len(cells)
+    ds = IndexedDataset(family.data.prefix)
+    stream = np.asarray(ds.tokens()).astype(np.int64)
+    samples = np.asarray(ds.batch(0, len(ds)))
+    meta = pd.read_parquet(micro_family / "data" / "samples.parquet").query("split == 'train'").set_index("sample_idx")
+    rows = dup[(dup.context_len == 16) & (dup.continuation_len == 4)]
+    # two samples of the most duplicated documents and two unique ones, counted by brute force
+    pick = pd.concat([rows.nlargest(2, "span_count"), rows.nsmallest(2, "span_count")])
+    for r in pick.itertuples():
+        span = samples[r.seq_idx, :20]
+        windows = np.lib.stride_tricks.sliding_window_view(stream, 20)
+        assert r.span_count == int((windows == span).all(1).sum()) >= 1
+        assert r.max_doc_copies == meta.loc[r.seq_idx, "max_doc_copies"]
+    assert rows["span_count"].max() > 5 and (rows["category"] == "recitation").sum() == (rows["span_count"] > 5).sum()
+    mtime = (scores / DUPLICATION).stat().st_mtime_ns
+    annotate_scores(family, scores)  # complete: kept
+    assert (scores / DUPLICATION).stat().st_mtime_ns == mtime
+
+
+def test_old_family_is_refused_naming_the_rebuild_command(micro_family, micro_scores, tmp_path):
+    from dynamics.analyses.duplication import annotate_scores
+    from dynamics.family.spec import load_family
+
+    old = tmp_path / "old"
+    shutil.copytree(micro_family, old, symlinks=True)
+    manifest = json.loads((old / "family.json").read_text())
+    manifest.pop("world", None)
+    (old / "family.json").write_text(json.dumps(manifest))
+    scores = tmp_path / "scores"
+    shutil.copytree(micro_scores, scores)
+    with pytest.raises(MemdynError, match=r"memdyn family train --preset micro"):
+        annotate_scores(load_family(old), scores)
+    assert not (scores / "_duplication.parquet").exists()  # nothing written
