@@ -7,7 +7,8 @@ Classes (sequence level, from the score of one (context k, continuation c) cell)
   2 memorized    score >= edges[1]            (default 1.0: k-extractable, every token reproduced)
 
 Split: a training sample is a window of the packed token stream and may span documents
-first_doc..last_doc (data/samples.parquet). Samples are grouped by first_doc and split with
+first_doc..last_doc (data/samples.parquet); in a world with duplicated documents, shuffled into
+the stream, the documents of its doc_ids list instead. Samples are grouped by first_doc and split with
 sklearn's GroupShuffleSplit; the train side then owns every document any of its samples touches,
 and test samples touching one of those documents are dropped, so no document is seen on both
 sides. Families without samples.parquet (hub families) treat each sample as its own document.
@@ -63,21 +64,29 @@ def score_classes(scores, edges=DEFAULT_EDGES) -> np.ndarray:
 
 
 def sample_documents(family: FamilySpec, seq_idx: np.ndarray) -> pd.DataFrame:
-    """first_doc, last_doc per seq_idx (index) from data/samples.parquet beside the training data."""
+    """first_doc, last_doc (and doc_ids where recorded) per seq_idx (index) from data/samples.parquet."""
     seq_idx = np.asarray(seq_idx)
     path = Path(family.data.prefix).parent / "samples.parquet" if family.data and family.data.prefix else None
     if path is None or not path.is_file():
         return pd.DataFrame({"first_doc": seq_idx, "last_doc": seq_idx}, index=pd.Index(seq_idx, name="seq_idx"))
     t = pd.read_parquet(path)
-    t = t[t["split"] == "train"].set_index("sample_idx")[["first_doc", "last_doc"]]
+    t = t[t["split"] == "train"].set_index("sample_idx")[document_columns(t)]
     missing = np.setdiff1d(seq_idx, t.index.to_numpy())
     if len(missing):
         raise MemdynError(f"{path} does not map training samples {missing[:5].tolist()} to documents; wrong family?")
     return t.loc[seq_idx].rename_axis("seq_idx")
 
 
+def document_columns(rows: pd.DataFrame) -> list[str]:
+    """The columns naming a sample's documents: first_doc, last_doc, and doc_ids where recorded."""
+    return ["first_doc", "last_doc"] + (["doc_ids"] if "doc_ids" in rows else [])
+
+
 def touches(docs: pd.DataFrame, owned: np.ndarray) -> np.ndarray:
-    """Per sample: does its document range first_doc..last_doc contain a document in `owned` (sorted)?"""
+    """Per sample: does its document range first_doc..last_doc (its doc_ids, where recorded)
+    contain a document in `owned` (sorted)?"""
+    if "doc_ids" in docs:
+        return np.array([np.isin(ids, owned).any() for ids in docs["doc_ids"]], dtype=bool)
     lo = np.searchsorted(owned, docs["first_doc"].to_numpy(), side="left")
     hi = np.searchsorted(owned, docs["last_doc"].to_numpy(), side="right")
     return hi > lo
@@ -85,7 +94,8 @@ def touches(docs: pd.DataFrame, owned: np.ndarray) -> np.ndarray:
 
 def touched_documents(docs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(sorted ids of every document the samples of `docs` touch, number of samples touching each)."""
-    ranges = [np.arange(a, b + 1) for a, b in zip(docs["first_doc"], docs["last_doc"])]
+    ranges = ([np.asarray(ids, dtype=np.int64) for ids in docs["doc_ids"]] if "doc_ids" in docs
+              else [np.arange(a, b + 1) for a, b in zip(docs["first_doc"], docs["last_doc"])])
     return np.unique(np.concatenate(ranges), return_counts=True) if ranges else (np.zeros(0, np.int64),) * 2
 
 
@@ -194,6 +204,8 @@ def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DE
     rows["context_loss"] = gens.set_index("seq_idx").loc[rows["seq_idx"], "context_loss"].to_numpy()
     docs = sample_documents(family, rows["seq_idx"].to_numpy())
     rows["first_doc"], rows["last_doc"] = docs["first_doc"].to_numpy(), docs["last_doc"].to_numpy()
+    if "doc_ids" in docs:
+        rows["doc_ids"] = docs["doc_ids"].to_numpy()
     data = IndexedDataset(family.data.prefix).batch(0, len(IndexedDataset(family.data.prefix)))
     tokens = np.asarray(data[rows["seq_idx"].to_numpy()][:, :k], dtype=np.int64)  # [n, k]
     return Dataset(model, revision, k, c, rows, tokens)
@@ -224,6 +236,8 @@ def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=D
     rows["label"] = score_classes(rows["score"], edges)
     docs = sample_documents(family, rows["seq_idx"].to_numpy())
     rows["first_doc"], rows["last_doc"] = docs["first_doc"].to_numpy(), docs["last_doc"].to_numpy()
+    if "doc_ids" in docs:
+        rows["doc_ids"] = docs["doc_ids"].to_numpy()
     rows["context_loss"] = surprisal[:, 1:k].mean(1)  # as the scorer's context loss, for the baselines
     rows["entropy_context"] = entropy[:, 1:k].mean(1)
     rows["entropy_continuation"] = entropy[:, k:].mean(1)

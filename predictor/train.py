@@ -32,8 +32,8 @@ from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import baseline_proba
 from predictor.data import (
     CLASSES, DEFAULT_EDGES, HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
-    context_tokens, fold_splits, hidden_dataset, hidden_features, scalar_features, split_by_document,
-    touches,
+    context_tokens, document_columns, fold_splits, hidden_dataset, hidden_features, scalar_features,
+    split_by_document, touches,
 )
 from predictor.metrics import classification_metrics, token_metrics
 from predictor.model import MemPredictor, MemPredictorEnsemble, PredictorConfig, loss_fn
@@ -216,7 +216,7 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
     labels, n, vocab = data.rows["label"].to_numpy(), len(data.rows), len(load_tokenizer(family))
     check_classes(labels, f"samples of {data.model}", MIN_TRAIN_PER_CLASS)  # before blaming the folds
     matches = data.rows["matches"].to_numpy()
-    splits = fold_splits(data.rows[["first_doc", "last_doc"]], folds, s.seed)
+    splits = fold_splits(data.rows[document_columns(data.rows)], folds, s.seed)
     # folds whose documents' samples all straddle into another fold test nothing
     splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in splits if len(test)]
     for i, (train, _) in enumerate(splits):  # every fold is checked before any is trained
@@ -328,7 +328,7 @@ def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: s
     check_predictor_out(Path(out))
     family = load_family(family_dir)
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
-    docs = data.rows[["first_doc", "last_doc"]]
+    docs = data.rows[document_columns(data.rows)]
     train, test, owned = split_by_document(docs, s.seed, s.test_size)
     train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
     labels = data.rows["label"].to_numpy()
@@ -373,7 +373,7 @@ def evaluate_predictor(model_dir: str | Path, scores=None, model: str | None = N
         raise MemdynError(f"model {model}'s inputs {tuple(data.inputs.shape[1:])} do not fit this predictor "
                           f"(trained on {config['target_model']}'s); hidden states of another width cannot transfer")
     owned = np.asarray(read_json(Path(model_dir) / "split.json")["train_documents"], dtype=np.int64)
-    docs = data.rows[["first_doc", "last_doc"]]
+    docs = data.rows[document_columns(data.rows)]
     test = np.flatnonzero(~touches(docs, owned))
     train = np.flatnonzero(touches(docs, owned))  # baselines: the same documents' labels of this model
     train = train[balance(data.rows["matches"].to_numpy()[train], config["train"]["max_per_class"], config["train"]["seed"])]
