@@ -11,9 +11,13 @@ Dataset totals extrapolate the members' mean to every training sample; bits per 
 that total by the target's parameter count. Membership inference (loss threshold) compares the
 target's loss on members with held-out samples no model of the family trained on.
 
-Reference models: `memdyn family references DIR` trains one per size on data without a seeded set
-of probe documents (family.json "references"; `memdyn run` does this in its capacity stage);
-`--reference PATH` uses another model instead, which must share the family's tokenizer.
+Reference models: `memdyn family references DIR` trains them (family.json "references"; `memdyn
+run` does this in its capacity stage). In the embedded world that is one model of the preset's
+reference shape trained for one pass on documents the world never uses, so it generalizes instead
+of overfitting a few documents; elsewhere one per size, trained without a seeded set of probe
+documents. `--reference PATH` uses another model instead, which must share the family's tokenizer.
+The table's share_reference_above_unigram is the share of members on which the reference needs
+more bits than the unigram baseline (a reference that generalizes keeps it low).
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ def text_capacity(family: FamilySpec, out: str | Path, models: str | None = None
             "train_samples": n_train, "tokens_per_param": n_train * (length - 1) / params,
             "mean_bits_baseline": baseline.mean(), "mean_bits_reference": bits_r.mean(), "mean_bits_target": bits_t.mean(),
             "unintended_bits_per_sample": unintended.mean(), "generalization_bits_per_sample": general.mean(),
+            # the reference should generalize: mostly below the unigram code length of the members
+            "share_reference_above_unigram": float((bits_r > baseline).mean()),
             "bits_memorized": unintended.mean() * n_train, "generalization_bits": general.mean() * n_train,
             "bits_per_param": unintended.mean() * n_train / params,
             "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc,
