@@ -145,6 +145,11 @@ def load_family(spec: str | Path, data: str | None = None) -> FamilySpec:
         if (path / "config.json").is_file():
             return explicit_family([spec], data)
         raise MemdynError(f"{path} is neither a memdyn family (no family.json) nor a model directory (no config.json)")
+    for part in spec.split(","):  # a path that does not exist is a typo, not a hub id
+        part = part.strip()
+        if part.startswith(("/", "./", "../", "~")) and not Path(part).expanduser().exists():
+            raise MemdynError(f"{part} does not exist: give a family directory (memdyn family train), a model directory, "
+                              f"{' or '.join(HUB_FAMILIES)}, or hub model ids")
     if "/" in spec or "," in spec:
         return explicit_family([s.strip() for s in spec.split(",") if s.strip()], data)
     raise MemdynError(
