@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from dynamics.cli import capacity, dynamics, family, membership, predictor, report, run, score
+from dynamics.cli import canaries, capacity, dynamics, family, membership, predictor, report, run, score
 from dynamics.cli.options import group
 from dynamics.errors import MemdynError
 
@@ -27,6 +27,7 @@ app.command("dynamics")(dynamics.dynamics)
 app.add_typer(predictor.app, name="predictor")
 app.add_typer(capacity.app, name="capacity")
 app.command()(membership.membership)
+app.command()(canaries.canaries)
 app.command("report")(report.report)
 app.command()(run.run)
 
