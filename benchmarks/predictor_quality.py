@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from dynamics.errors import MemdynError  # noqa: E402
 from dynamics.family.spec import load_family  # noqa: E402
 from dynamics.scoring.table import read_scores  # noqa: E402
-from predictor.data import MEMORIZED, parse_edges  # noqa: E402
+from dynamics.scoring.grid import MEMORIZED  # noqa: E402
+from predictor.data import parse_edges  # noqa: E402
 from predictor.train import TrainSettings, cross_validate  # noqa: E402
 
 

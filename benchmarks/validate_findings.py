@@ -32,7 +32,7 @@ from dynamics.corpus.megatron import IndexedDataset  # noqa: E402
 from dynamics.errors import MemdynError  # noqa: E402
 from dynamics.family.load import load_model  # noqa: E402
 from dynamics.report import findings as F  # noqa: E402
-from dynamics.workdir import Run  # noqa: E402
+from dynamics.workdir import Workdir  # noqa: E402
 from dynamics.scoring.kernel import score_batch  # noqa: E402
 
 MIN_MEMORIZED = 5  # memorized samples needed across a comparison before a trend counts
@@ -52,7 +52,7 @@ def verdict(values, rising: bool, support: int) -> tuple[str, str]:
     return "FAIL", "the opposite trend at the ends of the axis"
 
 
-def share_checks(run: Run) -> list[tuple[str, str, str, str]]:
+def share_checks(run: Workdir) -> list[tuple[str, str, str, str]]:
     k, c = run.cell
     t = F.shares(run.scores, run.params)
     out = []
@@ -70,7 +70,7 @@ def share_checks(run: Run) -> list[tuple[str, str, str, str]]:
 
 
 @torch.no_grad()
-def fixed_continuation_shares(run: Run, model: str) -> dict[int, float]:
+def fixed_continuation_shares(run: Workdir, model: str) -> dict[int, float]:
     """Memorized share at the main continuation length with the continuation fixed at the tokens
     after the largest context K and the context sample[K - k:K] for every context length k."""
     contexts, c = sorted(run.scores.context_len.unique()), run.cell[1]
@@ -88,7 +88,7 @@ def fixed_continuation_shares(run: Run, model: str) -> dict[int, float]:
     return shares
 
 
-def context_diagnostics(run: Run, checks) -> list[tuple[str, str, str, str]]:
+def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]:
     """For sizes failing the context trend: the same comparison with the continuation held fixed."""
     out = []
     for name, _, status, _ in checks:
@@ -106,7 +106,7 @@ def context_diagnostics(run: Run, checks) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def boundary_checks(run: Run) -> list[tuple[str, str, str, str]]:
+def boundary_checks(run: Workdir) -> list[tuple[str, str, str, str]]:
     j = F.jump_rows(run.dynamics_table("jumps"))
     out = []
     for model in run.sizes:
@@ -128,10 +128,10 @@ def boundary_checks(run: Run) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def capacity_checks(run: Run) -> list[tuple[str, str, str, str]]:
+def capacity_checks(run: Workdir) -> list[tuple[str, str, str, str]]:
     name = "bits memorized grow with model size"
     if run.capacity is None:
-        return [(name, "-", "NOT SHOWN", f"capacity stage not run: `memdyn capacity text --family {run.workdir / 'family'}`")]
+        return [(name, "-", "NOT SHOWN", f"capacity stage not run: `memdyn capacity text --family {run.root / 'family'}`")]
     cap = F.with_bits_per_param(run.capacity)
     nums = ", ".join(f"{r.model} {r.bits_memorized:.4g} bits ({r.bits_per_param:.3g}/param)" for r in cap.itertuples())
     d = np.diff(cap["bits_memorized"].to_numpy(dtype=float))
@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a check FAILs")
     args = parser.parse_args()
     try:
-        run = Run.open(args.workdir)
+        run = Workdir.open(args.workdir)
         checks = share_checks(run)
         checks += context_diagnostics(run, checks) + boundary_checks(run) + capacity_checks(run)
     except MemdynError as e:

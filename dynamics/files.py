@@ -126,36 +126,31 @@ def read_json(path: str | os.PathLike):
                           "rerun the command that wrote it") from None
 
 
-def upgrade_recorded_paths(settings_file: str | os.PathLike, fingerprints: dict[str, tuple[str, Callable[[str], str]]]) -> None:
-    """Settings written before memdyn recorded content fingerprints hold absolute paths (of the data,
-    of a scores directory). Where such a path still exists and its content has the fingerprint now
-    expected, record the fingerprint instead, so the directory's finished work is kept.
-    fingerprints: key -> (expected fingerprint, function from an old path to its fingerprint)."""
-    path = Path(settings_file)
-    if not path.is_file():
-        return
-    old = read_json(path)
-    new = dict(old)
-    for key, (expected, fingerprint) in fingerprints.items():
-        value = old.get(key)
-        if isinstance(value, str) and os.path.isabs(value):
-            try:
-                if fingerprint(value) == expected:
-                    new[key] = expected
-            except (MemdynError, OSError):
-                pass  # gone or unreadable: the settings check reports the difference
-    if new != old:
-        write_json(path, new)
+SETTINGS_FORMAT = 1  # raised whenever an output directory's format changes
+
+
+def settings_record(settings: dict) -> dict:
+    """What a settings file holds: the settings and the format version of the directory."""
+    return {"format": SETTINGS_FORMAT, **settings}
 
 
 def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -> None:
-    """An output directory belongs to one set of settings: refuse a directory written with other
-    settings, or one that holds something else, before any work starts."""
+    """An output directory belongs to one set of settings and one format version: refuse a directory
+    written with other settings or by another version, or one that holds something else, before
+    any work starts."""
     path = Path(out) / settings_file
     if path.is_file():
-        old = read_json(path)
-        if old != settings:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+        try:
+            old = read_json(path)
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise MemdynError(f"{path} is unreadable or truncated; remove {out} and rerun to recompute the {what}") from None
+        if not isinstance(old, dict) or old.get("format") != SETTINGS_FORMAT:
+            version = old.get("format", "none") if isinstance(old, dict) else "none"
+            raise MemdynError(f"{out} holds {what} in format {version}, not this memdyn's {SETTINGS_FORMAT}; "
+                              f"recompute them into another --out")
+        new = settings_record(settings)
+        if old != new:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
             raise MemdynError(f"{out} holds {what} computed with other settings ({diff}); use another --out")
     elif Path(out).exists() and any(p for p in Path(out).iterdir() if not p.name.startswith(".")):
         raise MemdynError(f"{out} is not empty and holds no memdyn {what}; choose another --out")

@@ -1,7 +1,17 @@
-"""A `memdyn run` work directory as the report reads it: each stage checked, its tables loaded once.
+"""One `memdyn run` work directory: where each stage writes (the pipeline), and its tables loaded
+once (the reports and notebooks).
 
-Every stage the pipeline writes is required; a missing one is named with the command that produces
-it. The capacity stage is optional (WORKDIR/capacity/text_capacity.parquet).
+    WORKDIR/run.json             preset and seed the directory belongs to
+    WORKDIR/family/              `memdyn family train` output
+    WORKDIR/scores/              final checkpoints of every size over the preset's grid
+    WORKDIR/scores_checkpoints/  every checkpoint of every size at the main cell
+    WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
+    WORKDIR/predictor/<size>-<mode>/  memorization predictors per size and input mode
+    WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class
+    WORKDIR/capacity/            unintended memorization in bits per size, membership inference
+
+Every stage the pipeline writes is required by the readers; a missing one is named with the
+command that produces it. The capacity stage is optional.
 """
 
 from __future__ import annotations
@@ -16,21 +26,20 @@ from dynamics.errors import MemdynError
 from dynamics.family.presets import get_preset
 from dynamics.family.spec import FamilySpec, load_family
 from dynamics.files import read_json
+from dynamics.scoring.grid import pick_cell
 
-CAPACITY_TABLE = "capacity/text_capacity.parquet"
-
-
-def _stages(w: Path, preset: str) -> list[tuple[str, Path, str]]:
+def _stages(w: "Workdir", preset: str) -> list[tuple[str, Path, str]]:
     """(stage, file that proves it finished, command that produces it)."""
     p = get_preset(preset)
     grid = f"--contexts {','.join(map(str, p.contexts))} --continuations {','.join(map(str, p.continuations))}"
+    rerun = f"memdyn run --workdir {w.root} --preset {preset}"
     return [
-        ("family", w / "family" / "family.json", f"memdyn family train --preset {preset} --out {w / 'family'}"),
-        ("scores", w / "scores" / "_settings.json", f"memdyn score --family {w / 'family'} --out {w / 'scores'} {grid}"),
-        ("scores_checkpoints", w / "scores_checkpoints" / "_settings.json", f"memdyn run --workdir {w} --preset {preset}"),
-        ("dynamics", w / "dynamics" / "tables" / "curves.parquet",
-         f"memdyn dynamics --family {w / 'family'} --scores {w / 'scores'} --out {w / 'dynamics'}"),
-        ("predictor", w / "predictor" / "skipped.json", f"memdyn run --workdir {w} --preset {preset}"),
+        ("family", w.family_dir / "family.json", f"memdyn family train --preset {preset} --out {w.family_dir}"),
+        ("scores", w.scores_dir / "_settings.json", f"memdyn score --family {w.family_dir} --out {w.scores_dir} {grid}"),
+        ("scores_checkpoints", w.checkpoints_dir / "_settings.json", rerun),
+        ("dynamics", w.dynamics_dir / "tables" / "curves.parquet",
+         f"memdyn dynamics --family {w.family_dir} --scores {w.scores_dir} --out {w.dynamics_dir}"),
+        ("predictor", w.predictor_root / "skipped.json", rerun),
     ]
 
 
@@ -43,7 +52,7 @@ def check_workdir(workdir: str | Path, preset: str | None = None) -> str:
     if preset is not None and run.get("preset") != preset:
         raise MemdynError(f"{w} holds a run of preset {run.get('preset')!r}, not {preset!r}; "
                           f"use --preset {run.get('preset')} or another --workdir")
-    for stage, proof, command in _stages(w, run["preset"]):
+    for stage, proof, command in _stages(Workdir(w), run["preset"]):
         if not proof.is_file():
             raise MemdynError(f"stage {stage} is missing in {w} (no {proof.relative_to(w)}); produce it with `{command}`")
     family_preset = read_json(w / "family" / "family.json").get("preset")
@@ -59,19 +68,36 @@ def _final(table: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass
-class Run:
-    """The tables of a finished work directory; each loaded on first use."""
+class Workdir:
+    """A work directory: its stages' locations, and (once opened finished) their tables, each
+    loaded on first use."""
 
-    workdir: Path
-    preset: str
+    root: Path
+    preset: str | None = None
+
+    def __post_init__(self):
+        self.root = Path(self.root)
 
     @classmethod
-    def open(cls, workdir: str | Path, preset: str | None = None) -> "Run":
+    def open(cls, workdir: str | Path, preset: str | None = None) -> "Workdir":
+        """A finished work directory, every stage checked."""
         return cls(Path(workdir), check_workdir(workdir, preset))
+
+    run_json = property(lambda self: self.root / "run.json")
+    family_dir = property(lambda self: self.root / "family")
+    scores_dir = property(lambda self: self.root / "scores")
+    checkpoints_dir = property(lambda self: self.root / "scores_checkpoints")
+    dynamics_dir = property(lambda self: self.root / "dynamics")
+    predictor_root = property(lambda self: self.root / "predictor")
+    capacity_dir = property(lambda self: self.root / "capacity")
+    capacity_table = property(lambda self: self.capacity_dir / "text_capacity.parquet")
+
+    def predictor_dir(self, size: str, mode: str) -> Path:
+        return self.predictor_root / f"{size}-{mode}"
 
     @cached_property
     def family(self) -> FamilySpec:
-        return load_family(self.workdir / "family")
+        return load_family(self.family_dir)
 
     @cached_property
     def sizes(self) -> list[str]:
@@ -87,39 +113,38 @@ class Run:
         """Final checkpoints over the grid."""
         from dynamics.scoring.table import read_scores
 
-        return _final(read_scores(self.workdir / "scores"))
+        return _final(read_scores(self.scores_dir))
 
     @cached_property
     def checkpoints(self) -> pd.DataFrame:
         from dynamics.scoring.table import read_scores
 
-        return read_scores(self.workdir / "scores_checkpoints")
+        return read_scores(self.checkpoints_dir)
 
     @cached_property
     def generations(self) -> pd.DataFrame:
         from dynamics.scoring.table import read_generations
 
-        return _final(read_generations(self.workdir / "scores"))
+        return _final(read_generations(self.scores_dir))
 
     @cached_property
     def cell(self) -> tuple[int, int]:
-        """The main (context, continuation) cell: nearest to the paper's 32 / 16, as the pipeline picks it."""
-        ks, cs = self.scores["context_len"].unique(), self.scores["continuation_len"].unique()
-        return int(min(ks, key=lambda v: abs(v - 32))), int(min(cs, key=lambda v: abs(v - 16)))
+        """The main (context, continuation) cell of the scores."""
+        return pick_cell(self.scores)
 
     def dynamics_table(self, name: str) -> pd.DataFrame:
-        path = self.workdir / "dynamics" / "tables" / f"{name}.parquet"
+        path = self.dynamics_dir / "tables" / f"{name}.parquet"
         return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
     def sequences(self, size: str) -> pd.DataFrame:
-        path = self.workdir / "dynamics" / size / "sequences.parquet"
+        path = self.dynamics_dir / size / "sequences.parquet"
         return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
     @cached_property
     def predictor(self) -> dict[str, dict]:
         """'<size>-<mode>' -> cv.json (cross-validated), else metrics.json (one split); skipped ones ->
         {'skipped': reason}."""
-        root = self.workdir / "predictor"
+        root = self.predictor_root
         out = {p.name: read_json(p / "cv.json") if (p / "cv.json").is_file() else read_json(p / "metrics.json")
                for p in sorted(root.iterdir()) if (p / "metrics.json").is_file()}
         out.update({name: {"skipped": why} for name, why in read_json(root / "skipped.json").items()})
@@ -128,8 +153,7 @@ class Run:
     @cached_property
     def capacity(self) -> pd.DataFrame | None:
         """The capacity stage's per-model table, or None when that stage has not run."""
-        path = self.workdir / CAPACITY_TABLE
-        return pd.read_parquet(path) if path.is_file() else None
+        return pd.read_parquet(self.capacity_table) if self.capacity_table.is_file() else None
 
     @cached_property
     def domains(self) -> pd.Series | None:

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from predictor.data import CLASSES
+from dynamics.scoring.grid import CLASSES
 
 
 def make_baselines(seed: int) -> dict:

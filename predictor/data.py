@@ -33,18 +33,15 @@ from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.scoring.table import read_generations, read_scores
-from dynamics.scoring.transitions import pick_cell
+from dynamics.scoring.grid import CLASS_EDGES, CLASSES, last_revisions, pick_cell, score_classes
 
-CLASSES = ("unmemorized", "partial", "memorized")
-MEMORIZED = 2
-DEFAULT_EDGES = (0.2, 1.0)
 MIN_TRAIN_PER_CLASS = 2  # fewer cannot teach a class; the test side needs at least 1 of each
 SPLIT_TRIES = 20  # candidate GroupShuffleSplit draws; the first leaving a non-empty test side wins
 
 
 def parse_edges(text: str | None) -> tuple[float, float]:
     if text is None:
-        return DEFAULT_EDGES
+        return CLASS_EDGES
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -52,12 +49,6 @@ def parse_edges(text: str | None) -> tuple[float, float]:
     if not 0 <= lo < hi <= 1:
         raise MemdynError(f"--edges needs 0 <= LO < HI <= 1, got {text!r}")
     return lo, hi
-
-
-def score_classes(scores, edges=DEFAULT_EDGES) -> np.ndarray:
-    """Class index per score: 0 unmemorized, 1 partial, 2 memorized (see the module docstring)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.where(s <= edges[0], 0, np.where(s >= edges[1] - 1e-9, 2, 1)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- documents and splits
@@ -185,14 +176,14 @@ def model_cell(table: pd.DataFrame, model: str, context: int | None, continuatio
     part = table[table["model"] == model]
     if part.empty:
         raise MemdynError(f"the scores hold no model {model!r} (models there: {', '.join(sorted(table['model'].unique()))})")
-    revision = part.sort_values("step")["revision"].iloc[-1]
+    revision = last_revisions(part)[model]
     part = part[part["revision"] == revision]
     k, c = pick_cell(part, context, continuation)
     cell = part[(part["context_len"] == k) & (part["continuation_len"] == c)]
     return cell.sort_values("seq_idx").reset_index(drop=True), revision, k, c
 
 
-def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DEFAULT_EDGES,
+def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=CLASS_EDGES,
                     context: int | None = None, continuation: int | None = None) -> Dataset:
     """Context tokens seq[0:k] from the family's training data, labels from the scores."""
     check_scores_family(family, Path(scores))
@@ -211,7 +202,7 @@ def context_dataset(family: FamilySpec, scores: str | Path, model: str, edges=DE
     return Dataset(model, revision, k, c, rows, tokens)
 
 
-def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=DEFAULT_EDGES) -> Dataset:
+def hidden_dataset(family: FamilySpec, dynamics: str | Path, model: str, edges=CLASS_EDGES) -> Dataset:
     """Last collected layer's hidden states + entropy and surprisal over context + greedy continuation,
     as `memdyn dynamics` collected them in its one pass over the fed tokens."""
     settings = read_settings(dynamics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from predictor.data import CLASSES, MEMORIZED
+from dynamics.scoring.grid import CLASSES, MEMORIZED
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:

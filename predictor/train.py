@@ -28,10 +28,11 @@ from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer, resolve_device
 from dynamics.family.spec import FamilySpec, load_family
 from dynamics.files import atomic_path, check_replaceable, read_json
+from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import baseline_proba
 from predictor.data import (
-    CLASSES, DEFAULT_EDGES, HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
+    HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
     context_tokens, document_columns, fold_splits, hidden_dataset, hidden_features, scalar_features,
     split_by_document, touches,
 )
@@ -62,7 +63,7 @@ def vocab_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
-def load_dataset(family: FamilySpec, mode: str, model: str, scores=None, dynamics=None, edges=DEFAULT_EDGES,
+def load_dataset(family: FamilySpec, mode: str, model: str, scores=None, dynamics=None, edges=CLASS_EDGES,
                  context=None, continuation=None) -> Dataset:
     if mode not in MODES:
         raise MemdynError(f"--input must be one of {', '.join(MODES)}, got {mode!r}")
@@ -319,7 +320,7 @@ def predictor_family(config: dict, family_dir: str | Path | None = None) -> Fami
 
 
 def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: str = "context", scores=None,
-                    dynamics=None, edges=DEFAULT_EDGES, context=None, continuation=None,
+                    dynamics=None, edges=CLASS_EDGES, context=None, continuation=None,
                     settings: TrainSettings | None = None, arch: dict | None = None, baselines: bool = True,
                     folds: int = 0) -> dict:
     """Train on the target model's labels, evaluate on the held-out documents, save to `out`; with
@@ -352,7 +353,7 @@ def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: s
 
 
 def cross_validate(family_dir: str | Path, model: str, mode: str = "context", scores=None, dynamics=None,
-                   edges=DEFAULT_EDGES, context=None, continuation=None, settings: TrainSettings | None = None,
+                   edges=CLASS_EDGES, context=None, continuation=None, settings: TrainSettings | None = None,
                    folds: int = 5, arch: dict | None = None, baselines: bool = True) -> dict:
     """Metrics of `folds`-fold cross-validation by document of predictors of `model` (nothing saved)."""
     family = load_family(family_dir)

@@ -150,8 +150,8 @@ def test_sweep_splits_across_two_processes(tmp_path):
 
 def test_bad_inputs():
     with pytest.raises(MemdynError, match="fp16"):
-        synthetic.check_dtype("fp16", torch.device("cpu"))
-    assert synthetic.check_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+        synthetic.resolve_dtype("fp16", torch.device("cpu"))
+    assert synthetic.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     huge = synthetic.SweepConfig(name="huge", vocab_size=50_000, seq_len=2048, models=((48, 8192),),
                                  data_fractions=(1.0,))
     with pytest.raises(MemdynError, match="GiB"):

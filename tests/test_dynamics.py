@@ -184,24 +184,6 @@ def test_moved_work_directory_resumes(dyn, micro_family, micro_scores, tmp_path)
     assert done and all(p.stat().st_mtime_ns == t for p, t in done.items())
 
 
-def test_dynamics_from_before_fingerprints_resume(dyn, micro_family, micro_scores, tmp_path):
-    """Settings holding absolute paths of the scores and data (memdyn before content fingerprints)
-    are upgraded where those paths hold the same content; nothing is collected again."""
-    import json
-    import shutil
-
-    shutil.copytree(dyn, tmp_path / "dyn", copy_function=shutil.copy2)
-    settings = tmp_path / "dyn" / "_settings.json"
-    new = json.loads(settings.read_text())
-    old = {**new, "scores": str(micro_scores.resolve()), "data": str((micro_family / "data" / "train").resolve())}
-    settings.write_text(json.dumps(old))
-    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "dyn").rglob("sequences.parquet")}
-    run_dynamics(load_family(micro_family), micro_scores, tmp_path / "dyn", use_umap=False, plots=False,
-                 n_resamples=100, progress=False, **ARGS)
-    assert json.loads(settings.read_text()) == new
-    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
-
-
 def test_analysis_tables(dyn):
     tables = {t: pd.read_parquet(dyn / "tables" / f"{t}.parquet") for t in TABLES}
     assert all((dyn / "tables" / f"{t}.csv").is_file() for t in TABLES)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dynamics.errors import MemdynError
-from predictor.data import balance, document_folds, fold_splits, owned_documents, score_classes, split_by_document, touches
+from dynamics.scoring.grid import score_classes
+from predictor.data import balance, document_folds, fold_splits, owned_documents, split_by_document, touches
 from predictor.metrics import classification_metrics, expected_calibration_error, token_metrics
 from predictor.model import MemPredictor, PredictorConfig
 

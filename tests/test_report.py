@@ -52,9 +52,9 @@ def test_captions_state_numbers(reports):
 
 def test_capacity_section_when_the_stage_ran(micro_workdir, tmp_path):
     from dynamics.report.build import capacity_section
-    from dynamics.workdir import Run
+    from dynamics.workdir import Workdir
 
-    run = Run.open(micro_workdir)
+    run = Workdir.open(micro_workdir)
     run.capacity = pd.DataFrame({"model": run.sizes, "params": [run.params[s] for s in run.sizes],
                                  "bits_memorized": [100.0, 400.0, 2000.0]})  # stands in for the capacity stage
     section = capacity_section(run)

@@ -16,7 +16,8 @@ from dynamics.family.spec import load_family
 from dynamics.scoring.table import read_generations, read_scores
 from dynamics.scoring import kernel as scoring
 from dynamics.scoring.kernel import NEAR_TIE, reference_scores, score_batch
-from dynamics.scoring.transitions import score_bins, summarize, transition_matrix
+from dynamics.scoring.grid import score_bins
+from dynamics.scoring.transitions import summarize, transition_matrix
 from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS, run_cli
 
 
@@ -152,9 +153,8 @@ def test_moved_work_directory_resumes(micro_family, tmp_path):
     assert len(done) == 2 and all(p.stat().st_mtime_ns == t for p, t in done.items())
 
 
-def test_scores_from_before_fingerprints_resume(micro_family, tmp_path):
-    """A scores directory whose settings hold the data's absolute path (memdyn before content
-    fingerprints) resumes when that path holds the same data, and its settings are upgraded."""
+def test_scores_of_another_format_are_refused(micro_family, tmp_path):
+    """A scores directory written by another format version (or before versions) is refused, not mixed."""
     import json
 
     args = ["score", "--family", micro_family, "--out", tmp_path / "s", "--models", load_family(micro_family).sizes[0].name,
@@ -162,14 +162,11 @@ def test_scores_from_before_fingerprints_resume(micro_family, tmp_path):
     code, _, err = run_cli(*args)
     assert code == 0, err
     settings = tmp_path / "s" / "_settings.json"
-    fingerprint = json.loads(settings.read_text())["data"]
-    old_style = str((micro_family / "data" / "train").resolve())
-    settings.write_text(json.dumps({**json.loads(settings.read_text()), "data": old_style}))
-    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("part-*.parquet")}
+    recorded = json.loads(settings.read_text())
+    assert recorded["format"] == 1
+    settings.write_text(json.dumps({k: v for k, v in recorded.items() if k != "format"}))
     code, _, err = run_cli(*args)
-    assert code == 0, err
-    assert json.loads(settings.read_text())["data"] == fingerprint
-    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+    assert code == 2 and "format none" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])

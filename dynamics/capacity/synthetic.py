@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from dynamics.capacity.bits import model_token_logprobs, nll_bits, sequence_entropy_bits, token_logprobs
 from dynamics.capacity.membership import loss_threshold_attack
 from dynamics.errors import MemdynError
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.family.load import resolve_dtype
+from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -203,19 +204,6 @@ def detect_plateau(values, window: int, rel_tol: float) -> bool:
 # resources
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise MemdynError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
-    if dtype == "fp16" and device.type == "cpu":
-        raise MemdynError("fp16 training is not supported on CPU; use --dtype fp32 or --dtype bf16")
-    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise MemdynError("this GPU does not support bf16; use --dtype fp32")
-    return DTYPES[dtype]
-
-
 def estimate_bytes(cfg: SweepConfig, job: Job, dtype: torch.dtype) -> int:
     """Rough peak training memory: weights + grads + Adam moments + activations of one batch.
 
@@ -320,7 +308,7 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
 def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.device,
             progress=None) -> dict:
     """Train one (model, N) to saturation; measure memorized bits and membership inference."""
-    torch_dtype = check_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
     H = cfg.bits_per_sample()
     data = random_tokens(job.n_samples, cfg.seq_len, cfg.vocab_size,
                          derive_seed(seed, 1, cfg.vocab_size, cfg.seq_len, job.n_samples)).to(device)
@@ -471,17 +459,15 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, seed: int = 0, dtype
     device = state.device
     if threads:
         torch.set_num_threads(threads)
-    check_dtype(dtype, device)
+    resolve_dtype(dtype, device)
     jobs = cfg.jobs()
-    check_memory(cfg, jobs, DTYPES[dtype], device)
+    check_memory(cfg, jobs, resolve_dtype(dtype, device), device)
     settings = json.loads(json.dumps(dict(config=dataclasses.asdict(cfg), seed=seed, dtype=dtype)))
-    if (out_dir / "config.json").exists() and read_json(out_dir / "config.json") != settings:
-        raise MemdynError(f"{out_dir} holds a sweep run with other settings (preset, seed or dtype); "
-                          f"resume it with the same ones or use a new --out")
+    check_output_dir(out_dir, "config.json", settings, "capacity sweep")
     state.wait_for_everyone()  # everyone has read config.json before rank 0 writes it
     if state.is_main_process:
         (out_dir / "runs").mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", settings)
+        write_json(out_dir / "config.json", settings_record(settings))
     state.wait_for_everyone()
 
     mine = jobs[state.process_index::state.num_processes]

@@ -20,7 +20,7 @@ def dynamics(
     continuation: Optional[int] = typer.Option(None, help="Continuation length c (default 16 if scored, else the smallest)."),
     data: Optional[str] = typer.Option(None, help="Megatron prefix of the training samples (default: the family's)."),
     ngram_index: Optional[Path] = typer.Option(None, help="N-gram index directory (default: <data>.ngrams/, built if missing)."),
-    batch_size: int = typer.Option(32, help="Sequences per forward pass."),
+    batch_size: int = BATCH_SIZE,
     hidden_dtype: str = typer.Option("float16", help="Storage type of hidden states: float16 or float32."),
     jump_window: int = typer.Option(4, help="Context positions m averaged before the boundary in jump statistics."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),

@@ -22,27 +22,28 @@ def score(
     sample: Optional[int] = typer.Option(None, help="Score N samples drawn at random (with --seed)."),
     batch_size: int = BATCH_SIZE,
     chunk_size: int = typer.Option(256, help="Samples per resumable chunk."),
+    schemes: str = typer.Option("t1,k40,p0.9,t0.7k40", help="Sampling schemes of the extraction columns (p_z), comma-separated: "
+                                "t<temperature>, k<top-k>, p<top-p> or combinations in that order ('' for none)."),
+    approx_bleu: float = typer.Option(0.75, help="BLEU-4 from which a greedy generation counts as approximately memorized."),
     dtype: str = DTYPE,
     device: str = DEVICE,
     seed: int = SEED,
 ):
     """Memorization scores over the context x continuation grid. Resumable; splits across
     processes under `accelerate launch`."""
+    from dynamics.cli.parse import int_list, name_list, sample_range
     from dynamics.family.spec import load_family
-    from dynamics.scoring.table import make_settings, parse_int_list, run_scoring
+    from dynamics.scoring.extraction import parse_schemes
+    from dynamics.scoring.table import score as score_family
 
-    fam = load_family(family, data)
-    prefix = data or (fam.data.prefix if fam.data else None)
-    if not prefix:
-        raise MemdynError(f"family {family!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
-    settings = make_settings(
-        fam, prefix, parse_int_list(contexts, "contexts"), parse_int_list(continuations, "continuations"),
-        samples, sample, seed, dtype, chunk_size, batch_size,
+    revs = name_list(revisions)
+    score_family(
+        load_family(family, data), out, contexts=int_list(contexts, "--contexts"),
+        continuations=int_list(continuations, "--continuations"), models=name_list(models),
+        revisions="all" if revs == ["all"] else revs, data=data, samples=sample_range(samples), sample=sample,
+        seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, schemes=parse_schemes(schemes),
+        approx_bleu=approx_bleu, device=device,
     )
-    revs = [r.strip() for r in revisions.split(",")] if revisions else None
-    if revs == ["all"]:
-        revs = sorted({r for s in fam.select(models) for r in s.revisions}, key=lambda r: int(r[4:]))
-    run_scoring(fam, out, settings, prefix, models, revs, device=device)
     print(f"scores written to {out}")
 
 

@@ -41,6 +41,11 @@ def revision_step(revision: str) -> int:
     return int(revision[4:])
 
 
+def sort_revisions(revisions) -> list[str]:
+    """Revision names in training order (step0, step1, ..., step1000)."""
+    return sorted(revisions, key=revision_step)
+
+
 def revision_name(step: int) -> str:
     _check("step", step)
     return f"step{step}"

@@ -23,8 +23,9 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from dynamics.scoring.grid import CLASSES
+
 METRICS = ("entropy_nats", *(f"orig_n{n}" for n in range(1, 6)), *(f"gen_n{n}" for n in range(1, 6)))
-CLASSES = ("unmemorized", "partial", "memorized")
 
 
 def bootstrap_ci(values: np.ndarray, seed, n_resamples: int = 1000, confidence: float = 0.95):

@@ -59,11 +59,11 @@ from dynamics.decoding.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, read_json, upgrade_recorded_paths, write_json
+from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
 from dynamics.scoring.table import SETTINGS as SCORE_SETTINGS
 from dynamics.scoring.table import read_generations, read_scores
-from dynamics.scoring.transitions import pick_cell
+from dynamics.scoring.grid import last_revisions, pick_cell
 
 SETTINGS = "_settings.json"
 NGRAM_ORDERS = (1, 2, 3, 4, 5)
@@ -155,8 +155,6 @@ def open_ngram_index(prefix: str, index_dir: str | Path | None):
 
 
 def check_out(out: Path, settings: DynamicsSettings) -> None:
-    upgrade_recorded_paths(out / SETTINGS, {"data": (settings.data, lambda p: IndexedDataset(p).fingerprint()),
-                                            "scores": (settings.scores, lambda p: scores_fingerprint(Path(p)))})
     check_output_dir(out, SETTINGS, asdict(settings), "dynamics")
 
 
@@ -270,7 +268,7 @@ def run_collection(
     k, c = pick_cell(table, context, continuation)
     if k + c > ds.fixed_length():
         raise MemdynError(f"context {k} + continuation {c} is longer than the samples in {ds.bin_path}")
-    last = table.sort_values("step").groupby("model")["revision"].last()  # each model's last revision
+    last = last_revisions(table)
     family.select(list(last.index))  # every scored model must belong to the family
     revisions = {s.name: last[s.name] for s in family.sizes if s.name in last.index}  # in family order
     layer_spec = parse_layers(layers)
@@ -283,7 +281,7 @@ def run_collection(
     )
     check_out(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / SETTINGS, asdict(settings))
+    write_json(out / SETTINGS, settings_record(asdict(settings)))
 
     gens = read_generations(scores)
     domains = sample_domains(prefix)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dynamics.decoding.boundary import CLASSES
+from dynamics.scoring.grid import CLASSES
 from dynamics.files import atomic_path
 
 CLASS_COLORS = {"unmemorized": "tab:blue", "partial": "tab:orange", "memorized": "tab:red", "random": "tab:gray"}

@@ -11,19 +11,19 @@ from dynamics.decoding import plots
 from dynamics.report import findings as F
 from dynamics.report.document import Document, Figure, Samples, Section, Table, Text
 from dynamics.report.figures import plot_bars, plot_distribution, plot_matrix, plot_share_lines
-from dynamics.workdir import Run
+from dynamics.workdir import Workdir
 from dynamics.scoring.transitions import level_counts
 
 N_SAMPLES = 5  # most and least memorized samples shown per size
 CAPACITY_MISSING = "capacity stage not run: `memdyn capacity text --family {family}`"
 
 
-def capacity_section(run: Run, model: str | None = None) -> Section:
+def capacity_section(run: Workdir, model: str | None = None) -> Section:
     """Bits memorized and bits per parameter by size (all sizes, or one), or why there are none."""
     section = Section("Capacity: bits memorized")
     cap = run.capacity
     if cap is None:
-        section.blocks.append(Text(CAPACITY_MISSING.format(family=run.workdir / "family")))
+        section.blocks.append(Text(CAPACITY_MISSING.format(family=run.root / "family")))
         return section
     cap = F.with_bits_per_param(cap)
     if model is None:
@@ -35,7 +35,7 @@ def capacity_section(run: Run, model: str | None = None) -> Section:
     return section
 
 
-def predictor_section(run: Run, model: str | None = None) -> Section:
+def predictor_section(run: Workdir, model: str | None = None) -> Section:
     t = F.predictor_table(run.predictor, run.sizes)
     if model is not None and len(t):
         t = t[t["size"] == model].reset_index(drop=True)
@@ -47,7 +47,7 @@ def predictor_section(run: Run, model: str | None = None) -> Section:
     return section
 
 
-def family_report(run: Run) -> Document:
+def family_report(run: Workdir) -> Document:
     k, c = run.cell
     t = F.shares(run.scores, run.params)
     main = F.at(t, context_len=k, continuation_len=c)
@@ -81,7 +81,7 @@ def family_report(run: Run) -> Document:
     )
 
 
-def boundary_section(run: Run, model: str | None = None) -> Section:
+def boundary_section(run: Workdir, model: str | None = None) -> Section:
     curves, jumps = run.dynamics_table("curves"), run.dynamics_table("jumps")
     if model is not None:
         curves, jumps = curves[curves["model"] == model], jumps[jumps["model"] == model]
@@ -100,7 +100,7 @@ def boundary_section(run: Run, model: str | None = None) -> Section:
     return section
 
 
-def embedding_section(run: Run, model: str) -> Section:
+def embedding_section(run: Workdir, model: str) -> Section:
     section = Section("Hidden-state embeddings")
     proj = run.dynamics_table("projections")
     proj = proj[proj["model"] == model] if len(proj) else proj
@@ -117,7 +117,7 @@ def embedding_section(run: Run, model: str) -> Section:
     return section
 
 
-def decode_samples(run: Run, model: str, seq_idx: np.ndarray, k: int, c: int) -> pd.DataFrame:
+def decode_samples(run: Workdir, model: str, seq_idx: np.ndarray, k: int, c: int) -> pd.DataFrame:
     """Context, true continuation and greedy continuation as text, with duplicate counts and domains."""
     from dynamics.decoding.collect import open_ngram_index
     from dynamics.corpus.megatron import IndexedDataset
@@ -147,7 +147,7 @@ def decode_samples(run: Run, model: str, seq_idx: np.ndarray, k: int, c: int) ->
     })
 
 
-def samples_section(run: Run, model: str) -> Section:
+def samples_section(run: Workdir, model: str) -> Section:
     k, c = run.cell
     cell = F.at(run.scores, model=model, context_len=k, continuation_len=c)
     gens = F.at(run.generations, model=model, context_len=k).set_index("seq_idx")["loss"]
@@ -167,7 +167,7 @@ def samples_section(run: Run, model: str) -> Section:
     return section
 
 
-def size_report(run: Run, model: str) -> Document:
+def size_report(run: Workdir, model: str) -> Document:
     k, c = run.cell
     t = F.shares(run.scores, run.params)
     levels = F.at(level_counts(run.scores), model=model, context_len=k, continuation_len=c)
@@ -192,7 +192,7 @@ def write_reports(workdir: str | Path, out: str | Path, preset: str | None = Non
     from dynamics.report.html import write_html
     from dynamics.report.markdown import write_markdown
 
-    run = Run.open(workdir, preset)
+    run = Workdir.open(workdir, preset)
     root = Path(out) / run.family.name
     written = []
     for doc, where, stem in [(family_report(run), root, "index"),

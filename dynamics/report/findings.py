@@ -1,6 +1,6 @@
 """Numbers behind the report and the sentences that state them (every caption is computed here).
 
-Each function takes tables (from workdir.Run) and returns (table or value, caption). Shares are
+Each function takes tables (from workdir.Workdir) and returns (table or value, caption). Shares are
 of samples with score 1 ("memorized", k-extractable), as in REFERENCE.md section 1.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dynamics.scoring.transitions import DEFAULT_EDGES, bin_labels, summarize, transition_matrix
+from dynamics.scoring.grid import BIN_EDGES, bin_labels
+from dynamics.scoring.transitions import summarize, transition_matrix
 
 
 def pct(x: float) -> str:
@@ -72,7 +73,7 @@ def share_by_axis(t: pd.DataFrame, axis: str, fixed: str, value: int) -> str:
 def transitions(table: pd.DataFrame, src: str, dst: str, k: int, c: int) -> tuple[pd.DataFrame, str]:
     """Row-normalised bin crosstab src -> dst and what its diagonal says."""
     m = transition_matrix(table, src, dst, context=k, continuation=c)
-    labels = bin_labels(DEFAULT_EDGES)
+    labels = bin_labels(BIN_EDGES)
     diag = [m.loc[label, label] for label in labels]
     filled = [label for label in labels if m.loc[label, "n"] > 0]
     top, bottom = filled[-1], filled[0]  # the highest and lowest bins that hold samples

@@ -18,7 +18,6 @@ takes every world_size-th chunk; a chunk's result does not depend on which proce
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,15 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.corpus.megatron import IndexedDataset
-from dynamics.corpus.steps import revision_step
+from dynamics.corpus.steps import revision_step, sort_revisions
 from dynamics.errors import MemdynError, note
 from dynamics.family.load import check_data_vocab, load_model, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
 from dynamics.lock import locks_output
 from dynamics.files import read_json
-from dynamics.files import atomic_path, check_output_dir, upgrade_recorded_paths, write_json
+from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
+from dynamics.scoring.extraction import DEFAULT_SCHEMES, Scheme, cell_logprobs, extraction_columns, parse_schemes, scheme_from_name
 from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
+from dynamics.scoring.near import APPROX_BLEU, near_verbatim
 
 SETTINGS = "_settings.json"
 GENERATIONS = "_generations"
@@ -59,16 +60,8 @@ class ScoreSettings:
     dtype: str
     chunk_size: int
     batch_size: int
-
-
-def parse_int_list(text: str, name: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise MemdynError(f"--{name} must be comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise MemdynError(f"--{name} must be positive integers, got {text!r}")
-    return values
+    schemes: list[str]  # sampling schemes of the extraction columns (dynamics.scoring.extraction)
+    approx_bleu: float  # BLEU-4 from which a cell counts as approximately memorized (dynamics.scoring.near)
 
 
 def sample_indices(settings: ScoreSettings) -> np.ndarray:
@@ -79,12 +72,19 @@ def sample_indices(settings: ScoreSettings) -> np.ndarray:
 
 
 def make_settings(
-    family: FamilySpec, data: str, contexts: list[int], continuations: list[int], samples: str | None,
-    sample: int | None, seed: int, dtype: str, chunk_size: int, batch_size: int,
+    family: FamilySpec, *, data: str, contexts: list[int], continuations: list[int],
+    samples: tuple[int, int | None] | None = None, sample: int | None = None, seed: int = 0, dtype: str = "fp32",
+    chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None, approx_bleu: float = APPROX_BLEU,
 ) -> ScoreSettings:
-    """Validate everything that can be checked before any model is loaded."""
+    """Validate everything that can be checked before any model is loaded.
+    samples: a (start, stop) range of samples in training order (stop None: to the end);
+    sample: score this many samples drawn with the seed instead; schemes: the sampling schemes of
+    the extraction columns (default DEFAULT_SCHEMES; [] for none)."""
     ds = IndexedDataset(data)
     length = ds.fixed_length()
+    if not contexts or not continuations or min(contexts) < 1 or min(continuations) < 1:
+        raise MemdynError(f"contexts and continuations must be non-empty lists of integers >= 1, got {contexts} and {continuations}")
+    contexts, continuations = sorted(set(contexts)), sorted(set(continuations))
     worst = max(contexts) + max(continuations)
     if worst > length:
         raise MemdynError(
@@ -98,30 +98,28 @@ def make_settings(
             raise MemdynError(f"--sample must be between 1 and the {len(ds)} samples in {ds.bin_path}, got {sample}")
         mode, spec = "random", [sample]
     else:
-        start, stop = 0, len(ds)
-        if samples is not None:
-            m = re.fullmatch(r"(\d*):(\d*)", samples.strip())
-            if not m:
-                raise MemdynError(f"--samples must look like START:END (e.g. 0:1000), got {samples!r}")
-            start = int(m[1]) if m[1] else 0
-            stop = min(int(m[2]), len(ds)) if m[2] else len(ds)
-            if m[2] and int(m[2]) > len(ds) > start:
-                note(f"--samples {samples} runs past the {len(ds)} samples of the data; clamped to {len(ds) - start} samples ({start}:{len(ds)})")
+        start, stop = samples if samples is not None else (0, None)
+        if stop is not None and stop > len(ds) > start:
+            note(f"--samples {start}:{stop} runs past the {len(ds)} samples of the data; clamped to {len(ds) - start} samples ({start}:{len(ds)})")
+        stop = len(ds) if stop is None else min(stop, len(ds))
         if stop <= start:
-            raise MemdynError(f"--samples {samples} selects no samples (the data has {len(ds)})")
+            raise MemdynError(f"--samples {start}:{stop} selects no samples (the data has {len(ds)})")
         mode, spec = "range", [start, stop]
     if chunk_size < 1 or batch_size < 1:
         raise MemdynError("--chunk-size and --batch-size must be >= 1")
+    if not 0 < approx_bleu <= 1:
+        raise MemdynError(f"--approx-bleu must be a BLEU-4 value in (0, 1], got {approx_bleu:g}")
+    schemes = parse_schemes(DEFAULT_SCHEMES) if schemes is None else schemes
     return ScoreSettings(
         family=family.name, corpus_hash=family.corpus.get("hash"), data=ds.fingerprint(),
         n_data=len(ds), contexts=contexts, continuations=continuations, samples=spec, sample_mode=mode,
         seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+        schemes=[sc.name for sc in schemes], approx_bleu=float(approx_bleu),
     )
 
 
 def check_settings(out: Path, settings: ScoreSettings) -> None:
     """A scores directory belongs to one set of settings: refuse to mix, before any work."""
-    upgrade_recorded_paths(out / SETTINGS, {"data": (settings.data, lambda p: IndexedDataset(p).fingerprint())})
     check_output_dir(out, SETTINGS, asdict(settings), "scores")
 
 
@@ -131,29 +129,40 @@ def _chunk_name(model: str, revision: str, chunk: int) -> str:
 
 def score_chunk(model, model_name: str, revision: str, tokens: np.ndarray, seq_idx: np.ndarray, s: ScoreSettings, device):
     """Score one chunk; returns (scores table, generations table)."""
-    C = max(s.continuations)
-    score_rows, gen_rows = [], []
-    for start in range(0, len(tokens), s.batch_size):
-        x = torch.from_numpy(tokens[start : start + s.batch_size].astype(np.int64)).to(device)
-        r = score_batch(model, x, s.contexts, C)
-        idx = seq_idx[start : start + s.batch_size]
-        true = np.stack([x[:, k : k + C].cpu().numpy() for k in s.contexts], 1)  # [B, K, C]
-        for c, (matches, prefix) in cell_scores(r.generated, true, s.continuations).items():
-            for j, k in enumerate(s.contexts):
-                score_rows.append(pd.DataFrame({
-                    "seq_idx": idx, "context_len": np.int16(k), "continuation_len": np.int16(c),
-                    "score": (matches[:, j] / c).astype(np.float32), "matches": matches[:, j].astype(np.int16),
-                    "prefix_len": prefix[:, j].astype(np.int16), "near_tie": r.min_gap[:, j] < NEAR_TIE,
-                }))
-        for j, k in enumerate(s.contexts):
-            gen_rows.append(pd.DataFrame({
-                "seq_idx": idx, "context_len": np.int16(k), "generated": list(r.generated[:, j].astype(np.int32)),
-                "loss": r.loss[:, j], "context_loss": r.context_loss[:, j], "min_gap": r.min_gap[:, j],
-            }))
+    C, K, n = max(s.continuations), len(s.contexts), len(tokens)
+    schemes = [scheme_from_name(name) for name in s.schemes]
+    parts = [score_batch(model, torch.from_numpy(tokens[a : a + s.batch_size].astype(np.int64)).to(device), s.contexts, C, schemes)
+             for a in range(0, n, s.batch_size)]
+    gen = np.concatenate([r.generated for r in parts])  # [n, K, C]
+    true = np.stack([tokens[:, k : k + C] for k in s.contexts], 1).astype(np.int64)  # [n, K, C]
+    min_gap = np.concatenate([r.min_gap for r in parts])
+    # per (sample, context) once, every continuation length by prefix: extraction probabilities by
+    # prefix sums, near-verbatim measures from the one greedy generation
+    logp = np.concatenate([r.logp for r in parts], 1) if schemes else None  # [S, n, K, C]
+    cum = cell_logprobs(logp, s.continuations) if schemes else {}
+    near = near_verbatim(gen.reshape(n * K, C), true.reshape(n * K, C), s.continuations, s.approx_bleu)
+    score_rows = []
+    for c, (matches, prefix) in cell_scores(gen, true, s.continuations).items():
+        cols = {
+            "seq_idx": np.repeat(seq_idx, K), "context_len": np.tile(np.int16(s.contexts), n), "continuation_len": np.int16(c),
+            "score": (matches / c).astype(np.float32).reshape(-1), "matches": matches.astype(np.int16).reshape(-1),
+            "prefix_len": prefix.astype(np.int16).reshape(-1), "near_tie": (min_gap < NEAR_TIE).reshape(-1),
+        }
+        if schemes:
+            cols.update(extraction_columns(schemes, cum[c].reshape(len(schemes), n * K)))
+        score_rows.append(pd.DataFrame({**cols, **near[c]}))
+    gen_cols = {
+        "seq_idx": np.repeat(seq_idx, K), "context_len": np.tile(np.int16(s.contexts), n),
+        "generated": list(gen.reshape(n * K, C).astype(np.int32)),
+        "loss": np.concatenate([r.loss for r in parts]).reshape(-1),
+        "context_loss": np.concatenate([r.context_loss for r in parts]).reshape(-1), "min_gap": min_gap.reshape(-1),
+    }
+    for i, scheme in enumerate(schemes):  # per continuation position; NaN after the cell's first -inf
+        gen_cols[f"logp_{scheme.name}"] = list(logp[i].reshape(n * K, C))
     head = {"model": model_name, "revision": revision, "step": revision_step(revision) if revision.startswith("step") else -1}
     keys = ["seq_idx", "context_len", "continuation_len"]
     scores = pd.concat(score_rows, ignore_index=True).sort_values(keys, kind="stable").reset_index(drop=True)
-    gens = pd.concat(gen_rows, ignore_index=True).sort_values(keys[:2], kind="stable").reset_index(drop=True)
+    gens = pd.DataFrame(gen_cols).sort_values(keys[:2], kind="stable").reset_index(drop=True)
     for table in (scores, gens):
         for i, (col, value) in enumerate(head.items()):
             table.insert(i, col, value)
@@ -177,7 +186,7 @@ def start_output(state, out: Path, settings_file: str, settings: dict, subdirs: 
         out.mkdir(parents=True, exist_ok=True)
         for sub in subdirs:
             (out / sub).mkdir(parents=True, exist_ok=True)
-        write_json(out / settings_file, settings)
+        write_json(out / settings_file, settings_record(settings))
     state.wait_for_everyone()
 
 
@@ -245,6 +254,28 @@ def run_scoring(
         manifest.record_part(out, FIRST_MEMORIZED, len(table))
     state.wait_for_everyone()
     return out
+
+
+def score(
+    family: FamilySpec, out: str | Path, *, contexts: list[int], continuations: list[int],
+    models: list[str] | None = None, revisions: list[str] | str | None = None, data: str | None = None,
+    samples: tuple[int, int | None] | None = None, sample: int | None = None, seed: int = 0, dtype: str = "fp32",
+    chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None, approx_bleu: float = APPROX_BLEU,
+    device: str | None = "auto", progress: bool = True,
+) -> Path:
+    """Memorization scores of `family` over the contexts x continuations grid, into the scores
+    directory `out` (created, or resumed). models: size names (default all); revisions: checkpoint
+    names (default each size's last), or "all"; data: a Megatron prefix (default the family's
+    training data); samples / sample: see `make_settings`."""
+    prefix = data or (family.data.prefix if family.data else None)
+    if not prefix:
+        raise MemdynError(f"family {family.name!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
+    settings = make_settings(family, data=prefix, contexts=contexts, continuations=continuations, samples=samples,
+                             sample=sample, seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+                             schemes=schemes, approx_bleu=approx_bleu)
+    if revisions == "all":
+        revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
+    return run_scoring(family, out, settings, prefix, models, revisions, device=device, progress=progress)
 
 
 def read_scores(scores: str | Path) -> pd.DataFrame:

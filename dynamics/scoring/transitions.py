@@ -1,7 +1,7 @@
 """How samples move between memorization levels, and the paper's count tables.
 
-Scores take the values i/c; the paper bins them in five levels (<=0.2, <=0.4, <=0.6, <=0.8, >0.8)
-and follows each sample from one model (or checkpoint) to another.
+The paper bins scores in five levels (dynamics.scoring.grid) and follows each sample from one
+model (or checkpoint) to another.
 """
 
 from __future__ import annotations
@@ -10,19 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dynamics.errors import MemdynError
-
-DEFAULT_EDGES = (0.2, 0.4, 0.6, 0.8)
-
-
-def bin_labels(edges) -> list[str]:
-    bounds = [0.0, *edges, 1.0]
-    return [f"<={hi:g}" if i < len(edges) else f">{bounds[i]:g}" for i, hi in enumerate(bounds[1:])]
-
-
-def score_bins(scores: pd.Series | np.ndarray, edges=DEFAULT_EDGES) -> np.ndarray:
-    """Bin index per score: bin i holds edges[i-1] < score <= edges[i]."""
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(scores, dtype=np.float64), side="left")
-
+from dynamics.scoring.grid import BIN_EDGES, bin_labels, last_revisions, pick_cell, score_bins
 
 def _select(table: pd.DataFrame, ref: str) -> pd.DataFrame:
     """'MODEL' (its last revision in the table) or 'MODEL@REVISION'."""
@@ -31,24 +19,14 @@ def _select(table: pd.DataFrame, ref: str) -> pd.DataFrame:
     if part.empty:
         raise MemdynError(f"no scores for model {model!r} (models in the table: {', '.join(sorted(table['model'].unique()))})")
     if not revision:
-        revision = part.sort_values("step")["revision"].iloc[-1]
+        revision = last_revisions(part)[model]
     part = part[part["revision"] == revision]
     if part.empty:
         raise MemdynError(f"no scores for {model}@{revision} (revisions: {', '.join(sorted(table.loc[table['model'] == model, 'revision'].unique()))})")
     return part
 
 
-def pick_cell(table: pd.DataFrame, context: int | None, continuation: int | None) -> tuple[int, int]:
-    """The (context, continuation) cell to use: as asked, else the paper's 32/16 if present, else the smallest."""
-    ks, cs = sorted(table["context_len"].unique()), sorted(table["continuation_len"].unique())
-    k = context if context is not None else (32 if 32 in ks else ks[0])
-    c = continuation if continuation is not None else (16 if 16 in cs else cs[0])
-    if k not in ks or c not in cs:
-        raise MemdynError(f"no scores for context {k} / continuation {c} (contexts {ks}, continuations {cs})")
-    return int(k), int(c)
-
-
-def transition_matrix(table: pd.DataFrame, src: str, dst: str, edges=DEFAULT_EDGES, context: int | None = None,
+def transition_matrix(table: pd.DataFrame, src: str, dst: str, edges=BIN_EDGES, context: int | None = None,
                       continuation: int | None = None) -> pd.DataFrame:
     """Row-normalised crosstab of score bins for the same samples under `src` and `dst`."""
     k, c = pick_cell(table, context, continuation)
@@ -68,16 +46,36 @@ def transition_matrix(table: pd.DataFrame, src: str, dst: str, edges=DEFAULT_EDG
     return out
 
 
+DISCOVERY_DRAWS = (1, 10, 100, 1000)  # the n of the (n, 0.5)-discoverable shares
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Counts and shares of each score level per (model, revision, context, continuation); plus
-    the paper's headline columns: memorized (score 1) and unmemorized (score 0)."""
+    the paper's headline columns: memorized (score 1) and unmemorized (score 0). Where the table
+    has them, beyond greedy: per sampling scheme s, disc_n<N>_<s> = share of samples that are
+    (N, 0.5)-discoverable (n50_<s> <= N: N draws reproduce the continuation with probability >= 0.5)
+    for N in DISCOVERY_DRAWS; and approx_memorized_share (BLEU-4 >= the threshold), mean_bleu4,
+    mean_edit_distance."""
     keys = ["model", "step", "revision", "context_len", "continuation_len"]
-    g = table.groupby(keys, sort=True)["score"]
-    out = g.agg(n="count", mean_score="mean").reset_index()
-    out["memorized"] = g.apply(lambda s: int((s >= 1.0).sum())).values
-    out["memorized_share"] = out["memorized"] / out["n"]
-    out["unmemorized_share"] = g.apply(lambda s: float((s <= 0.0).mean())).values
+    t = table.assign(memorized=table["score"] >= 1.0, unmemorized_share=table["score"] <= 0.0)
+    measures = {"n": ("score", "count"), "mean_score": ("score", "mean"), "memorized": ("memorized", "sum"),
+                "unmemorized_share": ("unmemorized_share", "mean")}
+    for scheme in extraction_schemes(table):
+        for n in DISCOVERY_DRAWS:
+            t[f"disc_n{n}_{scheme}"] = table[f"n50_{scheme}"] <= n
+            measures[f"disc_n{n}_{scheme}"] = (f"disc_n{n}_{scheme}", "mean")
+    if "bleu4" in table:
+        measures.update(approx_memorized_share=("approx_memorized", "mean"), mean_bleu4=("bleu4", "mean"),
+                        mean_edit_distance=("edit_distance", "mean"))
+    out = t.groupby(keys, sort=True).agg(**measures).reset_index()
+    out["memorized"] = out["memorized"].astype(int)
+    out.insert(out.columns.get_loc("memorized") + 1, "memorized_share", out["memorized"] / out["n"])
     return out
+
+
+def extraction_schemes(table: pd.DataFrame) -> list[str]:
+    """Names of the sampling schemes whose extraction columns the score table holds."""
+    return [c[len("n50_"):] for c in table.columns if c.startswith("n50_")]
 
 
 def level_counts(table: pd.DataFrame) -> pd.DataFrame:
