@@ -35,7 +35,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
-    total = 7
+    total = 8
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, w.family_dir, seed=seed)
@@ -69,7 +69,13 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         text_capacity(family, w.capacity_dir, seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
-    t = _stage("reports: family overview and one report per size", 7, total)
+    t = _stage("analyses: duplication dose-response, taxonomy, canary scores and exposure", 7, total)
+    from dynamics.analyses.stage import run_analyses
+
+    run_analyses(family, w.root, k, c, seed=seed)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("reports: family overview and one report per size", 8, total)
     from dynamics.report import write_reports
 
     paths = write_reports(w.root, reports, p.name)
