@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -154,3 +155,26 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -
             raise MemdynError(f"{out} holds {what} computed with other settings ({diff}); use another --out")
     elif Path(out).exists() and any(p for p in Path(out).iterdir() if not p.name.startswith(".")):
         raise MemdynError(f"{out} is not empty and holds no memdyn {what}; choose another --out")
+
+
+def save_figure(fig, path: str | os.PathLike, fmt: str, **kwargs) -> None:
+    """fig.savefig to `path`, atomically and byte-for-byte reproducible: no date stamp, no software
+    version, and SVG element ids from a fixed salt instead of random ones."""
+    import matplotlib
+
+    metadata = {"svg": {"Date": None}, "png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
+    with matplotlib.rc_context({"svg.hashsalt": "memdyn"}), atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, metadata=metadata.get(fmt), **kwargs)
+
+
+def remove_temporaries(root: str | os.PathLike) -> None:
+    """Remove what killed writers left: atomic_path's temporaries (`.<name>.<random>.tmp`) inside
+    `root` and beside it. Call it only while holding the output's lock (no live writer then)."""
+    root = Path(root)
+    if not root.parent.is_dir():
+        return
+    stale = list(root.parent.glob(f".{glob.escape(root.name)}.*.tmp"))
+    if root.is_dir():
+        stale += [p for p in root.rglob(".*.tmp") if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)

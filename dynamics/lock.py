@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dynamics.errors import MemdynError
-from dynamics.files import check_output_location
+from dynamics.files import check_output_location, remove_temporaries
 
 _held: dict[Path, int] = {}  # lock path -> depth: a process may lock what it already holds (nested stages)
 _made: dict[Path, list[Path]] = {}  # lock path -> folders created to hold it
@@ -104,6 +104,7 @@ def acquire(out: str | os.PathLike, option: str = "--out", kind: str = "dir") ->
             if _try_create(path, me):
                 _held[path] = 1
                 _made[path] = made
+                remove_temporaries(out)  # no other writer now: what stands there was left by a killed one
                 return path
         except OSError as e:
             _remove_empty(made)

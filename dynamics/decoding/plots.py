@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dynamics.scoring.grid import CLASSES
-from dynamics.files import atomic_path
+from dynamics.files import save_figure
 
 CLASS_COLORS = {"unmemorized": "tab:blue", "partial": "tab:orange", "memorized": "tab:red", "random": "tab:gray"}
 LABELS = {"entropy_nats": "entropy (nats)", **{f"orig_n{n}": f"{n}-gram count (true tokens)" for n in range(1, 6)},
@@ -26,8 +26,7 @@ def save(fig: Figure, stem: str | Path) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = Path(f"{stem}.{ext}")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=120)
+        save_figure(fig, path, ext, dpi=120)
         paths.append(path)
     return paths
 
