@@ -195,10 +195,14 @@ def by(t: pd.DataFrame, column: str, seed: int) -> pd.DataFrame:
 
 
 def forgetting(t: pd.DataFrame, seed: int, insert: str = "early") -> pd.DataFrame:
-    """Canaries inserted `insert`: memorized share and exposure at every checkpoint after their last
-    copy was trained (all copies seen), per model."""
+    """Canaries inserted `insert`: memorized share and exposure per model at every checkpoint from
+    the first one after the group's last copy (so every point holds the same canaries)."""
     part = t[t["insert"] == insert]
-    part = part[part["copies_seen"] == part["count"]]
+    if part.empty:
+        return pd.DataFrame()
+    done = part.groupby("canary_id")["count"].first().sum()  # all copies of the group
+    seen = part.groupby(["model", "step"])["copies_seen"].transform("sum")
+    part = part[seen == done]
     rows = [{"model": model, "step": int(step), **_stats(g, seed)} for (model, step), g in part.groupby(["model", "step"], sort=True)]
     return pd.DataFrame(rows)
 
