@@ -50,6 +50,7 @@ class MembershipSettings:
     batch_size: int
     reference: str | None  # None, "family" (the family's reference per size) or a model id/path
     training_order: bool  # members are the training samples in order: record which a checkpoint saw
+    dropped_nonmembers: int  # held-out samples left out because the training data holds the same tokens
 
 
 @dataclass
@@ -82,17 +83,21 @@ def _row_hashes(rows: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(np.ascontiguousarray(r).tobytes(), digest_size=16).digest() for r in rows]
 
 
-def _check_overlap(sets: dict, pools: dict, length: int) -> None:
+def _pool_hashes(pool: IndexedDataset, length: int) -> set | None:
+    """Hashes of every sample's first `length` tokens; None for a pool too large to hash whole."""
+    if len(pool) > FULL_HASH_LIMIT:
+        return None
+    return set(_row_hashes(np.asarray(pool.batch(0, len(pool)))[:, :length]))
+
+
+def _check_overlap(sets: dict, pools: dict, length: int, whole_pools: bool = True) -> None:
     """No token sequence may be both a member and a non-member: the drawn samples of each side
-    are compared with the whole other pool when it is small enough to hash, else with the other
-    side's drawn samples."""
+    are compared with the whole other pool when it is small enough to hash (and whole_pools),
+    else with the other side's drawn samples."""
     hashes = {s: set(_row_hashes(sets[s])) for s in SPLITS}
     for side, other in (SPLITS, SPLITS[::-1]):
-        pool = pools[other]
-        if len(pool) <= FULL_HASH_LIMIT:
-            against = set(_row_hashes(np.asarray(pool.batch(0, len(pool)))[:, :length]))
-        else:
-            against = hashes[other]
+        against = _pool_hashes(pools[other], length) if whole_pools else None
+        against = hashes[other] if against is None else against
         common = hashes[side] & against
         if common:
             raise MemdynError(f"{len(common)} of the drawn {side} samples also occur among the {other}s (same token sequence); "
@@ -114,10 +119,13 @@ def _check_reference(family: FamilySpec, reference: str, size) -> None:
     if ref_config.vocab_size != target_config.vocab_size:
         raise MemdynError(f"--reference {reference} has a vocabulary of {ref_config.vocab_size}, the family's models "
                           f"{target_config.vocab_size}: give a reference with the family's tokenizer")
+    local = Path(reference).is_dir()
+    if local and not any((Path(reference) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return  # a bare checkpoint (transformers would make up a default tokenizer): its vocabulary size was checked above
     try:
         ref_tok = AutoTokenizer.from_pretrained(reference)
     except (OSError, ValueError):
-        return  # a bare checkpoint: its vocabulary size was checked above
+        return
     tok = load_tokenizer(family)
     special = lambda t: (t.bos_token_id, t.eos_token_id, t.pad_token_id, t.unk_token_id)  # noqa: E731
     if ref_tok.get_vocab() != tok.get_vocab() or special(ref_tok) != special(tok):
@@ -139,12 +147,28 @@ def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[s
     return reference, {s.name: ("reference", reference) for s in sizes}
 
 
-def _draw(pools: dict, samples: int | None, seed: int) -> tuple[int, dict]:
-    n = min(len(p) for p in pools.values())
+def _candidates(pools: dict, length: int, own_split: bool) -> tuple[dict, int]:
+    """Sample indices each side may draw from, and how many held-out samples were dropped.
+
+    A family's held-out documents can still hold token sequences that also occur in its training
+    data (near-identical files, e.g. the stdlib's codec tables): such a sample is trained on, so
+    with the family's own `train` / `heldout` it is dropped from the non-members (for data given
+    as prefixes an overlap is an error, see _check_overlap)."""
+    cand = {s: np.arange(len(pools[s])) for s in SPLITS}
+    seen = _pool_hashes(pools["member"], length) if own_split else None
+    if seen is None:
+        return cand, 0
+    held = np.asarray(pools["nonmember"].batch(0, len(pools["nonmember"])))[:, :length]
+    keep = np.array([h not in seen for h in _row_hashes(held)], dtype=bool)
+    return {"member": cand["member"], "nonmember": cand["nonmember"][keep]}, int((~keep).sum())
+
+
+def _draw(cand: dict, samples: int | None, seed: int) -> tuple[int, dict]:
+    n = min(len(c) for c in cand.values())
     if samples is not None:
         n = min(n, samples)
     rng = np.random.default_rng(seed)
-    return n, {s: np.sort(rng.choice(len(pools[s]), size=n, replace=False)) for s in SPLITS}
+    return n, {s: np.sort(rng.choice(cand[s], size=n, replace=False)) for s in SPLITS}
 
 
 def plan_membership(
@@ -169,14 +193,18 @@ def plan_membership(
     length = full if length is None else length
     if not 2 <= length <= full:
         raise MemdynError(f"--length must be between 2 and {full} (the shorter samples' length), got {length}")
-    n, indices = _draw(pools, samples, seed)
+    own = (members, nonmembers) == ("train", "heldout")
+    cand, dropped = _candidates(pools, length, own)
+    if min(len(c) for c in cand.values()) == 0:
+        raise MemdynError(f"--nonmembers {nonmembers}: every sample also occurs in the members' data; give other non-members")
+    n, indices = _draw(cand, samples, seed)
     drawn = {s: np.asarray(pools[s].batch(0, len(pools[s]))[indices[s]])[:, :length] for s in SPLITS}
     vocab = len(load_tokenizer(family))
     for s, option in zip(SPLITS, ("--members", "--nonmembers")):
         if int(drawn[s].max()) >= vocab:
             raise MemdynError(f"{option} {prefixes[s]} holds token id {int(drawn[s].max())} but the family's tokenizer has {vocab} "
                               "tokens: the data was tokenized with another tokenizer")
-    _check_overlap(drawn, pools, length)
+    _check_overlap(drawn, pools, length, whole_pools=not own)  # the family's own: overlaps were dropped above
     sizes = family.select(models)
     plan = [(size, family.revision(size, r)) for size in sizes for r in (revisions or [None])]
     if family.kind == "local":
@@ -188,6 +216,7 @@ def plan_membership(
         family=family.name, corpus_hash=family.corpus.get("hash"), members=pools["member"].fingerprint(),
         nonmembers=pools["nonmember"].fingerprint(), n=n, length=length, seed=seed, dtype=dtype,
         chunk_size=chunk_size, batch_size=batch_size, reference=ref_value, training_order=order,
+        dropped_nonmembers=dropped,
     )
     check_output_dir(out, SETTINGS, asdict(settings), "membership results")
     chunks = range(-(-n // chunk_size))
@@ -340,15 +369,11 @@ def finish(out: Path, plan: MembershipPlan) -> pd.DataFrame:
 
 def plot_roc(roc: pd.DataFrame, metrics: pd.DataFrame, stem: Path) -> None:
     """ROC curves of every attack, linear and log-log (low FPR is where attacks matter)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dynamics.decoding.plots import save
+    from matplotlib.figure import Figure  # no pyplot: nothing touches the global backend
 
     auroc = dict(zip(metrics.attack, metrics.auroc))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2)
     for attack, g in roc.groupby("attack", sort=False):
         for ax in axes:
             ax.plot(g.fpr, g.tpr, lw=1.2, label=f"{attack} (AUROC {auroc[attack]:.3f})")
@@ -364,5 +389,6 @@ def plot_roc(roc: pd.DataFrame, metrics: pd.DataFrame, stem: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"membership inference: {roc.model.iloc[0]} at {roc.revision.iloc[0]}")
     fig.tight_layout()
-    save(fig, stem)
-    plt.close(fig)
+    for ext in ("png", "svg"):
+        with atomic_path(f"{stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=120)

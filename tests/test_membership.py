@@ -1,0 +1,201 @@
+"""`memdyn membership` on the micro family: attack values, metrics, sampling, resumption, bad input."""
+
+import json
+import shutil
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, rank_auroc, score_samples
+from dynamics.capacity.mia import plan_membership
+from dynamics.corpus import megatron
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.load import load_model, load_tokenizer
+from dynamics.family.spec import load_family
+from tests.conftest import run_cli
+
+MODELS = "16k,37k"
+REVISIONS = "step16,step200"
+
+
+def _ref_path(micro_family):
+    return micro_family / "models" / "149k" / "step200"
+
+
+@pytest.fixture(scope="module")
+def membership_run(micro_family, tmp_path_factory):
+    out = tmp_path_factory.mktemp("membership") / "mia"
+    args = ["membership", "--family", micro_family, "--members", "train", "--nonmembers", "heldout", "--out", out,
+            "--models", MODELS, "--revisions", REVISIONS, "--reference", _ref_path(micro_family), "--chunk-size", "24",
+            "--batch-size", "16", "--seed", "3", "--device", "cpu"]
+    code, stdout, err = run_cli(*args)
+    assert code == 0, err
+    return out, args
+
+
+def _plain_attacks(model, tokens: np.ndarray, texts: list[str]) -> dict:
+    """The attacks from the whole [B, T, V] logits, written out directly from their definitions."""
+    x = torch.from_numpy(tokens.astype(np.int64))
+    with torch.no_grad():
+        logp_all = torch.log_softmax(model(x).logits.double(), -1)[:, :-1]  # [B, T-1, V]
+    logp = logp_all.gather(-1, x[:, 1:, None]).squeeze(-1)
+    p = logp_all.exp()
+    mu = (p * logp_all).sum(-1)
+    sigma = ((p * logp_all**2).sum(-1) - mu**2).clamp(min=0).sqrt()
+    n = logp.shape[1]
+    loss = (-logp.mean(1)).numpy()
+    out = {"loss": loss, "zlib": loss / np.array([len(zlib.compress(t.encode())) for t in texts])}
+    for k in (10, 20):
+        out[f"min_k_{k}"] = torch.sort(logp, 1).values[:, : max(1, int(n * k / 100))].mean(1).numpy()
+    z = (logp - mu) / sigma
+    out["min_k_pp_20"] = torch.sort(z, 1).values[:, : max(1, int(n * 0.2))].mean(1).numpy()
+    return out
+
+
+def test_attack_values_equal_a_plain_computation(micro_family, membership_run):
+    out, _ = membership_run
+    family = load_family(micro_family)
+    table = pd.read_parquet(out / "attacks.parquet")
+    tok = load_tokenizer(family)
+    for split, prefix in (("member", family.data.prefix), ("nonmember", family.data.heldout_prefix)):
+        rows = table[(table.model == "37k") & (table.revision == "step16") & (table.split == split)]
+        ds = IndexedDataset(prefix)
+        tokens = np.asarray(ds.batch(0, len(ds))[rows.sample_idx.to_numpy()])
+        model = load_model(family, "37k", "step16", device="cpu")
+        plain = _plain_attacks(model, tokens, tok.batch_decode(tokens.tolist()))
+        for attack, values in plain.items():
+            np.testing.assert_allclose(rows[attack].to_numpy(), values, rtol=2e-4, atol=2e-5, err_msg=attack)
+        ref = load_model(load_family(_ref_path(micro_family)), "step200", device="cpu")
+        ref_loss = _plain_attacks(ref, tokens, tok.batch_decode(tokens.tolist()))["loss"]
+        np.testing.assert_allclose(rows.reference_loss.to_numpy(), ref_loss, rtol=2e-4)
+        np.testing.assert_allclose(rows.reference.to_numpy(), rows.loss.to_numpy() - ref_loss, atol=1e-4)
+
+
+def test_metrics_equal_sklearn(micro_family, membership_run):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    out, _ = membership_run
+    table, metrics = pd.read_parquet(out / "attacks.parquet"), pd.read_parquet(out / "metrics.parquet")
+    assert set(metrics.attack) == set(ATTACKS)
+    assert len(metrics) == 2 * 2 * len(ATTACKS)  # models x revisions x attacks
+    own = metrics[metrics.attack != "reference"]
+    assert own.auroc.between(0.5, 1).all() and (own.auroc < 1).any()  # members are recognised, not perfectly
+    # the "reference" here is the family's largest model, which trained on the members too and knows
+    # them better than the target: the ratio points the wrong way
+    assert (metrics[metrics.attack == "reference"].auroc < 0.5).all()
+    for _, row in metrics.iterrows():
+        g = table[(table.model == row.model) & (table.revision == row.revision)]
+        y = (g.split == "member").to_numpy()
+        s = ATTACKS[row.attack] * g[row.attack].to_numpy()
+        assert row.auroc == roc_auc_score(y, s)
+        assert row.auroc_lo <= row.auroc <= row.auroc_hi
+        fpr, tpr, _ = roc_curve(y, s)
+        assert row["tpr_at_0.01_fpr"] == tpr[fpr <= 0.01].max()
+        # under 1000 non-members, 0.1% FPR allows no false positive: the share of members above them all
+        assert (~y).sum() < 1000 and row["tpr_at_0.001_fpr"] == np.mean(s[y] > s[~y].max())
+        seen = np.mean(g.sample_idx[y] < row.step * load_family(micro_family).data.batch_size)
+        assert row.members_seen == seen
+
+
+def test_rank_auroc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    m, n = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 30).astype(float)
+    assert rank_auroc(m, n) == pytest.approx(roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m, n]), abs=1e-12)
+    metrics, _ = attack_metrics(m, n, seed=1)
+    assert metrics == attack_metrics(m, n, seed=1)[0]  # the bootstrap is seeded
+    assert metrics["auroc_lo"] < metrics["auroc"] < metrics["auroc_hi"]
+
+
+def test_balanced_seeded_sampling(micro_family, tmp_path):
+    family = load_family(micro_family)
+    plan = lambda seed, samples=None: plan_membership(family, tmp_path / "o", "train", "heldout", samples=samples, seed=seed)  # noqa: E731
+    a, b, c = plan(1, 20), plan(1, 20), plan(2, 20)
+    assert a.settings.n == 20 and all(len(a.indices[s]) == 20 for s in ("member", "nonmember"))
+    assert all(np.array_equal(a.indices[s], b.indices[s]) for s in a.indices)
+    assert not np.array_equal(a.indices["member"], c.indices["member"])
+    full = plan(0)  # the smaller pool (held out, less what the training data also holds) sets the count
+    train, held = (IndexedDataset(p) for p in (family.data.prefix, family.data.heldout_prefix))
+    assert full.settings.n == len(held) - full.settings.dropped_nonmembers < len(train)
+    trained = {tuple(r) for r in np.asarray(train.batch(0, len(train))).tolist()}
+    drawn = np.asarray(held.batch(0, len(held)))[full.indices["nonmember"]]
+    assert not any(tuple(r) in trained for r in drawn.tolist())
+    assert not (tmp_path / "o").exists()  # planning writes nothing
+
+
+def test_rerun_after_a_kill_gives_the_same_tables(membership_run, tmp_path):
+    out, args = membership_run
+    copy = tmp_path / "mia"
+    shutil.copytree(out, copy)
+    parts = sorted((copy / "_parts").glob("*.parquet"))
+    for p in parts[::3]:  # as if killed before these jobs were written
+        p.unlink()
+    for name in ("attacks.parquet", "metrics.parquet", "metrics.csv"):
+        (copy / name).unlink()
+    code, _, err = run_cli(*[copy if a == out else a for a in args])
+    assert code == 0, err
+    for name in ("attacks.parquet", "metrics.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(copy / name), pd.read_parquet(out / name))
+
+
+def _write(prefix, rows):
+    megatron.write(prefix, [np.asarray(r) for r in rows], np.uint16)
+    return str(prefix)
+
+
+def _bad(micro_family, tmp_path, *extra, members="train", nonmembers="heldout"):
+    out = tmp_path / "never"
+    code, _, err = run_cli("membership", "--family", micro_family, "--members", members, "--nonmembers", nonmembers,
+                           "--out", out, "--device", "cpu", *extra)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("memdyn: error:"), err
+    assert not out.exists()
+    return err
+
+
+def test_bad_inputs(micro_family, tmp_path):
+    family = load_family(micro_family)
+    train = IndexedDataset(family.data.prefix)
+    rows = np.asarray(train.batch(0, len(train)))
+    other_vocab = _write(tmp_path / "vocab", np.full((8, rows.shape[1]), 5000))
+    assert "another tokenizer" in _bad(micro_family, tmp_path, nonmembers=other_vocab)
+    overlap = _write(tmp_path / "overlap", np.r_[rows[:3], rows[:3] * 0 + 7])
+    assert "also occur" in _bad(micro_family, tmp_path, nonmembers=overlap)
+    empty = _write(tmp_path / "empty", [])
+    assert "holds no samples" in _bad(micro_family, tmp_path, nonmembers=empty)
+    assert "--samples" in _bad(micro_family, tmp_path, "--samples", "0")
+    assert "--nonmembers" in _bad(micro_family, tmp_path, nonmembers=str(tmp_path / "missing"))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    code, _, err = run_cli("membership", "--family", micro_family, "--members", "train", "--nonmembers", "heldout",
+                           "--out", busy, "--device", "cpu")
+    assert code == 2 and "not empty" in err and sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_reference_with_another_tokenizer(micro_family, tmp_path):
+    from transformers import AutoTokenizer
+
+    from dynamics.corpus.tokenizer import train_tokenizer
+
+    train_tokenizer(["another corpus entirely " * 50], 300, tmp_path / "tok")
+    other = tmp_path / "other_tok"
+    shutil.copytree(_ref_path(micro_family), other)
+    AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(other)
+    assert "another tokenizer" in _bad(micro_family, tmp_path, "--reference", other)
+    bigger = tmp_path / "other_vocab"
+    shutil.copytree(_ref_path(micro_family), bigger)
+    config = json.loads((bigger / "config.json").read_text())
+    (bigger / "config.json").write_text(json.dumps(config | {"vocab_size": config["vocab_size"] + 100}))
+    assert "vocabulary of" in _bad(micro_family, tmp_path, "--reference", bigger)
+
+
+def test_score_samples_without_texts_gives_nan_zlib(micro_family):
+    family = load_family(micro_family)
+    train = IndexedDataset(family.data.prefix)
+    s = score_samples(load_model(family, "16k", device="cpu"), np.asarray(train.batch(0, 4)), 2, torch.device("cpu"))
+    assert np.isnan(s["zlib"]).all() and np.isfinite(s["loss"]).all()
