@@ -199,3 +199,17 @@ def test_score_samples_without_texts_gives_nan_zlib(micro_family):
     train = IndexedDataset(family.data.prefix)
     s = score_samples(load_model(family, "16k", device="cpu"), np.asarray(train.batch(0, 4)), 2, torch.device("cpu"))
     assert np.isnan(s["zlib"]).all() and np.isfinite(s["loss"]).all()
+
+
+def test_capacity_bits_come_from_the_attack_scores(micro_family):
+    """The capacity stage's per-sample bits (text.py) are the loss attack's NLL, and still equal the
+    plain full-logits NLL in bits it computed before."""
+    from dynamics.capacity.bits import model_token_logprobs, nll_bits
+    from dynamics.capacity.text import _sample_bits
+
+    family = load_family(micro_family)
+    train = IndexedDataset(family.data.prefix)
+    samples = np.asarray(train.batch(0, 10))
+    model = load_model(family, "37k", device="cpu")
+    plain = nll_bits(model_token_logprobs(model, torch.from_numpy(samples.astype(np.int64)), 4)).numpy()
+    np.testing.assert_allclose(_sample_bits(model, samples, 4, torch.device("cpu")), plain, rtol=1e-5)

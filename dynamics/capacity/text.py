@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from dynamics.capacity.bits import model_token_logprobs, nll_bits
+from dynamics.capacity.attacks import score_samples
+from dynamics.capacity.bits import LN2
 from dynamics.capacity.membership import fit_sigmoid, loss_threshold_attack, plot_sigmoid_fit
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
@@ -44,9 +44,9 @@ def unigram_bits_per_token(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def _sample_bits(model, samples: np.ndarray, batch_size: int, device) -> np.ndarray:
-    """NLL bits of every sample (first token unscored) -> [n] float64."""
-    ids = torch.from_numpy(samples.astype(np.int64)).to(device)
-    return nll_bits(model_token_logprobs(model, ids, batch_size)).numpy()
+    """NLL bits of every sample (first token unscored) -> [n] float64: the loss attack's per-sample
+    NLL (dynamics/capacity/attacks.py, logits reduced a few positions at a time), in bits."""
+    return score_samples(model, samples, batch_size, device)["nll"] / LN2
 
 
 def _check_reference_tokenizer(family: FamilySpec, reference: str) -> None:
