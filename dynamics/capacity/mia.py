@@ -18,6 +18,7 @@ Under `accelerate launch` each process takes every world_size-th job (dynamics/s
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir
 
+MEMBERSHIP_DIR = "membership"  # under a `memdyn run` work directory
 SETTINGS = "_settings.json"
 PARTS = "_parts"
 SPLITS = ("member", "nonmember")
@@ -61,6 +63,7 @@ class MembershipPlan:
     jobs: list  # (kind, size or reference key, revision or reference location, split, chunk)
     step_batch: int | None  # training samples per optimizer step (which members a checkpoint saw)
     sizes: list  # size names in the family's order
+    ref_keys: dict  # size name -> key of its reference model's parts
 
 
 def resolve_data(family: FamilySpec, handle: str, option: str) -> str:
@@ -134,7 +137,8 @@ def _check_reference(family: FamilySpec, reference: str, size) -> None:
 
 
 def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[str | None, dict]:
-    """(settings value, size name -> (reference key, location)) of the reference models."""
+    """(settings value, size name -> (reference key, location)) of the reference models. Sizes that
+    share one reference model (the embedded family's) share its key, so it runs once."""
     if reference is None:
         refs = family.references.get("sizes", {}) if family.kind == "local" else {}
         if not refs:
@@ -142,9 +146,9 @@ def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[s
         missing = [s.name for s in sizes if s.name not in refs]
         if missing:
             raise MemdynError(f"family {family.name!r} has no reference model for {', '.join(missing)}; pass --reference")
-        return "family", {s.name: (s.name, str(family.root / refs[s.name])) for s in sizes}
+        return "family", {name: (re.sub(r"[^A-Za-z0-9.]+", "_", path), str(family.root / path)) for name, path in refs.items()}
     _check_reference(family, reference, sizes[0])
-    return reference, {s.name: ("reference", reference) for s in sizes}
+    return reference, {s.name: ("reference", reference) for s in family.sizes}
 
 
 def _candidates(pools: dict, length: int, own_split: bool) -> tuple[dict, int]:
@@ -221,10 +225,10 @@ def plan_membership(
     check_output_dir(out, SETTINGS, asdict(settings), "membership results")
     chunks = range(-(-n // chunk_size))
     jobs = [("target", size, rev, s, c) for size, rev in plan for s in SPLITS for c in chunks]
-    for key, location in dict(refs.values()).items():
+    for key, location in dict(refs[s.name] for s in sizes if s.name in refs).items():
         jobs += [("reference", key, location, s, c) for s in SPLITS for c in chunks]
     step_batch = family.data.batch_size if family.data else None
-    return MembershipPlan(settings, prefixes, indices, jobs, step_batch, family.size_names)
+    return MembershipPlan(settings, prefixes, indices, jobs, step_batch, family.size_names, {k: v[0] for k, v in refs.items()})
 
 
 def _part_name(job) -> str:
@@ -325,7 +329,7 @@ def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     refs = sorted((out / PARTS).glob("reference-*.parquet"))
     if plan.settings.reference is not None and refs:
         r = pd.concat([pd.read_parquet(p) for p in refs], ignore_index=True)
-        t = t.assign(key=t.model if plan.settings.reference == "family" else "reference")
+        t = t.assign(key=t.model.map(plan.ref_keys))
         t = t.merge(r, on=["key", "split", "sample_idx"], how="left").drop(columns="key")
         t["reference"] = t["loss"] - t["reference_loss"]
     order = {m: i for i, m in enumerate(plan.sizes)}
