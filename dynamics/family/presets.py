@@ -44,6 +44,7 @@ class Preset:
     reference_shape: ModelShape | None = None
     reference_samples: int = 0
     members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
+    scored_samples: int | None = None  # training samples `memdyn run` scores (a seeded subset); None: all
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
