@@ -42,12 +42,14 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     print(f"      {', '.join(family.size_names)} trained ({time.time() - t:.0f} s)")
 
     t = _stage("scores: final checkpoints over the context x continuation grid", 2, total)
-    score(family, w.scores_dir, contexts=list(p.contexts), continuations=list(p.continuations), seed=seed)
+    # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
+    score(family, w.scores_dir, contexts=list(p.contexts), continuations=list(p.continuations),
+          sample=p.scored_samples, seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("scores: every checkpoint at the main cell", 3, total)
     k, c = main_cell(p.contexts, p.continuations)
-    score(family, w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all", seed=seed)
+    score(family, w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all", sample=p.scored_samples, seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)
