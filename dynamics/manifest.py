@@ -100,20 +100,21 @@ def part_status(root: str | os.PathLike, name: str, record: dict | None = None, 
     return "ok"
 
 
-def verify(root: str | os.PathLike, parts_glob: Iterable[str], rebuild: str, what: str) -> dict[str, dict]:
+def verify(root: str | os.PathLike, parts_glob: Iterable[str], rebuild: str, what: str, prefix: str = "") -> dict[str, dict]:
     """Refuse an output directory that is not exactly what its manifest says: a part expected but
     missing, a part (or any file matching `parts_glob`) not recorded, a truncated or altered part.
-    Returns the records. `rebuild` is the command that completes or rebuilds the directory."""
+    Returns the records. `rebuild` is the command that completes or rebuilds the directory;
+    `prefix` limits the check to the parts whose names start with it (one model's folder)."""
     root = Path(root)
-    records = recorded(root)
-    if not records and expected(root) is None:
+    records = {k: v for k, v in recorded(root).items() if k.startswith(prefix)}
+    if not recorded(root) and expected(root) is None:
         raise MemdynError(f"{root} has no manifest of its parts ({MANIFEST}/): it was written by an older memdyn "
                           f"or is not a memdyn {what} directory; rebuild it with `{rebuild}`")
     on_disk = {str(p.relative_to(root)) for g in parts_glob for p in root.glob(g) if p.is_file()}
     for name in sorted(on_disk - records.keys()):
         raise MemdynError(f"{root / name} is not in the {what} directory's manifest (an extra or unfinished part); "
                           f"remove it, or rerun `{rebuild}` to rebuild it")
-    for name in sorted(set(expected(root) or []) | records.keys()):
+    for name in sorted({n for n in expected(root) or [] if n.startswith(prefix)} | records.keys()):
         status = part_status(root, name, records.get(name))
         if status != "ok":
             raise MemdynError(f"{what} part {root / name} is {status}; rerun `{rebuild}` to recompute it")
@@ -156,3 +157,46 @@ def parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def rows_of(path: Path) -> int:
+    """Rows of a part: a Parquet file's row count, an .npy array's first dimension, else 1."""
+    if path.suffix == ".parquet":
+        return parquet_rows(path)
+    if path.suffix == ".npy":
+        import numpy as np
+
+        array = np.load(path, mmap_mode="r")
+        return int(array.shape[0]) if array.ndim else 1
+    return 1
+
+
+def record_tree(root: str | os.PathLike, sub: str) -> None:
+    """Record every file below DIR/sub (a folder written whole, e.g. by atomic_path)."""
+    root = Path(root)
+    for path in sorted(p for p in (root / sub).rglob("*") if p.is_file()):
+        record_part(root, str(path.relative_to(root)), rows_of(path))
+
+
+def tree_done(root: str | os.PathLike, sub: str, marker: str) -> bool:
+    """Whether the folder DIR/sub (finished when it holds `marker`) is whole and intact, for a
+    writer about to resume. A folder without records (written whole by atomic_path, then killed
+    before recording, or from before manifests) is adopted; a damaged one is removed with its
+    records, so the caller recomputes it."""
+    root = Path(root)
+    folder = root / sub
+    if not (folder / marker).is_file():
+        return False
+    records = {k: v for k, v in recorded(root).items() if k.startswith(f"{sub}/")}
+    files = {str(p.relative_to(root)) for p in folder.rglob("*") if p.is_file()}
+    if not records:
+        record_tree(root, sub)
+        return True
+    if files == records.keys() and all(part_status(root, f, records[f]) == "ok" for f in files):
+        return True
+    import shutil
+
+    shutil.rmtree(folder)
+    for name in records:
+        forget_part(root, name)
+    return False

@@ -37,7 +37,9 @@ from dynamics.capacity.bits import model_token_logprobs, nll_bits, sequence_entr
 from dynamics.capacity.membership import loss_threshold_attack
 from dynamics.errors import MemdynError
 from dynamics.family.load import resolve_dtype
+from dynamics import manifest
 from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
+from dynamics.lock import locks_output
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -253,12 +255,14 @@ def batch_size(cfg: SweepConfig, n: int) -> int:
 
 
 def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
-                        entropy_bits: float, progress=None) -> TrainResult:
+                        entropy_bits: float, progress=None, checkpoint: Path | None = None) -> TrainResult:
     """Adam on next-token loss until the memorized bits plateau at the lowest LR.
 
     data: (N, S) on the model's device. Reduce-on-plateau: a plateau at the current LR drops it
     by lr_decay_factor; a plateau after `lr_decays` drops is convergence, and so is memorizing
     all but plateau_tol of the dataset's bits. Hitting max_steps first: converged=False.
+    checkpoint: a file that holds the whole training state after every evaluation, so a killed
+    job resumes from its last evaluation and ends exactly as an uninterrupted one.
     """
     n = data.shape[0]
     bs = batch_size(cfg, n)
@@ -266,8 +270,17 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
     g = torch.Generator(device="cpu").manual_seed(seed)  # minibatch order
     order, pos = torch.randperm(n, generator=g), 0
     lr, decays_left, curve, bits_hist = cfg.lr, cfg.lr_decays, [], []
+    first = 1
+    if checkpoint is not None and checkpoint.is_file():
+        st = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["g"])
+        torch.set_rng_state(st["rng"])
+        order, pos, lr, decays_left, curve, bits_hist = st["order"], st["pos"], st["lr"], st["decays_left"], st["curve"], st["bits_hist"]
+        first = st["step"] + 1
     model.train()
-    for step in range(1, cfg.max_steps + 1):
+    for step in range(first, cfg.max_steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / cfg.warmup_steps)
         if bs == n:
@@ -302,12 +315,19 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
             decays_left -= 1
             lr *= cfg.lr_decay_factor
             bits_hist = [bits]  # the next plateau is judged at the new LR only
+        if checkpoint is not None:
+            state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "g": g.get_state(),
+                     "rng": torch.get_rng_state(), "order": order, "pos": pos, "lr": lr, "decays_left": decays_left,
+                     "curve": curve, "bits_hist": bits_hist}
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
     return TrainResult(cfg.max_steps, False, curve)
 
 
 def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.device,
-            progress=None) -> dict:
-    """Train one (model, N) to saturation; measure memorized bits and membership inference."""
+            progress=None, checkpoint: Path | None = None) -> dict:
+    """Train one (model, N) to saturation (resuming from `checkpoint` if given and there); measure
+    memorized bits and membership inference."""
     torch_dtype = resolve_dtype(dtype, device)
     H = cfg.bits_per_sample()
     data = random_tokens(job.n_samples, cfg.seq_len, cfg.vocab_size,
@@ -316,7 +336,7 @@ def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.dev
     model = model.to(device=device, dtype=torch_dtype)
     params = cfg.params(job.n_layer, job.d_model)
     t0 = time.time()
-    result = train_to_saturation(model, data, cfg, derive_seed(seed, 3, job.n_samples), H, progress)
+    result = train_to_saturation(model, data, cfg, derive_seed(seed, 3, job.n_samples), H, progress, checkpoint)
     wall = time.time() - t0
 
     nll_members = nll_bits(model_token_logprobs(model, data)).numpy()  # (N,) bits
@@ -406,8 +426,16 @@ def plot_memorization(table, per_model, alpha: float, path_stem) -> None:
     plt.close(fig)
 
 
+def _json_rows(path: Path) -> int:
+    """A finished job's record counts as one row when it parses (adopting records from before manifests)."""
+    read_json(path)
+    return 1
+
+
 def collect_table(out_dir: Path, jobs: list[Job]):
     import pandas as pd
+
+    manifest.verify(out_dir, ["runs/*.json"], f"memdyn capacity synthetic ... --out {out_dir}", "capacity sweep", prefix="runs/")
 
     rows = [read_json(out_dir / "runs" / f"{job.key}.json") for job in jobs]
     table = pd.DataFrame(rows)
@@ -422,6 +450,7 @@ def write_outputs(out_dir: Path, table, cfg: SweepConfig) -> dict:
     per_model, alpha = summarize(table)
     with atomic_path(out_dir / "capacity.parquet") as tmp:
         table.to_parquet(tmp, index=False)
+    manifest.record_part(out_dir, "capacity.parquet", len(table))
     with atomic_path(out_dir / "capacity.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(out_dir / "models.csv") as tmp:
@@ -447,6 +476,7 @@ def write_outputs(out_dir: Path, table, cfg: SweepConfig) -> dict:
     return summary
 
 
+@locks_output("out_dir")
 def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, seed: int = 0, dtype: str = "fp32",
               threads: int | None = None, log=print) -> dict | None:
     """Run (or resume) the sweep; returns the summary on the main process, None elsewhere."""
@@ -468,15 +498,19 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, seed: int = 0, dtype
     if state.is_main_process:
         (out_dir / "runs").mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", settings_record(settings))
+        manifest.expect(out_dir, [f"runs/{j.key}.json" for j in jobs])
     state.wait_for_everyone()
 
     mine = jobs[state.process_index::state.num_processes]
-    todo = [j for j in mine if not (out_dir / "runs" / f"{j.key}.json").exists()]
+    todo = [j for j in mine if not manifest.settle(out_dir, f"runs/{j.key}.json", 1, _json_rows)]
     if len(todo) < len(mine):
         log(f"[rank {state.process_index}] {len(mine) - len(todo)} of {len(mine)} jobs already done; skipping them")
     for job in tqdm(todo, desc=f"capacity[{state.process_index}]", disable=not todo, position=state.process_index):
-        row = run_job(cfg, job, seed, dtype, device)
+        resume = out_dir / "runs" / f"{job.key}.resume.pt"  # the running job's last evaluation
+        row = run_job(cfg, job, seed, dtype, device, checkpoint=resume)
         write_json(out_dir / "runs" / f"{job.key}.json", row)
+        manifest.record_part(out_dir, f"runs/{job.key}.json", 1)
+        resume.unlink(missing_ok=True)
         flag = "" if row["converged"] else "  NOT CONVERGED (hit max_steps)"
         log(f"{job.key}: {row['memorized_bits']:.0f} bits, {row['bits_per_param']:.2f} bits/param, "
             f"{row['steps']} steps, {row['train_seconds']:.0f}s, F1 {row['f1']:.3f}{flag}")

@@ -59,7 +59,9 @@ from dynamics.decoding.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
+from dynamics import manifest
 from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
+from dynamics.lock import locks_output
 from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
 from dynamics.scoring.table import SETTINGS as SCORE_SETTINGS
 from dynamics.scoring.table import read_generations, read_scores
@@ -247,9 +249,10 @@ def run_collection(
     family: FamilySpec, scores: str | Path, out: str | Path, *, per_group: int = 1000, layers: str = "last",
     context: int | None = None, continuation: int | None = None, seed: int = 0, batch_size: int = 32,
     device: str | None = "auto", dtype: str = "fp32", hidden_dtype: str = "float16", ngram_index: str | Path | None = None,
-    data: str | None = None, progress: bool = True,
+    data: str | None = None, progress: bool = True, jump_window: int | None = None,
 ) -> Path:
-    """Validate everything, then collect every model not yet done; returns OUT."""
+    """Validate everything, then collect every model not yet done; returns OUT. jump_window: the
+    analysis' --jump-window, checked against the context here, before any model runs."""
     scores, out = Path(scores), Path(out)
     if per_group < 1:
         raise MemdynError(f"--per-group must be >= 1, got {per_group}")
@@ -266,6 +269,8 @@ def run_collection(
     ds = IndexedDataset(prefix)
     table = read_scores(scores)
     k, c = pick_cell(table, context, continuation)
+    if jump_window is not None and jump_window >= k:
+        raise MemdynError(f"--jump-window {jump_window} must be smaller than the context ({k} tokens); use at most {k - 1}")
     if k + c > ds.fixed_length():
         raise MemdynError(f"context {k} + continuation {c} is longer than the samples in {ds.bin_path}")
     last = last_revisions(table)
@@ -282,12 +287,13 @@ def run_collection(
     check_out(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SETTINGS, settings_record(asdict(settings)))
+    manifest.expect(out, [f"{name}/sequences.parquet" for name in revisions])
 
     gens = read_generations(scores)
     domains = sample_domains(prefix)
     all_tokens = ds.batch(0, len(ds))  # [N, L] memory-mapped
     for name, revision in revisions.items():
-        if (out / name / "sequences.parquet").is_file():
+        if manifest.tree_done(out, name, "sequences.parquet"):  # a damaged model folder is removed and redone
             continue
         cell = table[(table["model"] == name) & (table["revision"] == revision)
                      & (table["context_len"] == k) & (table["continuation_len"] == c)]
@@ -315,6 +321,7 @@ def run_collection(
                 "continuation_len": c, "layers": model_layer_ids[name], "hidden_dtype": hidden_dtype, "n_rows": len(seqs),
             })
             seqs.to_parquet(tmp / "sequences.parquet", index=False)
+        manifest.record_tree(out, name)
         del model
     return out
 
@@ -334,6 +341,7 @@ def read_model(out: str | Path, model: str) -> tuple[dict, pd.DataFrame, pd.Data
     d = Path(out) / model
     if not (d / "sequences.parquet").is_file():
         raise MemdynError(f"{d}: no collected dynamics for model {model}; rerun `memdyn dynamics`")
+    manifest.verify(out, [f"{model}/*"], f"memdyn dynamics ... --out {out}", "dynamics", prefix=f"{model}/")
     return read_json(d / "meta.json"), pd.read_parquet(d / "sequences.parquet"), pd.read_parquet(d / "positions.parquet")
 
 
@@ -353,6 +361,8 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
     for ext in ("parquet", "csv"):
         with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
             table.to_parquet(tmp, index=False) if ext == "parquet" else table.to_csv(tmp, index=False)
+    out = stem.parent.parent  # tables live in OUT/tables/
+    manifest.record_part(out, str(stem.with_suffix(".parquet").relative_to(out)), len(table))
 
 
 ANALYSIS_TABLES = ("curves", "jumps", "distances", "projections", "separation", "words")
@@ -400,16 +410,18 @@ def analyze(family: FamilySpec, out: str | Path, *, seed: int = 0, m: int = 4, n
     return tables
 
 
+@locks_output()
 def run_dynamics(family: FamilySpec, scores: str | Path, out: str | Path, *, seed: int = 0, use_umap: bool = True,
                  plots: bool = True, m: int = 4, n_resamples: int = 1000, progress: bool = True, **collect) -> dict[str, pd.DataFrame]:
     """`memdyn dynamics`: collect (resumable), then analyze, unless the same analysis of the same
     collection is already on disk (a resumed `memdyn run` would otherwise redo it every time)."""
     check_analysis_args(m, n_resamples)
-    run_collection(family, scores, out, seed=seed, progress=progress, **collect)
+    run_collection(family, scores, out, seed=seed, progress=progress, jump_window=m, **collect)
     done = Path(out) / "tables" / "analysis.json"
     record = {"collection": read_settings(out), "seed": seed, "m": m, "n_resamples": n_resamples, "use_umap": use_umap,
               "plots": plots}
     if done.is_file() and read_json(done) == record:
+        manifest.verify(out, ["tables/*.parquet"], f"memdyn dynamics ... --out {out}", "dynamics", prefix="tables/")
         return {name: pd.read_parquet(done.with_name(f"{name}.parquet")) for name in ANALYSIS_TABLES}
     done.unlink(missing_ok=True)  # tables being rewritten are not a finished analysis
     tables = analyze(family, out, seed=seed, m=m, n_resamples=n_resamples, use_umap=use_umap, plots=plots, progress=progress)
