@@ -213,3 +213,34 @@ def test_capacity_bits_come_from_the_attack_scores(micro_family):
     model = load_model(family, "37k", device="cpu")
     plain = nll_bits(model_token_logprobs(model, torch.from_numpy(samples.astype(np.int64)), 4)).numpy()
     np.testing.assert_allclose(_sample_bits(model, samples, 4, torch.device("cpu")), plain, rtol=1e-5)
+
+
+def test_report_section_states_the_numbers(membership_run, tmp_path):
+    from types import SimpleNamespace
+
+    from dynamics.report.document import Figure, Table
+    from dynamics.report.membership import membership_section
+
+    out, _ = membership_run
+    shutil.copytree(out, tmp_path / "membership")
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    section = membership_section(SimpleNamespace(root=tmp_path), "37k")
+    figures = [b for b in section.blocks if isinstance(b, Figure)]
+    assert [f.name for f in figures] == ["membership_roc", "membership_steps"]
+    best = metrics[(metrics.model == "37k") & (metrics.step == 200)].sort_values("auroc").iloc[-1]
+    assert f"AUROC {best.auroc:.3f}" in figures[0].caption and best.attack in figures[0].caption
+    table = next(b for b in section.blocks if isinstance(b, Table)).frame
+    assert list(table.model.unique()) == ["37k"] and len(table) == len(ATTACKS)
+    missing = membership_section(SimpleNamespace(root=tmp_path / "elsewhere"))
+    assert "has not run" in missing.blocks[0].text
+
+
+def test_membership_stage_of_memdyn_run(micro_workdir):
+    """`memdyn run` attacks every size at every checkpoint, with the family's reference model."""
+    family = load_family(micro_workdir / "family")
+    metrics = pd.read_parquet(micro_workdir / "membership" / "metrics.parquet")
+    assert set(metrics.model) == set(family.size_names) and set(metrics.attack) == set(ATTACKS)
+    assert metrics.groupby("model").revision.nunique().eq(len(family.sizes[0].revisions)).all()
+    final = metrics[metrics.step == metrics.step.max()]
+    assert (final[final.attack == "loss"].auroc > 0.5).all()
+    assert (micro_workdir / "membership" / f"roc-{family.size_names[-1]}.png").is_file()
