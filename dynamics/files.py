@@ -178,3 +178,12 @@ def remove_temporaries(root: str | os.PathLike) -> None:
         stale += [p for p in root.rglob(".*.tmp") if p.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_output_folder(out: str | os.PathLike, option: str, is_ours: Callable[[Path], bool]) -> Path:
+    """An output directory without a settings file: refuse a file, an unwritable location, or a
+    non-empty directory that `is_ours` does not recognise as this command's earlier output."""
+    out = check_output_location(out, option, "dir")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not is_ours(out):
+        raise MemdynError(f"{option} {out} is a non-empty directory that memdyn did not write; choose another path or remove it")
+    return out

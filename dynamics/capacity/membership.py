@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynamics.errors import MemdynError
+
 # Morris et al. 2025 validation rows (shared/REFERENCE.md section 3):
 # (parameters, |D| samples of 64 tokens, observed loss-attack F1).
 PAPER_SEQ_LEN = 64
@@ -228,6 +230,14 @@ def fit_from_table(path, f1_column: str = "f1_median") -> tuple[SigmoidFit, np.n
     """Fit the sigmoid to a synthetic sweep table (columns tokens_per_param and f1)."""
     import pandas as pd
 
-    t = pd.read_parquet(path)
+    try:
+        t = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's errors for garbage or truncated files are these
+        raise MemdynError(f"--table {path} is not a readable Parquet table ({str(e).splitlines()[0]}); "
+                          "give the capacity.parquet of `memdyn capacity synthetic`") from None
+    missing = {"tokens_per_param", f1_column} - set(t.columns)
+    if missing:
+        raise MemdynError(f"--table {path} has no column {', '.join(sorted(missing))}; give the capacity.parquet of "
+                          "`memdyn capacity synthetic`")
     tpp, f1 = t["tokens_per_param"].to_numpy(), t[f1_column].to_numpy()
     return fit_sigmoid(tpp, f1), tpp, f1

@@ -34,7 +34,9 @@ from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics import manifest
+from dynamics.files import atomic_path, check_output_folder, read_json, write_json
+from dynamics.lock import locks_output
 
 
 def unigram_bits_per_token(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -93,10 +95,15 @@ def members_and_nonmembers(family: FamilySpec) -> tuple[np.ndarray, np.ndarray, 
     return members, np.asarray(train.batch(0, len(train))[members]), np.asarray(held.batch(0, len(held)))
 
 
+def _is_text_capacity(out: Path) -> bool:
+    return (out / "text_capacity.parquet").is_file() or (out / manifest.MANIFEST).is_dir()
+
+
+@locks_output()
 def text_capacity(family: FamilySpec, out: str | Path, models: str | None = None, reference: str | None = None,
                   device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Per-sample and per-size unintended memorization, membership inference and its sigmoid fit."""
-    out = Path(out)
+    out = check_output_folder(out, "--out", _is_text_capacity)
     sizes = family.select(models)
     dev = resolve_device(device)
     resolve_dtype(dtype, dev)  # fp16 on a CPU fails here, before any model loads
@@ -143,6 +150,8 @@ def text_capacity(family: FamilySpec, out: str | Path, models: str | None = None
         pd.concat(per_sample, ignore_index=True).to_parquet(tmp, index=False)
     with atomic_path(out / "text_capacity.parquet") as tmp:
         table.to_parquet(tmp, index=False)
+    manifest.record_part(out, "text_samples.parquet", sum(len(t) for t in per_sample))
+    manifest.record_part(out, "text_capacity.parquet", len(table))
     with atomic_path(out / "text_capacity.csv") as tmp:
         table.to_csv(tmp, index=False)
     if len(table) >= 2:

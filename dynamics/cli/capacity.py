@@ -19,7 +19,7 @@ def synthetic(
     preset: str = typer.Option("cpu", help="cpu (2 cores, < 20 min) or paper (Morris et al. grid, GPU)."),
     dtype: str = typer.Option("fp32", help="Training precision: fp32 or bf16 (fp16 only on GPU)."),
     seed: int = SEED,
-    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
 ) -> None:
     """Train GPT-2 models on uniformly random tokens to saturation; fit bits per parameter."""
     from dynamics.capacity.synthetic import PRESETS, run_sweep
@@ -50,8 +50,10 @@ def mi_law(
 ) -> None:
     """Fit F1 = 0.5 (1 + c1 sigmoid(c2 log10(tokens/param) + c3)) and plot points and curve."""
     from dynamics.capacity.membership import fit_from_table, fit_paper_rows, paper_points, plot_sigmoid_fit
-    from dynamics.files import write_json
+    from dynamics.files import check_output_folder, write_json
+    from dynamics.lock import output_lock
 
+    check_output_folder(out, "--out", lambda p: (p / "mi_law.json").is_file())
     if table is None:
         fit = fit_paper_rows()
         tpp, f1 = paper_points()
@@ -61,9 +63,10 @@ def mi_law(
             raise MemdynError(f"table {table} does not exist; run `memdyn capacity synthetic` first")
         fit, tpp, f1 = fit_from_table(table)
         title = f"Loss-threshold MI, {table.parent.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "mi_law.json", fit.as_dict())
-    plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
+    with output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "mi_law.json", fit.as_dict())
+        plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
     typer.echo(f"c1={fit.c1:.4f} c2={fit.c2:.4f} c3={fit.c3:.4f} (x = {fit.x}), rmse {fit.rmse:.4f} "
                f"over {fit.n_points} points; F1=0.55 at {fit.tokens_per_param_at(0.55):.2f} tokens/param")
 

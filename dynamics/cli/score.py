@@ -19,9 +19,9 @@ def score(
     continuations: str = typer.Option("16,32,48,64", help="Continuation lengths c."),
     data: Optional[str] = typer.Option(None, help="Megatron prefix of the training samples (default: the family's)."),
     samples: Optional[str] = typer.Option(None, help="START:END range of samples in training order."),
-    sample: Optional[int] = typer.Option(None, help="Score N samples drawn at random (with --seed)."),
+    sample: Optional[int] = typer.Option(None, min=1, help="Score N samples drawn at random (with --seed)."),
     batch_size: int = BATCH_SIZE,
-    chunk_size: int = typer.Option(256, help="Samples per resumable chunk."),
+    chunk_size: int = typer.Option(256, min=1, help="Samples per resumable chunk."),
     schemes: str = typer.Option("t1,k40,p0.9,t0.7k40", help="Sampling schemes of the extraction columns (p_z), comma-separated: "
                                 "t<temperature>, k<top-k>, p<top-p> or combinations in that order ('' for none)."),
     approx_bleu: float = typer.Option(0.75, help="BLEU-4 from which a greedy generation counts as approximately memorized."),
@@ -73,8 +73,8 @@ def transitions(
     src: str = typer.Option(..., "--from", help="MODEL or MODEL@REVISION."),
     dst: str = typer.Option(..., "--to", help="MODEL or MODEL@REVISION."),
     bins: str = typer.Option("0.2,0.4,0.6,0.8", help="Upper edges of the score bins."),
-    context: Optional[int] = typer.Option(None, help="Context length (default 32, else the smallest)."),
-    continuation: Optional[int] = typer.Option(None, help="Continuation length (default 16, else the smallest)."),
+    context: Optional[int] = typer.Option(None, min=1, help="Context length (default 32, else the smallest)."),
+    continuation: Optional[int] = typer.Option(None, min=1, help="Continuation length (default 16, else the smallest)."),
     out: Optional[Path] = typer.Option(None, help="CSV file to write (default: inside the scores directory, named with a leading _)."),
 ):
     """Row-normalised transition matrix of score bins between two models or two checkpoints."""
