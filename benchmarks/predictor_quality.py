@@ -36,7 +36,7 @@ from dynamics.errors import MemdynError  # noqa: E402
 from dynamics.family.spec import load_family  # noqa: E402
 from dynamics.scoring.table import read_scores  # noqa: E402
 from dynamics.scoring.grid import MEMORIZED  # noqa: E402
-from predictor.data import parse_edges  # noqa: E402
+from dynamics.cli.parse import class_edges  # noqa: E402
 from predictor.train import TrainSettings, cross_validate  # noqa: E402
 
 
@@ -72,9 +72,10 @@ def main() -> None:
     ap.add_argument("--models", help="comma-separated sizes (default: every scored size)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    edges = parse_edges(args.edges)
+    edges = class_edges(args.edges)
     scored = set(read_scores(args.scores)["model"])
-    sizes = [s for s in load_family(args.family).size_names if s in scored]  # smallest first
+    family = load_family(args.family)
+    sizes = [s for s in family.size_names if s in scored]  # smallest first
     if args.models:
         unknown = set(args.models.split(",")) - set(sizes)
         if unknown:
@@ -86,8 +87,8 @@ def main() -> None:
     for model in sizes:
         for mode in modes:
             try:
-                m = cross_validate(args.family, model, mode, args.scores, args.dynamics, edges, args.context,
-                                   args.continuation, settings, args.folds)
+                m = cross_validate(family, model=model, mode=mode, scores=args.scores, dynamics=args.dynamics, edges=edges,
+                                   context=args.context, continuation=args.continuation, settings=settings, folds=args.folds)
             except MemdynError as e:
                 skipped.append(f"{model} {mode}: {e}")
                 continue

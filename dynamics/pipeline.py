@@ -35,7 +35,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
-    total = 8
+    total = 9
 
     t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
     family = train_family(p.name, w.family_dir, seed=seed)
@@ -71,13 +71,20 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         text_capacity(family, w.capacity_dir, seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
-    t = _stage("analyses: duplication dose-response, taxonomy, canary scores and exposure", 7, total)
+    t = _stage("membership: loss, zlib, min-k%, min-k%++ and reference attacks per size and checkpoint", 7, total)
+    from dynamics.capacity.mia import MEMBERSHIP_DIR, run_membership
+
+    revisions = sorted({r for s in family.sizes for r in s.revisions}, key=lambda r: int(r[4:]))
+    run_membership(family, w.root / MEMBERSHIP_DIR, "train", "heldout", revisions=revisions, seed=seed, progress=False)
+    print(f"      done ({time.time() - t:.0f} s)")
+
+    t = _stage("analyses: duplication dose-response, taxonomy, canary scores and exposure", 8, total)
     from dynamics.analyses.stage import run_analyses
 
     run_analyses(family, w.root, k, c, seed=seed)
     print(f"      done ({time.time() - t:.0f} s)")
 
-    t = _stage("reports: family overview and one report per size", 8, total)
+    t = _stage("reports: family overview and one report per size", 9, total)
     from dynamics.report import write_reports
 
     paths = write_reports(w.root, reports, p.name)
@@ -105,7 +112,7 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
                 continue
             try:
                 train_predictor(
-                    w.family_dir, out, size, mode=mode, scores=w.scores_dir, dynamics=w.dynamics_dir,
+                    family, out, model=size, mode=mode, scores=w.scores_dir, dynamics=w.dynamics_dir,
                     context=context, continuation=continuation, settings=TrainSettings(seed=seed), folds=folds,
                 )
             except MemdynError as e:

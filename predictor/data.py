@@ -39,18 +39,6 @@ MIN_TRAIN_PER_CLASS = 2  # fewer cannot teach a class; the test side needs at le
 SPLIT_TRIES = 20  # candidate GroupShuffleSplit draws; the first leaving a non-empty test side wins
 
 
-def parse_edges(text: str | None) -> tuple[float, float]:
-    if text is None:
-        return CLASS_EDGES
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise MemdynError(f"--edges must be two numbers LO,HI (unmemorized <= LO, memorized >= HI), got {text!r}") from None
-    if not 0 <= lo < hi <= 1:
-        raise MemdynError(f"--edges needs 0 <= LO < HI <= 1, got {text!r}")
-    return lo, hi
-
-
 # ---------------------------------------------------------------------------- documents and splits
 
 

@@ -1,13 +1,15 @@
-"""Train, save, load, evaluate and apply a memorization predictor.
+"""Train, save, load, evaluate and apply a memorization predictor (predictor.estimator) beside
+its baselines (predictor.baselines), through one cross-validation loop.
 
 A predictor directory (save_pretrained style):
-  config.json        architecture, mode, classes and edges, target model / cell, training settings,
-                     family name + corpus hash + tokenizer vocab hash (checked on every use)
+  config.json        architecture and hyperparameters, mode, classes and edges, target model / cell,
+                     training settings, family name + corpus hash + tokenizer vocab hash (checked on
+                     every use)
   model.safetensors  weights
   tokenizer/         copy of the family's tokenizer (predict reads text with it)
   split.json         the training documents: every evaluation uses samples touching none of them
   metrics.json       test metrics of the predictor and the baselines, natural and balanced
-  cv.json            (--folds K) the same metrics of K-fold cross-validation by document: out-of-fold
+  cv.json            (folds K) the same metrics of K-fold cross-validation by document: out-of-fold
                      predictions of K fresh predictors and baselines, pooled
 """
 
@@ -15,35 +17,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from dynamics.decoding.collect import HIDDEN_DTYPES
 from dynamics.decoding.entropy import forward_pass
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_model, load_tokenizer, resolve_device
+from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
 from dynamics.files import atomic_path, check_replaceable, read_json
 from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from dynamics.scoring.kernel import reference_scores
-from predictor.baselines import baseline_proba
+from predictor.baselines import full_proba, make_baselines
 from predictor.data import (
-    HIDDEN_CHANNELS, MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset,
-    context_tokens, document_columns, fold_splits, hidden_dataset, hidden_features, scalar_features,
-    split_by_document, touches,
+    MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, fold_splits,
+    hidden_dataset, hidden_features, scalar_features, split_by_document, touches,
 )
+from predictor.estimator import MemorizationPredictor
 from predictor.metrics import classification_metrics, token_metrics
-from predictor.model import MemPredictor, MemPredictorEnsemble, PredictorConfig, loss_fn
 
 MODES = ("context", "hidden")
-# Hidden mode's defaults under the arch a caller gives: with ~200 training rows a narrower, shallower
-# encoder generalises better (4.2m, 5-fold AUROC memorized vs not of one encoder: 0.88 here, 0.82 at d 64 / 2 layers),
-# and three members average away most of the spread over initialisations
-HIDDEN_ARCH = {"d_model": 32, "n_layers": 1, "members": 3}
 
 
 @dataclass
@@ -81,77 +78,66 @@ def tokens_of(family: FamilySpec, data: Dataset) -> np.ndarray:
     return data.inputs if data.inputs.ndim == 2 else context_tokens(family, data.rows["seq_idx"].to_numpy(), data.context_len)
 
 
-# ---------------------------------------------------------------------------- forward passes
+# ---------------------------------------------------------------------------- the systems compared
 
 
-@torch.no_grad()
-def predict_arrays(net: MemPredictorEnsemble, inputs: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """proba [n, C], score [n], token_proba [n, T] for inputs [n, T] (ids) or [n, T, F]."""
-    net.eval()
-    dev = next(net.parameters()).device
-    out = {"proba": [], "score": [], "token_proba": []}
-    for start in range(0, len(inputs), batch_size):
-        x = torch.as_tensor(inputs[start : start + batch_size], device=dev)
-        r = net(x)
-        out["proba"].append(torch.softmax(r["logits"], -1).cpu().numpy())
-        out["score"].append(r["score"].cpu().numpy())
-        out["token_proba"].append(torch.sigmoid(r["token_logits"]).cpu().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+@dataclass
+class System:
+    """An estimator factory and what it reads: inputs X [n, ...] and per-row fit arrays (indexed by
+    the training rows), plus constant fit arguments."""
+
+    make: Callable[[], object]
+    X: np.ndarray
+    row_params: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    def fit(self, y: np.ndarray, rows: np.ndarray):
+        est = self.make()
+        return est.fit(self.X[rows], y[rows], **{k: v[rows] for k, v in self.row_params.items()}, **self.params)
+
+    def outputs(self, est, rows: np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(est, MemorizationPredictor):
+            return est.predict_outputs(self.X[rows])
+        return {"proba": full_proba(est, self.X[rows])}
 
 
-def new_predictor(data: Dataset, vocab_size: int, seed: int, arch: dict | None = None) -> MemPredictorEnsemble:
-    """A freshly (seeded) initialised predictor sized for the data's inputs (arch over the mode's defaults)."""
-    torch.manual_seed(seed)
+def predictor_system(data: Dataset, s: TrainSettings, arch: dict | None, vocab_size: int) -> System:
     mode = "context" if data.inputs.ndim == 2 else "hidden"
-    defaults = HIDDEN_ARCH if mode == "hidden" else {}
-    cfg = PredictorConfig(input=mode, max_len=data.inputs.shape[1], **{**defaults, **(arch or {})})
-    if cfg.d_model % cfg.n_heads:
-        raise MemdynError(f"--d-model {cfg.d_model} must be a multiple of --heads {cfg.n_heads}")
-    if cfg.members < 1:
-        raise MemdynError(f"--members must be >= 1, got {cfg.members}")
-    if mode == "context":
-        cfg.vocab_size = max(vocab_size, int(data.inputs.max()) + 1)
-    else:
-        cfg.n_features, cfg.n_channels, cfg.context_len = data.inputs.shape[-1], len(HIDDEN_CHANNELS), data.context_len
-    return MemPredictorEnsemble(cfg)
+    row_params = {"score": data.rows["score"].to_numpy()}
+    if data.token_labels is not None:
+        row_params["token_labels"] = data.token_labels
+    make = lambda: MemorizationPredictor(input=mode, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+                                         device=s.device, **(arch or {}))
+    return System(make, data.inputs, row_params, {"context_len": data.context_len, "vocab_size": vocab_size})
 
 
-def fit(net: MemPredictorEnsemble, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
-    """Each member on the rows `train`, with its own batch order; returns the members' mean loss per epoch."""
-    histories = [fit_member(member, data, train, replace(s, seed=s.seed + i)) for i, member in enumerate(net.members)]
-    return np.mean(histories, axis=0).tolist()
+def systems(family: FamilySpec, data: Dataset, s: TrainSettings, arch: dict | None, baselines: bool) -> tuple[dict, list]:
+    """{name: System}: the predictor and (baselines=True) each baseline on the scalar features; and
+    those features' names."""
+    out = {"predictor": predictor_system(data, s, arch, len(load_tokenizer(family)))}
+    names = None
+    if baselines:
+        X, names = scalar_features(family, data, tokens_of(family, data))
+        out.update({name: System(lambda name=name: make_baselines(s.seed)[name], X) for name in make_baselines(s.seed)})
+    return out, names
 
 
-def fit_member(net: MemPredictor, data: Dataset, train: np.ndarray, s: TrainSettings) -> list[float]:
-    """Adam on the rows `train`; returns the mean loss per epoch."""
-    torch.manual_seed(s.seed)
-    dev = resolve_device(s.device)
-    net.to(dev)
-    x = torch.as_tensor(data.inputs[train])
-    label = torch.as_tensor(data.rows["label"].to_numpy()[train])
-    score = torch.as_tensor(data.rows["score"].to_numpy()[train], dtype=torch.float32)
-    tok = torch.as_tensor(data.token_labels[train]) if data.token_labels is not None else None
-    net.fit_channels(x)
-    counts = torch.bincount(label, minlength=len(CLASSES)).float()
-    weight = (counts.sum() / (len(CLASSES) * counts.clamp(min=1))).to(dev)  # inverse class frequency
-    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
-    gen = torch.Generator().manual_seed(s.seed)
-    history = []
-    for _ in range(s.epochs):
-        net.train()
-        order, total = torch.randperm(len(x), generator=gen), 0.0
-        for start in range(0, len(x), s.batch_size):
-            b = order[start : start + s.batch_size]
-            out = net(x[b].to(dev))
-            loss = loss_fn(out, label[b].to(dev), score[b].to(dev), weight,
-                           tok[b].to(dev) if tok is not None else None, data.context_len)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(b)
-        history.append(total / len(x))
-    net.eval()
-    return history
+def cross_validated_proba(systems: dict[str, System], y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                          n: int) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """Every system fitted on each split's training rows and applied to its held-out rows; returns
+    the pooled held-out outputs {system: {output: [n, ...]}} and the last split's fitted estimators."""
+    pooled, fitted = {name: {} for name in systems}, {}
+    for train, held in splits:
+        for name, system in systems.items():
+            fitted[name] = system.fit(y, train)
+            scatter(pooled[name], system.outputs(fitted[name], held), held, n)
+    return pooled, fitted
+
+
+def scatter(into: dict[str, np.ndarray], values: dict[str, np.ndarray], rows: np.ndarray, n: int) -> None:
+    """into[key][rows] = values[key], allocating [n, ...] arrays on first use."""
+    for key, v in values.items():
+        into.setdefault(key, np.zeros((n, *v.shape[1:]), v.dtype))[rows] = v
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -191,20 +177,10 @@ def heldout_metrics(data: Dataset, test: np.ndarray, n_train: int, pred: dict[st
     return result
 
 
-def baseline_features(family: FamilySpec, data: Dataset) -> tuple[np.ndarray, list[str]]:
-    """Scalar features [n, F] of every row, and their names."""
-    return scalar_features(family, data, tokens_of(family, data))
-
-
-def evaluate_rows(net: MemPredictorEnsemble, family: FamilySpec, data: Dataset, train: np.ndarray, test: np.ndarray,
-                  seed: int, baselines: bool = True) -> dict:
-    """Predictor metrics on the test sets, and baselines fitted on `train` (this data's labels)."""
-    pred = predict_arrays(net, data.inputs)
-    if not baselines:
-        return heldout_metrics(data, test, len(train), pred, seed)
-    X, names = baseline_features(family, data)
-    y = data.rows["label"].to_numpy()
-    return heldout_metrics(data, test, len(train), pred, seed, names, baseline_proba(X[train], y[train], X, seed))
+def heldout_results(data: Dataset, test: np.ndarray, n_train: int, pooled: dict, names: list | None, seed: int) -> dict:
+    """heldout_metrics of pooled outputs: the predictor's, and the baselines' class probabilities."""
+    base = {name: out["proba"] for name, out in pooled.items() if name != "predictor"} if names is not None else None
+    return heldout_metrics(data, test, n_train, pooled["predictor"], seed, names, base)
 
 
 def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, folds: int, arch: dict | None = None,
@@ -214,10 +190,10 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
     the fold's samples; the metrics are those of the pooled out-of-fold predictions."""
     if folds < 2:
         raise MemdynError(f"--folds must be >= 2 for cross-validation, got {folds}")
-    labels, n, vocab = data.rows["label"].to_numpy(), len(data.rows), len(load_tokenizer(family))
+    labels, n = data.rows["label"].to_numpy(), len(data.rows)
     check_classes(labels, f"samples of {data.model}", MIN_TRAIN_PER_CLASS)  # before blaming the folds
     matches = data.rows["matches"].to_numpy()
-    splits = fold_splits(data.rows[document_columns(data.rows)], folds, s.seed)
+    splits = fold_splits(data.rows[["first_doc", "last_doc"]], folds, s.seed)
     # folds whose documents' samples all straddle into another fold test nothing
     splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in splits if len(test)]
     for i, (train, _) in enumerate(splits):  # every fold is checked before any is trained
@@ -226,25 +202,13 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
                       "score more samples or pick other --edges")
     test = np.sort(np.concatenate([test for _, test in splits]))
     check_classes(labels[test], "cross-validated samples", 1)
-    X, names = baseline_features(family, data) if baselines else (None, None)
-    pred, base, per_fold = {}, {} if baselines else None, []
-    for train, held in splits:
-        net = new_predictor(data, vocab, s.seed, arch)
-        fit(net, data, train, s)
-        scatter(pred, predict_arrays(net, data.inputs[held]), held, n)
-        if baselines:
-            scatter(base, baseline_proba(X[train], labels[train], X[held], s.seed), held, n)
-        per_fold.append({"n_train": int(len(train)), "n_test": int(len(held))})
-    result = heldout_metrics(data, test, round(np.mean([f["n_train"] for f in per_fold])), pred, s.seed, names, base)
+    compared, names = systems(family, data, s, arch, baselines)
+    pooled, _ = cross_validated_proba(compared, labels, splits, n)
+    per_fold = [{"n_train": int(len(train)), "n_test": int(len(held))} for train, held in splits]
+    result = heldout_results(data, test, round(np.mean([f["n_train"] for f in per_fold])), pooled, names, s.seed)
     result["cv"] = {"folds": len(splits), "by": "document", "n_evaluated": int(len(test)),
                     "n_straddling": int(n - len(test)), "per_fold": per_fold}
     return result
-
-
-def scatter(into: dict[str, np.ndarray], values: dict[str, np.ndarray], rows: np.ndarray, n: int) -> None:
-    """into[key][rows] = values[key], allocating [n, ...] arrays on first use."""
-    for key, v in values.items():
-        into.setdefault(key, np.zeros((n, *v.shape[1:]), v.dtype))[rows] = v
 
 
 # ---------------------------------------------------------------------------- save / load
@@ -260,12 +224,10 @@ def check_predictor_out(out: Path) -> None:
         check_replaceable(out, True, is_predictor_dir)
 
 
-def save_predictor(out: Path, net: MemPredictorEnsemble, config: dict, tokenizer, train_docs: np.ndarray, metrics: dict,
-                   cv: dict | None = None) -> None:
+def save_predictor(out: Path, est: MemorizationPredictor, config: dict, tokenizer, train_docs: np.ndarray,
+                   metrics: dict, cv: dict | None = None) -> None:
     with atomic_path(out, replaces=is_predictor_dir) as tmp:
-        tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+        est.save_pretrained(tmp, metadata=config)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "split.json").write_text(json.dumps({"train_documents": train_docs.tolist()}) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -273,20 +235,10 @@ def save_predictor(out: Path, net: MemPredictorEnsemble, config: dict, tokenizer
             (tmp / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
 
 
-def load_predictor(model_dir: str | Path) -> tuple[MemPredictorEnsemble, dict]:
-    d = Path(model_dir)
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise MemdynError(f"{d} is not a memdyn predictor directory (needs config.json and model.safetensors)")
-    config = read_json(d / "config.json")
-    if config["mode"] == "hidden" and not config["predictor"].get("n_channels"):
-        raise MemdynError(f"{d} is a hidden-mode predictor from before the surprisal channel; train it again")
-    net = MemPredictorEnsemble(PredictorConfig(**config["predictor"]))
-    weights = load_file(str(d / "model.safetensors"))
-    if not any(k.startswith("members.") for k in weights):  # saved before ensembles: one predictor
-        weights = {f"members.0.{k}": v for k, v in weights.items()}
-    net.load_state_dict(weights)
-    net.eval()
-    return net, config
+def load_predictor(model_dir: str | Path) -> tuple[MemorizationPredictor, dict]:
+    """The fitted estimator of a predictor directory and its config."""
+    est = MemorizationPredictor.from_pretrained(model_dir)
+    return est, est.metadata_
 
 
 def load_predictor_tokenizer(model_dir: str | Path, config: dict):
@@ -307,11 +259,12 @@ def check_family(config: dict, family: FamilySpec) -> None:
         )
 
 
-def predictor_family(config: dict, family_dir: str | Path | None = None) -> FamilySpec:
+def predictor_family(config: dict, family: FamilySpec | None = None) -> FamilySpec:
     """The family a predictor reads (default: the one it was trained on), checked against it."""
-    if family_dir is None and not Path(config["family_dir"]).exists():
-        raise MemdynError(f"the family this predictor was trained on is gone ({config['family_dir']}); pass --family DIR")
-    family = load_family(family_dir or config["family_dir"])
+    if family is None:
+        if not Path(config["family_dir"]).exists():
+            raise MemdynError(f"the family this predictor was trained on is gone ({config['family_dir']}); pass --family DIR")
+        family = load_family(config["family_dir"])
     check_family(config, family)
     return family
 
@@ -319,67 +272,75 @@ def predictor_family(config: dict, family_dir: str | Path | None = None) -> Fami
 # ---------------------------------------------------------------------------- entry points
 
 
-def train_predictor(family_dir: str | Path, out: str | Path, model: str, mode: str = "context", scores=None,
-                    dynamics=None, edges=CLASS_EDGES, context=None, continuation=None,
+def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: str = "context", scores=None,
+                    dynamics=None, edges=CLASS_EDGES, context: int | None = None, continuation: int | None = None,
                     settings: TrainSettings | None = None, arch: dict | None = None, baselines: bool = True,
                     folds: int = 0) -> dict:
-    """Train on the target model's labels, evaluate on the held-out documents, save to `out`; with
-    folds (>= 2) also cross-validate by document (cv.json; the saved predictor is the main split's)."""
+    """Train a predictor of `model`'s memorization on the training documents, evaluate it on the
+    held-out ones, save it to `out`; with folds (>= 2) also cross-validate by document (cv.json; the
+    saved predictor is the main split's). arch: MemorizationPredictor architecture arguments."""
     s = settings or TrainSettings()
     check_predictor_out(Path(out))
-    family = load_family(family_dir)
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
-    docs = data.rows[document_columns(data.rows)]
+    docs = data.rows[["first_doc", "last_doc"]]
     train, test, owned = split_by_document(docs, s.seed, s.test_size)
     train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
     labels = data.rows["label"].to_numpy()
     check_classes(labels[train], "training split", MIN_TRAIN_PER_CLASS)
     check_classes(labels[test], "test split", 1)
-    tokenizer = load_tokenizer(family)
-    net = new_predictor(data, len(tokenizer), s.seed, arch)
-    history = fit(net, data, train, s)
-    metrics = evaluate_rows(net, family, data, train, test, s.seed, baselines)
-    metrics["loss_history"] = history
+    compared, names = systems(family, data, s, arch, baselines)
+    pooled, fitted = cross_validated_proba(compared, labels, [(train, test)], len(labels))
+    est = fitted["predictor"]
+    metrics = heldout_results(data, test, len(train), pooled, names, s.seed)
+    metrics["loss_history"] = est.loss_history_
     cv = cross_validate_data(family, data, s, folds, arch, baselines) if folds else None
+    tokenizer = load_tokenizer(family)
     config = {
-        "predictor": net.cfg.to_dict(), "mode": mode, "classes": list(CLASSES), "edges": list(edges),
-        "family": family.name, "family_dir": str(Path(family_dir).resolve()), "corpus_hash": family.corpus.get("hash"),
+        "mode": mode, "classes": list(CLASSES), "edges": list(edges),
+        "family": family.name, "family_dir": str(family.root), "corpus_hash": family.corpus.get("hash"),
         "vocab_hash": vocab_hash(tokenizer), "target_model": data.model, "revision": data.revision,
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
         "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k != "device"},
     }
-    save_predictor(Path(out), net, config, tokenizer, owned, metrics, cv)
+    save_predictor(Path(out), est, config, tokenizer, owned, metrics, cv)
     return metrics
 
 
-def cross_validate(family_dir: str | Path, model: str, mode: str = "context", scores=None, dynamics=None,
-                   edges=CLASS_EDGES, context=None, continuation=None, settings: TrainSettings | None = None,
-                   folds: int = 5, arch: dict | None = None, baselines: bool = True) -> dict:
+def cross_validate(family: FamilySpec, *, model: str, mode: str = "context", scores=None, dynamics=None,
+                   edges=CLASS_EDGES, context: int | None = None, continuation: int | None = None,
+                   settings: TrainSettings | None = None, folds: int = 5, arch: dict | None = None,
+                   baselines: bool = True) -> dict:
     """Metrics of `folds`-fold cross-validation by document of predictors of `model` (nothing saved)."""
-    family = load_family(family_dir)
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     return cross_validate_data(family, data, settings or TrainSettings(), folds, arch, baselines)
 
 
-def evaluate_predictor(model_dir: str | Path, scores=None, model: str | None = None, dynamics=None,
-                       family_dir: str | Path | None = None, baselines: bool = True) -> dict:
+def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None = None, dynamics=None,
+                       family: FamilySpec | None = None, baselines: bool = True) -> dict:
     """Evaluate a saved predictor on `model`'s labels (default: its own target; another size is
     cross-size transfer), on samples touching none of its training documents."""
-    net, config = load_predictor(model_dir)
-    family = predictor_family(config, family_dir)
+    est, config = load_predictor(model_dir)
+    family = predictor_family(config, family)
     model = model or config["target_model"]
     data = load_dataset(family, config["mode"], model, scores, dynamics, tuple(config["edges"]),
                         config["context_len"], config["continuation_len"])
-    if data.inputs.shape[1:] != (net.cfg.max_len, *(() if config["mode"] == "context" else (net.cfg.n_features,))):
+    cfg = est.config_
+    if data.inputs.shape[1:] != (cfg.max_len, *(() if config["mode"] == "context" else (cfg.n_features,))):
         raise MemdynError(f"model {model}'s inputs {tuple(data.inputs.shape[1:])} do not fit this predictor "
                           f"(trained on {config['target_model']}'s); hidden states of another width cannot transfer")
     owned = np.asarray(read_json(Path(model_dir) / "split.json")["train_documents"], dtype=np.int64)
-    docs = data.rows[document_columns(data.rows)]
+    docs = data.rows[["first_doc", "last_doc"]]
     test = np.flatnonzero(~touches(docs, owned))
     train = np.flatnonzero(touches(docs, owned))  # baselines: the same documents' labels of this model
-    train = train[balance(data.rows["matches"].to_numpy()[train], config["train"]["max_per_class"], config["train"]["seed"])]
-    check_classes(data.rows["label"].to_numpy()[test], f"evaluation set of {model}", 1)
-    result = evaluate_rows(net, family, data, train, test, config["train"]["seed"], baselines)
+    seed = config["train"]["seed"]
+    train = train[balance(data.rows["matches"].to_numpy()[train], config["train"]["max_per_class"], seed)]
+    labels = data.rows["label"].to_numpy()
+    check_classes(labels[test], f"evaluation set of {model}", 1)
+    compared, names = systems(family, data, TrainSettings(seed=seed), None, baselines)
+    pooled = {"predictor": {}}
+    scatter(pooled["predictor"], compared.pop("predictor").outputs(est, test), test, len(labels))
+    pooled.update(cross_validated_proba(compared, labels, [(train, test)], len(labels))[0])
+    result = heldout_results(data, test, len(train), pooled, names, seed)
     result["trained_on"] = config["target_model"]
     return result
 
@@ -396,11 +357,12 @@ def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,
     return hidden_features(hidden, r.entropy[0], r.surprisal[0]), generated
 
 
-def predict_text(model_dir: str | Path, text: str, family_dir: str | Path | None = None, device: str = "cpu") -> dict:
+def predict_text(model_dir: str | Path, text: str, *, family: FamilySpec | None = None, device: str = "cpu") -> dict:
     """Class, its probability and the predicted score of one context given as text. A hidden-mode
     predictor reads the first context_len tokens, decodes the continuation greedily with its target
     model and also gives, per continuation token, the probability that the model reproduces it."""
-    net, config = load_predictor(model_dir)
+    est, config = load_predictor(model_dir)
+    cfg = est.config_
     tok = load_predictor_tokenizer(model_dir, config)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -411,18 +373,18 @@ def predict_text(model_dir: str | Path, text: str, family_dir: str | Path | None
         if len(ids) < k:
             raise MemdynError(f"the text is {len(ids)} tokens long; this hidden-mode predictor reads a context of "
                               f"{k} tokens, so give at least {k}")
-        family = predictor_family(config, family_dir)
+        family = predictor_family(config, family)
         target = load_model(family, config["target_model"], config["revision"], device=device)
         x, generated = hidden_inputs(target, np.asarray(ids[:k]), config["continuation_len"], config["layer"],
-                                     config.get("hidden_dtype") or "float32")  # not recorded by older predictors
+                                     config["hidden_dtype"])
         extra["continuation"] = [tok.decode([t]) for t in generated]
     else:
-        if len(ids) > net.cfg.max_len:
-            raise MemdynError(f"the text is {len(ids)} tokens long; this predictor reads contexts of at most {net.cfg.max_len} tokens")
-        if max(ids) >= net.cfg.vocab_size:
-            raise MemdynError(f"token id {max(ids)} is outside this predictor's vocabulary ({net.cfg.vocab_size})")
+        if len(ids) > cfg.max_len:
+            raise MemdynError(f"the text is {len(ids)} tokens long; this predictor reads contexts of at most {cfg.max_len} tokens")
+        if max(ids) >= cfg.vocab_size:
+            raise MemdynError(f"token id {max(ids)} is outside this predictor's vocabulary ({cfg.vocab_size})")
         x = np.asarray(ids)  # [t], t <= max_len: the mask-free forward pools over t positions
-    r = predict_arrays(net, x[None])
+    r = est.predict_outputs(x[None])
     proba = r["proba"][0]
     c = int(proba.argmax())
     if config["mode"] == "hidden":

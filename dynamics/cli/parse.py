@@ -42,3 +42,14 @@ def float_list(text: str, option: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise MemdynError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def class_edges(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (LO, HI): unmemorized score <= LO, memorized score >= HI, partial between."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MemdynError(f"--edges must be two numbers LO,HI (unmemorized <= LO, memorized >= HI), got {text!r}") from None
+    if not 0 <= lo < hi <= 1:
+        raise MemdynError(f"--edges needs 0 <= LO < HI <= 1, got {text!r}")
+    return lo, hi

@@ -56,7 +56,7 @@ def train(
     edges: str = typer.Option("0.2,1.0", help="LO,HI: unmemorized score <= LO, memorized score >= HI, partial between."),
     d_model: Optional[int] = typer.Option(None, help="Predictor width (default 64; hidden mode 32)."),
     encoder_layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
-    heads: int = typer.Option(4, help="Attention heads."),
+    heads: int = typer.Option(4, min=1, help="Attention heads."),
     members: Optional[int] = typer.Option(None, help="Predictors from different initialisations, averaged (default 1; hidden mode 3)."),
     positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
     batch_size: int = typer.Option(32, help="Batch size."),
@@ -66,8 +66,10 @@ def train(
     device: str = DEVICE,
 ) -> None:
     """Train a predictor of MODEL's memorization; prints test metrics beside the baselines."""
+    from dynamics.cli.parse import class_edges
+    from dynamics.family.spec import load_family
     from dynamics.files import read_json
-    from predictor.data import parse_edges
+    from predictor.estimator import DEFAULTS
     from predictor.train import TrainSettings, train_predictor
 
     if epochs < 1 or batch_size < 1 or (max_per_class is not None and max_per_class < 1):
@@ -76,12 +78,15 @@ def train(
         raise MemdynError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     if positional not in ("learned", "sinusoidal"):
         raise MemdynError(f"--positional must be learned or sinusoidal, got {positional!r}")
+    if input in DEFAULTS and (d_model or DEFAULTS[input]["d_model"]) % heads:
+        raise MemdynError(f"--d-model {d_model or DEFAULTS[input]['d_model']} must be a multiple of --heads {heads}")
     settings = TrainSettings(seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_per_class=max_per_class,
                              test_size=test_size, device=device)
     arch = {"d_model": d_model, "n_layers": encoder_layers, "n_heads": heads, "positional": positional, "members": members}
-    arch = {k: v for k, v in arch.items() if v is not None}  # unset: the mode's default (predictor.train.new_predictor)
-    metrics = train_predictor(family, out, model, input, scores, dynamics, parse_edges(edges), context, continuation,
-                              settings, arch, folds=folds)
+    arch = {k: v for k, v in arch.items() if v is not None}  # unset: the mode's default (predictor.estimator.DEFAULTS)
+    metrics = train_predictor(load_family(family), out, model=model, mode=input, scores=scores, dynamics=dynamics,
+                              edges=class_edges(edges), context=context, continuation=continuation, settings=settings,
+                              arch=arch, folds=folds)
     print_summary(metrics)
     if folds:
         print_summary(read_json(out / "cv.json"))
@@ -98,12 +103,14 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ) -> None:
     """Evaluate a predictor on samples from documents it never saw in training."""
+    from dynamics.family.spec import load_family
     from dynamics.files import check_output_file, write_json
     from predictor.train import evaluate_predictor
 
     if json_out:
         check_output_file(json_out, "--json", _is_metrics_json)
-    metrics = evaluate_predictor(model_dir, scores, model, dynamics, family)
+    metrics = evaluate_predictor(model_dir, scores=scores, model=model, dynamics=dynamics,
+                                 family=load_family(family) if family else None)
     print_summary(metrics)
     if json_out:
         write_json(json_out, metrics)
@@ -128,6 +135,7 @@ def predict(
 ) -> None:
     """Print the predicted class of a context, its probability and the predicted score; in hidden
     mode also each greedy continuation token and the probability that the model reproduces it."""
+    from dynamics.family.spec import load_family
     from predictor.train import predict_text
 
     if (text is None) == (file is None):
@@ -135,8 +143,11 @@ def predict(
     if file is not None:
         if not file.is_file():
             raise MemdynError(f"--file {file}: no such file")
-        text = file.read_text()
-    r = predict_text(model_dir, text, family, device)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MemdynError(f"--file {file} is not UTF-8 text; give a text file") from None
+    r = predict_text(model_dir, text, family=load_family(family) if family else None, device=device)
     print(f"{r['class']}\t{r['probability']:.3f}\tscore={r['score']:.3f}\t" + json.dumps({k: round(v, 4) for k, v in r["proba"].items()}))
     for i, (token, p) in enumerate(zip(r.get("continuation", []), r.get("token_proba", []))):
         print(f"{i}\t{token!r}\treproduced={p:.3f}")
