@@ -92,3 +92,20 @@ def test_old_family_is_refused_naming_the_rebuild_command(micro_family, micro_sc
     with pytest.raises(MemdynError, match=r"memdyn family train --preset micro"):
         annotate_scores(load_family(old), scores)
     assert not (scores / "_duplication.parquet").exists()  # nothing written
+
+
+def test_checks_pass_only_when_the_interval_excludes_zero():
+    from dynamics.analyses.checks import directional, paired_diff
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.2).astype(float)
+    b = np.maximum(a, (rng.random(400) < 0.3).astype(float))  # b memorizes all a does and more
+    d = paired_diff(a, b, seed=0)
+    assert d[1] > 0 and directional(*d)[0] == "PASS"
+    assert directional(*paired_diff(b, a, seed=0))[0] == "FAIL"
+    assert directional(*paired_diff(b, a, seed=0), rising=False)[0] == "PASS"
+    same = paired_diff(a, a[::-1], seed=0)  # no effect: the interval straddles 0
+    assert same[1] < 0 < same[2]
+    status, why = directional(*same)
+    assert status == "FAIL" and "not shown at 95%" in why
+    assert directional(np.nan, np.nan, np.nan)[0] == "NOT SHOWN"
