@@ -8,6 +8,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 
+def _legend(ax, title: str = "size") -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty panel has nothing to label
+        ax.legend(fontsize=7, title=title, title_fontsize=7)
+
+
 def _err(part: pd.DataFrame, y: str, lo: str, hi: str) -> np.ndarray:
     return np.clip(np.stack([part[y] - part[lo], part[hi] - part[y]]), 0, None)
 
@@ -32,7 +37,7 @@ def plot_dose_response(bins: pd.DataFrame, fits: pd.DataFrame, sizes: list[str],
     ax.set_xlabel("occurrences of the sample's context + continuation in the training stream")
     ax.set_ylabel("memorized (score 1), %")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, title="size", title_fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -48,7 +53,7 @@ def plot_slopes(fits: pd.DataFrame, sizes: list[str]) -> Figure:
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("training step")
     ax.set_ylabel("log-odds of memorization per doubling")
-    ax.legend(fontsize=7, title="size", title_fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -74,7 +79,7 @@ def plot_canaries(t: pd.DataFrame, column: str, sizes: list[str], log: bool = Tr
             ax.set_xticks(range(len(order)), order)
         ax.set_xlabel("repetitions" if column == "count" else "insertion point")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=7, title="size", title_fontsize=7)
+    _legend(axes[0])
     return fig
 
 
@@ -91,7 +96,7 @@ def plot_forgetting(f: pd.DataFrame, sizes: list[str]) -> Figure:
     for ax, label in zip(axes, ("mean verbatim score", "exposure, bits")):
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=7, title="size", title_fontsize=7)
+    _legend(axes[0])
     return fig
 
 
