@@ -11,7 +11,8 @@ predictor accuracy / macro-F1 / AUROC (memorized vs not) / ECE / score MAE (in h
 per-token head's token and sequence accuracy and its token-level AUROC, reproduced vs not) beside
 the majority class and logistic regression / gradient boosting on scalar features (context loss,
 zlib ratio, n-gram counts, duplicate count; in hidden mode mean entropy and the greedy
-continuation's largest surprisal), fitted on the same folds; `n` samples pooled, `n_out` spanning
+continuation's largest surprisal), fitted on the same folds, and the best single one of those
+features alone (`best_feature`, untrained, its AUROC with the sign chosen on the evaluated rows); `n` samples pooled, `n_out` spanning
 two folds and evaluated in none, `memorized`/`not` the AUROC's classes among the n, and `bal_f1`
 the predictor's macro-F1 on a class-balanced subset. Sizes whose folds lack a class are listed with the reason; --models limits
 the sizes.
@@ -37,7 +38,28 @@ from dynamics.family.spec import load_family  # noqa: E402
 from dynamics.scoring.table import read_scores  # noqa: E402
 from dynamics.scoring.grid import MEMORIZED  # noqa: E402
 from dynamics.cli.parse import class_edges  # noqa: E402
-from predictor.train import TrainSettings, cross_validate  # noqa: E402
+from predictor.train import TrainSettings, cross_validate, load_dataset, tokens_of  # noqa: E402
+
+
+def best_single_feature(family, model: str, mode: str, args, edges) -> dict:
+    """The baselines' scalar feature that alone ranks memorized vs not best (AUROC on the natural
+    rows: all scored samples in context mode, the dynamics' random draw in hidden mode). Untrained,
+    but its sign is chosen on the same rows, so this is an upper bound for a one-feature rule."""
+    from sklearn.metrics import roc_auc_score
+
+    from predictor.data import scalar_features
+
+    data = load_dataset(family, mode, model, args.scores, args.dynamics, edges, args.context, args.continuation)
+    X, names = scalar_features(family, data, tokens_of(family, data))
+    rows = np.arange(len(data.rows))
+    if "random_draw" in data.rows and data.rows["random_draw"].any():
+        rows = rows[data.rows["random_draw"].to_numpy()]
+    y = data.rows["label"].to_numpy()[rows] == MEMORIZED
+    if y.all() or not y.any():
+        return {"best_feature": "", "best_feature_auroc": np.nan}
+    aucs = {n: roc_auc_score(y, X[rows, i]) for i, n in enumerate(names)}
+    best = max(aucs, key=lambda n: max(aucs[n], 1 - aucs[n]))
+    return {"best_feature": best + ("" if aucs[best] >= 0.5 else " (-)"), "best_feature_auroc": max(aucs[best], 1 - aucs[best])}
 
 
 def row(model: str, mode: str, m: dict) -> dict:
@@ -92,7 +114,7 @@ def main() -> None:
             except MemdynError as e:
                 skipped.append(f"{model} {mode}: {e}")
                 continue
-            rows.append(row(model, mode, m))
+            rows.append({**row(model, mode, m), **best_single_feature(family, model, mode, args, edges)})
             used.add(m["cv"]["folds"])  # fewer than --folds where there are fewer documents
     if rows:
         print(f"{'/'.join(map(str, sorted(used)))}-fold cross-validation by training document, pooled out-of-fold predictions, natural set")
