@@ -244,3 +244,27 @@ def test_membership_stage_of_memdyn_run(micro_workdir):
     final = metrics[metrics.step == metrics.step.max()]
     assert (final[final.attack == "loss"].auroc > 0.5).all()
     assert (micro_workdir / "membership" / f"roc-{family.size_names[-1]}.png").is_file()
+
+
+def test_explicit_model_and_prefixes(micro_family, tmp_path):
+    """As on real Pythia: a model given by path (with its tokenizer), members and non-members given as
+    Megatron prefixes; the same numbers as through the family."""
+    family = load_family(micro_family)
+    model_dir = tmp_path / "model"
+    shutil.copytree(micro_family / "models" / "16k" / "step200", model_dir)
+    load_tokenizer(family).save_pretrained(model_dir)
+    train, held = (IndexedDataset(p) for p in (family.data.prefix, family.data.heldout_prefix))
+    trained = {tuple(r) for r in np.asarray(train.batch(0, len(train))).tolist()}
+    clean = [r for r in np.asarray(held.batch(0, len(held))) if tuple(r.tolist()) not in trained]
+    nonmembers = _write(tmp_path / "nonmembers", clean)
+    out = tmp_path / "mia"
+    code, _, err = run_cli("membership", "--family", model_dir, "--members", family.data.prefix, "--nonmembers", nonmembers,
+                           "--out", out, "--samples", "40", "--seed", "5", "--device", "cpu")
+    assert code == 0, err
+    t = pd.read_parquet(out / "attacks.parquet")
+    assert t.groupby("split").size().to_dict() == {"member": 40, "nonmember": 40} and t.revision.nunique() == 1
+    rows = t[t.split == "member"]
+    tokens = np.asarray(train.batch(0, len(train))[rows.sample_idx.to_numpy()])
+    plain = _plain_attacks(load_model(family, "16k", device="cpu"), tokens, load_tokenizer(family).batch_decode(tokens.tolist()))
+    np.testing.assert_allclose(rows.loss.to_numpy(), plain["loss"], rtol=2e-4)
+    assert "reference" not in t  # no reference model given, none in an explicit family

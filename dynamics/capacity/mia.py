@@ -234,7 +234,7 @@ def plan_membership(
 def _part_name(job) -> str:
     kind, who, rev, split, chunk = job
     name = who.name if kind == "target" else who
-    rev = f"-{rev}" if kind == "target" else ""
+    rev = f"-{rev or 'main'}" if kind == "target" else ""  # a model without revisions: its main branch
     return f"{kind}-{name}{rev}-{split}-{chunk:05d}.parquet"
 
 
@@ -265,7 +265,7 @@ def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device
     scores = score_samples(model, tokens, s.batch_size, device, texts)
     if kind == "reference":
         return pd.DataFrame({"key": who, "split": split, "sample_idx": idx, "reference_loss": scores["loss"]})
-    head = {"model": who.name, "revision": rev, "step": revision_step(rev) if str(rev).startswith("step") else -1,
+    head = {"model": who.name, "revision": rev or "main", "step": revision_step(rev) if str(rev).startswith("step") else -1,
             "split": split, "sample_idx": idx}
     return pd.DataFrame(head | scores)
 
@@ -326,6 +326,8 @@ def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     t = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     n = t.groupby(["model", "revision"])["sample_idx"].transform("size")
     t = t[n == 2 * plan.settings.n]
+    if t.empty:
+        raise MemdynError(f"{out} holds no finished (model, revision) yet; rerun the command to compute the missing jobs")
     refs = sorted((out / PARTS).glob("reference-*.parquet"))
     if plan.settings.reference is not None and refs:
         r = pd.concat([pd.read_parquet(p) for p in refs], ignore_index=True)
