@@ -44,36 +44,47 @@ def log2_bins(counts) -> tuple[np.ndarray, list[str]]:
 
 def logistic_fit(x, y, iters: int = 50) -> tuple[float, float]:
     """(intercept, slope) of P(y = 1) = sigmoid(a + b x), by Newton-Raphson."""
-    w = _logistic_batch(np.asarray(x, dtype=float)[None], np.asarray(y, dtype=float)[None], iters)[0]
+    cx, cy, counts = _cells(x, y)
+    w = _logistic_batch(cx, cy, counts[None].astype(float), iters)[0]
     return float(w[0]), float(w[1])
 
 
-def _logistic_batch(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
-    """Newton-Raphson for R independent one-feature logistic fits at once: x, y [R, n] -> w [R, 2].
-    Separable data has no finite maximum; there the weights stop growing at |w| = 50 instead of
-    diverging."""
-    w = np.zeros((len(x), 2))
+def _cells(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (x, y) pairs and their counts: the likelihood depends on the data only through them."""
+    pairs, counts = np.unique(np.stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)], 1), axis=0, return_counts=True)
+    return pairs[:, 0], pairs[:, 1], counts
+
+
+def _logistic_batch(x: np.ndarray, y: np.ndarray, weights: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Newton-Raphson for R weighted one-feature logistic fits over the same cells at once: x, y [U]
+    (cell values), weights [R, U] (cell counts) -> w [R, 2]. Separable data has no finite maximum;
+    there the weights stop at |w| = 50 instead of diverging."""
+    w = np.zeros((len(weights), 2))
     for _ in range(iters):
         z = np.clip(w[:, :1] + w[:, 1:] * x, -30, 30)
         p = 1 / (1 + np.exp(-z))
-        v = p * (1 - p) + 1e-12
-        g = np.stack([(y - p).sum(1), ((y - p) * x).sum(1)], 1)
+        r, v = weights * (y - p), weights * (p * (1 - p) + 1e-12)
+        g0, g1 = r.sum(1), (r * x).sum(1)
         h00, h01, h11 = v.sum(1) + 1e-9, (v * x).sum(1), (v * x * x).sum(1) + 1e-9
         det = h00 * h11 - h01 ** 2
-        step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
-        w = np.clip(w + step, -50, 50)
-        if np.abs(step).max() < 1e-8:
+        step = np.stack([(h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det], 1)
+        new = np.clip(w + step, -50, 50)
+        done = np.abs(new - w).max() < 1e-8  # separable resamples stop moving at the clip
+        w = new
+        if done:
             break
     return w
 
 
-def logistic_slope_ci(x, y, seed: int, n_resamples: int = 200, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs."""
+def logistic_slope_ci(x, y, seed: int, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs
+    (a resample's cell counts are multinomial, which is the same as resampling the pairs)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 or len(np.unique(y)) < 2 or np.ptp(x) == 0:
         return (float("nan"),) * 4  # one class, or one x: no slope to fit
     a, b = logistic_fit(x, y)
-    i = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
-    slopes = _logistic_batch(x[i], y[i])[:, 1]
+    cx, cy, counts = _cells(x, y)
+    weights = np.random.default_rng(seed).multinomial(len(x), counts / len(x), size=n_resamples).astype(float)
+    slopes = _logistic_batch(cx, cy, weights)[:, 1]
     q = (1 - level) / 2
     return a, b, float(np.quantile(slopes, q)), float(np.quantile(slopes, 1 - q))
