@@ -268,3 +268,21 @@ def test_explicit_model_and_prefixes(micro_family, tmp_path):
     plain = _plain_attacks(load_model(family, "16k", device="cpu"), tokens, load_tokenizer(family).batch_decode(tokens.tolist()))
     np.testing.assert_allclose(rows.loss.to_numpy(), plain["loss"], rtol=2e-4)
     assert "reference" not in t  # no reference model given, none in an explicit family
+
+
+def test_two_processes_give_the_same_tables(membership_run, tmp_path):
+    """torchrun with two CPU processes: each takes every other job, the main one writes the tables."""
+    import os
+    import subprocess
+    import sys
+
+    out, args = membership_run
+    other = tmp_path / "mia"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dynamics.cli",
+           *[str(other if a == out else a) for a in args[1:]]]
+    cmd.insert(cmd.index("dynamics.cli") + 1, "membership")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "membership [0]" in result.stderr and "membership [1]" in result.stderr
+    for name in ("attacks.parquet", "metrics.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(other / name), pd.read_parquet(out / name))
