@@ -23,7 +23,6 @@ correct implementations may legitimately differ in float rounding.
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from dynamics.errors import MemdynError
 from dynamics.scoring.extraction import Extraction, Scheme
+from dynamics.scoring.hf_internals import attention_implementation, cache_layers
 
 NEAR_TIE = 1e-4
 
@@ -82,9 +82,10 @@ class _SharedPrefixDecoding:
     def __init__(self, full_cache, rows: torch.Tensor, lengths: torch.Tensor, steps: torch.Tensor):
         """Items i = 0..G-1 continue sample rows[i] of the cache after lengths[i] true tokens, for
         steps[i] steps (non-increasing, so the items still decoding are always the first few)."""
-        batch, H, _, D = full_cache.layers[0].keys.shape
+        layers = cache_layers(full_cache)
+        batch, H, _, D = layers[0][0].shape
         T = int(lengths.max())  # no item sees a true position beyond this: the rest is never read
-        G, device, dtype = len(rows), rows.device, full_cache.layers[0].keys.dtype
+        G, device, dtype = len(rows), rows.device, layers[0][0].dtype
         # only samples with items, the longest-decoding first: the samples still decoding at a
         # step are then the first few, and attention reads no other sample's cache
         longest = torch.zeros(batch, dtype=steps.dtype, device=device).scatter_reduce_(0, rows, steps, "amax")
@@ -104,11 +105,11 @@ class _SharedPrefixDecoding:
         self.rows, self.slot, self.flat, self.lengths, self.T = rows, slot, rows * S + slot, lengths, T  # [G] each
         L = T + int(steps[0]) * S
         self.cache = []  # per layer: keys, values [B, H, L, D]
-        for layer in full_cache.layers:
+        for layer_keys, layer_values in layers:
             # zeros, not empty: a masked position still enters the product, and garbage there
             # could be NaN, which no mask removes
-            keys, values = layer.keys.new_zeros(B, H, L, D), layer.values.new_zeros(B, H, L, D)
-            keys[:, :, :T], values[:, :, :T] = layer.keys[:, :, :T].index_select(0, samples), layer.values[:, :, :T].index_select(0, samples)
+            keys, values = layer_keys.new_zeros(B, H, L, D), layer_values.new_zeros(B, H, L, D)
+            keys[:, :, :T], values[:, :, :T] = layer_keys[:, :, :T].index_select(0, samples), layer_values[:, :, :T].index_select(0, samples)
             self.cache.append((keys, values))
         # additive mask [B * S, L]: item i sees the first lengths[i] positions of its sample, and
         # its generated positions once written; empty slots see nothing (uniform, ignored rows)
@@ -148,17 +149,6 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling,
     return decode_state.attend(module.layer_idx, query, key, value, scaling), None
 
 
-@contextmanager
-def _attention_implementation(model, name: str):
-    """Route the model's attention through a registered implementation for the duration of a decode."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
-
-
 def _decode(model, state: _SharedPrefixDecoding, first_tokens: torch.Tensor):
     """Greedy-decode each item of a decoding state for its number of steps.
 
@@ -168,14 +158,11 @@ def _decode(model, state: _SharedPrefixDecoding, first_tokens: torch.Tensor):
     need, not what the longest item needs. Returns tokens [G, max steps] and the top-2 logit gaps
     of those predictions (valid up to each item's steps).
     """
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(_SHARED_PREFIX, _shared_prefix_attention)
     G, total, device = len(first_tokens), len(state.items_active), first_tokens.device
     token = first_tokens  # [G]
     out_tokens = torch.empty(G, total, dtype=torch.long, device=device)
     out_gaps = torch.empty(G, total, dtype=torch.float32, device=device)
-    with _attention_implementation(model, _SHARED_PREFIX):
+    with attention_implementation(model, _SHARED_PREFIX, _shared_prefix_attention):
         for t in range(total):
             n = state.advance(t)
             logits = model(
