@@ -55,6 +55,20 @@ def _os_message(e: OSError) -> str | None:
     return None
 
 
+INTERRUPTED = "memdyn: interrupted; finished work is kept, and rerunning the same command resumes"
+
+
+def _fail(line: str, status: int) -> None:
+    """End the command with one line on stderr, after any progress bar (closed first, so that
+    the line is the last thing printed)."""
+    bars = sys.modules.get("tqdm")
+    if bars is not None:
+        for bar in list(getattr(bars.tqdm, "_instances", [])):
+            bar.close()
+    print(line, file=sys.stderr)
+    sys.exit(status)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -63,24 +77,24 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars (read when it is imported)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends a command like Ctrl-C: cleanly, non-zero
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except MemdynError as e:
-        print(f"memdyn: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"memdyn: error: {e}", 2)
     except KeyboardInterrupt:
-        print("memdyn: interrupted; finished work is kept, and rerunning the same command resumes", file=sys.stderr)
-        sys.exit(130)
+        _fail(INTERRUPTED, 130)
     except (typer.Exit, typer.Abort) as e:
         sys.exit(getattr(e, "exit_code", 1))
     except OSError as e:
         message = _os_message(e)
         if message is None:
             raise
-        print(f"memdyn: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"memdyn: error: {message}", 2)
     except Exception as e:
         message = _usage_message(e)
         if message is None:
             raise
-        print(f"memdyn: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"memdyn: error: {message}", 2)
+    if code == 130:  # typer turns a KeyboardInterrupt into Exit(130), which it returns here
+        _fail(INTERRUPTED, 130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
