@@ -53,7 +53,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     print(f"      done ({time.time() - t:.0f} s)")
 
     t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)
-    from dynamics.decoding.collect import run_dynamics
+    from dynamics.decoding.analyze import run_dynamics
 
     run_dynamics(family, w.scores_dir, w.dynamics_dir, seed=seed, per_group=200, context=k, continuation=c)
     print(f"      done ({time.time() - t:.0f} s)")

@@ -156,7 +156,11 @@ class Workdir:
         return pd.read_parquet(self.capacity_table) if self.capacity_table.is_file() else None
 
     @cached_property
-    def domains(self) -> pd.Series | None:
-        from dynamics.decoding.collect import sample_domains
+    def training_data(self):
+        from dynamics.family.data import training_data
 
-        return sample_domains(self.family.data.prefix)
+        return training_data(self.family)
+
+    @cached_property
+    def domains(self) -> pd.Series | None:
+        return self.training_data.domains()

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from dynamics.decoding.collect import check_scores_family, read_hidden, read_model, read_settings
+from dynamics.decoding.collect import check_scores_family
+from dynamics.decoding.store import read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
@@ -257,13 +258,13 @@ def scalar_features(family: FamilySpec, data: Dataset, tokens: np.ndarray) -> tu
     context (log1p of mean unigram / bigram count, and of the whole context's duplicate count),
     and (hidden mode only, where the dynamics outputs hold what they need) mean entropy over context
     and continuation and the greedy continuation's largest surprisal."""
-    from dynamics.decoding.collect import open_ngram_index
+    from dynamics.family.data import training_data
 
     cols, names = [], []
     if "context_loss" in data.rows:
         cols.append(data.rows["context_loss"].to_numpy()); names.append("context_loss")
     cols.append(zlib_ratio(tokens)); names.append("zlib_ratio")
-    index = open_ngram_index(family.data.prefix, None)
+    index = training_data(family).ngrams
     for n in (1, 2):
         counts = index.count_positions(tokens, n)[:, n - 1 :]  # [n, k - n + 1]
         cols.append(np.log1p(counts.mean(1))); names.append(f"log_mean_{n}gram_count")

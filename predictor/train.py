@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dynamics.decoding.collect import HIDDEN_DTYPES
+from dynamics.decoding.store import HIDDEN_DTYPES
 from dynamics.decoding.entropy import forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from dynamics.decoding.boundary import bootstrap_ci, jump_values, shift_align
-from dynamics.decoding.collect import read_hidden, read_model, read_settings, run_collection, run_dynamics, select_sequences
+from dynamics.decoding.analyze import run_dynamics
+from dynamics.decoding.collect import run_collection, select_sequences
+from dynamics.decoding.store import read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.decoding.embeddings import embedding_tables
 from dynamics.errors import MemdynError
@@ -22,12 +24,14 @@ from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
 from dynamics.ngrams import ShardedNgramIndex
 from dynamics.scoring.table import read_generations, read_scores
+from dynamics.scoring.grid import main_cell
 from dynamics.scoring.kernel import NEAR_TIE
 from dynamics.decoding.words import log_odds, word_ngrams
 from tests.conftest import MICRO_CONTEXTS, MICRO_CONTINUATIONS
 
 PER_GROUP = 6
-K, C = (int(v.split(",")[0]) for v in (MICRO_CONTEXTS, MICRO_CONTINUATIONS))  # the smallest scored cell
+C = int(MICRO_CONTINUATIONS.split(",")[0])  # the smallest continuation (passed), at the default context:
+K = main_cell([int(v) for v in MICRO_CONTEXTS.split(",")], [C])[0]  # the main cell's
 ARGS = dict(per_group=PER_GROUP, layers="all", continuation=C, hidden_dtype="float32", device="cpu")
 TABLES = ("curves", "jumps", "distances", "projections", "separation", "words")
 
@@ -90,7 +94,7 @@ def test_sampling_and_schema(dyn, micro_family, micro_scores):
         assert seqs.random_draw.sum() == PER_GROUP
         assert set(seqs.group) <= {"unmemorized", "partial", "memorized"}
         assert ((seqs.group == "memorized") == (seqs.matches == C)).all()
-        assert (seqs.domain == "code").all()  # the micro corpus is all stdlib code
+        assert set(seqs.domain) <= {"code", "docs"}  # stdlib sources and pydoc topics
         assert len(positions) == len(seqs) * (K + C)
         assert sorted(positions.position.unique()) == list(range(-K, C))
         hidden = read_hidden(dyn, model, meta["layers"][-1])
@@ -250,8 +254,12 @@ def test_bad_inputs_fail_before_work(micro_family, micro_scores, tmp_path):
         settings = json.loads((other / "_settings.json").read_text())
         (other / "_settings.json").write_text(json.dumps({**settings, key: value}))
         _expect_refused(family, other, out, "--scores .* was computed for family")
-    _expect_refused(family, micro_scores, out, "--layers 0,9: model .* has hidden states 0..1", layers="0,9")
-    _expect_refused(family, micro_scores, out, "--layers must be", layers="last,2")
+    _expect_refused(family, micro_scores, out, "--layers 0,9: model .* has hidden states 0..1", layers=[0, 9])
+    _expect_refused(family, micro_scores, out, "layers must be 'last', 'all' or a list", layers="last,2")
+    from dynamics.cli.parse import hidden_layers
+
+    with pytest.raises(MemdynError, match="--layers must be last, all or comma-separated"):
+        hidden_layers("last,2")
     _expect_refused(family, micro_scores, out, "--per-group", per_group=0)
     _expect_refused(family, micro_scores, out, "no scores for context", context=7)
     ShardedNgramIndex.build(np.arange(500, dtype=np.uint16) % 7, tmp_path / "other.ngrams", bounds=[0, 500])

@@ -320,7 +320,7 @@ def test_hidden_predict_is_deterministic_and_refuses_bad_inputs(hidden_trained, 
 def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family):
     """The features predict computes for a training context equal those `memdyn dynamics` stored
     (up to their float16 storage), and its greedy continuation is the scorer's (off near-ties)."""
-    from dynamics.decoding.collect import read_model
+    from dynamics.decoding.store import read_model
     from dynamics.family.load import load_model
     from dynamics.family.spec import load_family
     from predictor.data import context_tokens, hidden_dataset

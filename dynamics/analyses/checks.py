@@ -109,7 +109,7 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
     minus smallest size, with a bootstrap over sequences (resampled within each class)."""
     from sklearn.metrics import silhouette_score
 
-    from dynamics.decoding.collect import read_hidden, read_model
+    from dynamics.decoding.store import read_hidden, read_model
     from dynamics.decoding.embeddings import step_summaries
 
     name = "memorized and unmemorized hidden states separate more with size"

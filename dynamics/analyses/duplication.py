@@ -55,10 +55,10 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     if settings.get("data") != ds.fingerprint():
         raise MemdynError(f"{scores} was scored on other data than the family's training samples ({family.data.prefix}); "
                           f"duplication counts need scores of the training data (`memdyn score --family {family.root}`)")
-    from dynamics.decoding.collect import open_ngram_index
+    from dynamics.family.data import training_data
     from dynamics.family.load import load_tokenizer
 
-    index = open_ngram_index(family.data.prefix, None)
+    index = training_data(family).ngrams
     tok = load_tokenizer(family)
     seqs = np.sort(cells["seq_idx"].unique())
     tokens = np.asarray(ds.batch(0, len(ds)))[seqs].astype(np.int64)

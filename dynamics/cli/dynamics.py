@@ -32,12 +32,13 @@ def dynamics(
 ):
     """Entropy, n-gram frequency and hidden states around the context/continuation boundary, per
     score level and model size: tables under OUT/tables, figures under OUT/figures."""
-    from dynamics.decoding.collect import run_dynamics
+    from dynamics.cli.parse import hidden_layers
+    from dynamics.decoding.analyze import run_dynamics
     from dynamics.family.spec import load_family
 
     run_dynamics(
         load_family(family, data), scores, out, seed=seed, use_umap=umap, plots=plots, m=jump_window,
-        n_resamples=bootstrap, per_group=per_group, layers=layers, context=context, continuation=continuation,
+        n_resamples=bootstrap, per_group=per_group, layers=hidden_layers(layers), context=context, continuation=continuation,
         batch_size=batch_size, device=device, dtype=dtype, hidden_dtype=hidden_dtype, ngram_index=ngram_index, data=data,
     )
     print(f"dynamics written to {out}")

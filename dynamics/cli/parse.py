@@ -53,3 +53,17 @@ def class_edges(text: str) -> tuple[float, float]:
     if not 0 <= lo < hi <= 1:
         raise MemdynError(f"--edges needs 0 <= LO < HI <= 1, got {text!r}")
     return lo, hi
+
+
+def hidden_layers(text: str, option: str = "--layers") -> str | list[int]:
+    """'last', 'all' or comma-separated hidden_states indexes (0 = embeddings)."""
+    spec = text.strip().lower()
+    if spec in ("last", "all"):
+        return spec
+    try:
+        layers = sorted({int(v) for v in spec.split(",") if v.strip()})
+    except ValueError:
+        raise MemdynError(f"{option} must be last, all or comma-separated layer indexes, got {text!r}") from None
+    if not layers or layers[0] < 0:
+        raise MemdynError(f"{option} indexes must be >= 0 (0 = embeddings), got {text!r}")
+    return layers

@@ -122,7 +122,6 @@ def embedding_section(run: Workdir, model: str) -> Section:
 
 def decode_samples(run: Workdir, model: str, seq_idx: np.ndarray, k: int, c: int) -> pd.DataFrame:
     """Context, true continuation and greedy continuation as text, with duplicate counts and domains."""
-    from dynamics.decoding.collect import open_ngram_index
     from dynamics.corpus.megatron import IndexedDataset
     from dynamics.family.load import load_tokenizer
 
@@ -136,7 +135,7 @@ def decode_samples(run: Workdir, model: str, seq_idx: np.ndarray, k: int, c: int
     known = seqs.set_index("seq_idx")["span_count"] if "span_count" in seqs else pd.Series(dtype=np.int64)
     missing = [i for i in seq_idx if i not in known.index]
     if missing:
-        index = open_ngram_index(run.family.data.prefix, None)
+        index = run.training_data.ngrams
         rows = [list(seq_idx).index(i) for i in missing]
         known = pd.concat([known, pd.Series(index.count(tokens[rows]), index=missing)])
     domains = run.domains

@@ -1,0 +1,59 @@
+"""A family's training data as one handle, opened once and passed down: the packed samples
+(Megatron .bin/.idx, in training order), their per-sample table (data/samples.parquet beside
+them, when memdyn packed them) and the suffix-array n-gram index over their tokens, each loaded
+on first use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from dynamics.corpus.megatron import IndexedDataset
+from dynamics.errors import MemdynError
+from dynamics.family.spec import FamilySpec
+
+
+@dataclass(eq=False)
+class TrainingData:
+    prefix: str
+    ngram_dir: Path | None = None  # default: <prefix>.ngrams/ beside the data
+
+    @cached_property
+    def dataset(self) -> IndexedDataset:
+        return IndexedDataset(self.prefix)
+
+    @cached_property
+    def samples(self) -> pd.DataFrame | None:
+        """The training samples' rows of data/samples.parquet, indexed by sample_idx (None for data
+        memdyn did not pack, e.g. the pre-shuffled Pile)."""
+        path = Path(self.prefix).parent / "samples.parquet"
+        if not path.is_file():
+            return None
+        table = pd.read_parquet(path)
+        return table[table["split"] == "train"].set_index("sample_idx", drop=False).rename_axis(None)
+
+    def domains(self) -> pd.Series | None:
+        """sample_idx -> domain (None when the samples table has no domains)."""
+        return self.samples["domain"] if self.samples is not None and "domain" in self.samples else None
+
+    @cached_property
+    def ngrams(self):
+        """The n-gram index of the tokens: built beside the data if missing; refused if it was built
+        over other data."""
+        from dynamics.ngrams import build_for_dataset, default_index_dir, open_for_dataset
+
+        index_dir = self.ngram_dir or default_index_dir(self.prefix)
+        if not (index_dir / "manifest.json").is_file():
+            return build_for_dataset(self.prefix, index_dir)
+        return open_for_dataset(self.prefix, index_dir)
+
+
+def training_data(family: FamilySpec, data: str | None = None, ngram_index: str | Path | None = None) -> TrainingData:
+    """The handle of `data` (a Megatron prefix), else of the family's own training data."""
+    prefix = data or (family.data.prefix if family.data else None)
+    if not prefix:
+        raise MemdynError(f"family {family.name!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
+    return TrainingData(str(prefix), Path(ngram_index) if ngram_index else None)
