@@ -101,6 +101,24 @@ def test_validate_findings_prints_checks(micro_workdir):
     assert "memorized share rises with model size" in result.stdout
     assert re.search(r"\[\s*(PASS|FAIL|NOT SHOWN)\] entropy jumps up at the boundary", result.stdout)
     assert re.search(r"\[\s*(PASS|FAIL|NOT SHOWN)\] bits memorized grow with model size", result.stdout)
+    for check in ("the unigram count of the true token drops at the boundary", "memorization rises with duplication",
+                  "canary exposure rises with repetition count", "canary memorization rises with model size",
+                  "hidden states separate more with size"):
+        assert re.search(rf"\[\s*(PASS|FAIL|NOT SHOWN)\] [^\n]*{check}", result.stdout), check
+    assert re.search(r"95% CI [-+\d.e]+ to [-+\d.e]+", result.stdout)  # every directional check prints its interval
+
+
+def test_world_sections_state_their_findings(reports):
+    """The analyses stage's sections in the overview and a size report, captions in numbers."""
+    md = (reports / "index.md").read_text()
+    for title in ("Duplication: memorization against occurrence count", "Canaries: verbatim score and exposure",
+                  "Recitation, reconstruction, recollection"):
+        assert title in md
+    assert re.search(r"canaries seen \d+ times are [\d.]+% memorized \(n=\d+\) with mean exposure [\d.]+ bits", md)
+    assert re.search(r"Memorized share by category in the \w+ model: \w+ [\d.]+%", md)
+    assert re.search(r"(log-odds per doubling|too few of one class for a dose-response fit)", md)
+    size = sorted(p for p in reports.iterdir() if p.is_dir())[0]
+    assert "Canaries: verbatim score and exposure" in (size / "report.md").read_text()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
