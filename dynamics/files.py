@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -187,3 +188,16 @@ def check_output_folder(out: str | os.PathLike, option: str, is_ours: Callable[[
     if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not is_ours(out):
         raise MemdynError(f"{option} {out} is a non-empty directory that memdyn did not write; choose another path or remove it")
     return out
+
+
+def canonical(obj):
+    """A copy of a state to pickle (torch.save) that writes the same bytes for the same content,
+    whatever its history: pickle shares a string it meets twice only if it is one object, and a
+    state restored from a checkpoint holds copies where a fresh one holds interned literals."""
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    return obj

@@ -38,7 +38,7 @@ from dynamics.capacity.membership import loss_threshold_attack
 from dynamics.errors import MemdynError
 from dynamics.family.load import resolve_dtype
 from dynamics import manifest
-from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
+from dynamics.files import atomic_path, canonical, check_output_dir, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
                      "rng": torch.get_rng_state(), "order": order, "pos": pos, "lr": lr, "decays_left": decays_left,
                      "curve": curve, "bits_hist": bits_hist}
             with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+                torch.save(canonical(state), tmp)
     return TrainResult(cfg.max_steps, False, curve)
 
 

@@ -30,7 +30,7 @@ from dynamics.family.load import resolve_device
 from dynamics.family.presets import ModelShape, Preset, get_preset
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
 from dynamics.family.world import CANARIES, build_text_world, check_world_settings
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.files import atomic_path, canonical, read_json, write_json
 from dynamics.lock import locks_output
 
 PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family.json when done
@@ -186,7 +186,7 @@ def train_size(
         with atomic_path(size_dir / revision_name(step)) as tmp:
             model.save_pretrained(tmp)
         with atomic_path(size_dir / "trainer_state.pt") as tmp:
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "log": log}, tmp)
+            torch.save(canonical({"step": step, "optimizer": optimizer.state_dict(), "log": log}), tmp)  # same bytes after a resume
 
     if start == 0 and not (size_dir / "step0").is_dir():
         save(0)
