@@ -44,3 +44,13 @@ def test_shares_and_transitions():
     tr = T.transitions(scored, [("a", 5), ("b", 5)], "sizes").set_index("category")
     assert tr.loc["recitation", "kept"] == 1.0 and tr.loc["recitation", "gained"] == 1.0
     assert tr.loc["recollection", "gained"] == 0.5 and np.isnan(tr.loc["recollection", "kept"])
+
+
+def test_vectorised_rules_equal_the_per_sample_rule():
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, 6, size=(400, 14))  # a small alphabet, so periods and progressions occur
+    x[:5, 5:] = np.arange(9) + 40  # token progressions (from the last context token)
+    x[5:10] = np.tile([7, 8, 9], 5)[:14]  # period 3
+    got = T.reconstruction_rules(x, 6, 8)
+    assert got == [T.reconstruction_rule(row, 6, 8) for row in x]
+    assert {"tokens", "repeat:3"} <= set(got)

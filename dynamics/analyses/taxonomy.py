@@ -71,6 +71,22 @@ def reconstruction_rule(x: np.ndarray, k: int, c: int, decode=None) -> str:
     return ""
 
 
+def reconstruction_rules(x: np.ndarray, k: int, c: int, decode=None) -> list[str]:
+    """reconstruction_rule for every row of x [n, >= k + c], the token rules vectorised over rows."""
+    x = np.asarray(x, dtype=np.int64)
+    rules = np.full(len(x), "", dtype=object)
+    for p in range(min(k, c // 2), 0, -1):  # smallest period last, so it wins
+        rules[(x[:, k : k + c] == x[:, k - p : k + c - p]).all(1)] = f"repeat:{p}"
+    d = np.diff(x[:, max(k - 1, 0) : k + c], axis=1)
+    steps = (d[:, :1] != 0) & (d == d[:, :1]).all(1, keepdims=True)
+    rules[(rules == "") & steps[:, 0] & (d.shape[1] > 1)] = "tokens"
+    if decode is not None:
+        for i in np.flatnonzero(rules == ""):
+            if number_progression(decode(x[i, :k].tolist()), decode(x[i, k : k + c].tolist())):
+                rules[i] = "numbers"
+    return list(rules)
+
+
 def categorize(span_count: np.ndarray, rules: list[str]) -> np.ndarray:
     span_count = np.asarray(span_count)
     rules = np.asarray(rules, dtype=object)
