@@ -67,7 +67,7 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     for (k, c), g in cells.groupby(["context_len", "continuation_len"], sort=True):
         rows = row_of.loc[g["seq_idx"]].to_numpy()
         counts = index.count(tokens[rows, : k + c])
-        rules = [taxonomy.reconstruction_rule(tokens[r], k, c, tok.decode) for r in rows]
+        rules = taxonomy.reconstruction_rules(tokens[rows], k, c, tok.decode)
         parts.append(pd.DataFrame({"seq_idx": g["seq_idx"].to_numpy(), "context_len": k, "continuation_len": c,
                                    "span_count": counts.astype(np.int64), "rule": rules,
                                    "category": taxonomy.categorize(counts, rules)}))
