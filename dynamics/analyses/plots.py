@@ -114,3 +114,18 @@ def plot_taxonomy(shares: pd.DataFrame, sizes: list[str]) -> Figure:
     ax.set_ylabel("memorized (score 1), %")
     ax.legend(fontsize=7)
     return fig
+
+
+def plot_taxonomy_steps(shares: pd.DataFrame, model: str) -> Figure:
+    """One model's memorized share per category at every checkpoint, 95% CI bars."""
+    fig = Figure(figsize=(5.0, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for cat, part in shares[shares["model"] == model].groupby("category", sort=True):
+        part = part.sort_values("step")
+        ax.errorbar(part["step"], 100 * part["share"], yerr=100 * _err(part, "share", "ci_lo", "ci_hi"), fmt="-o", ms=3,
+                    capsize=2, label=cat)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("memorized (score 1), %")
+    ax.set_title(model, fontsize=9)
+    _legend(ax, "category")
+    return fig
