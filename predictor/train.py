@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,9 @@ from dynamics.decoding.entropy import forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
+from dynamics import manifest
 from dynamics.files import atomic_path, check_replaceable, read_json
+from dynamics.lock import locks_output
 from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import full_proba, make_baselines
@@ -52,6 +55,7 @@ class TrainSettings:
     max_per_class: int | None = None  # at most this many training rows per score level (matches)
     test_size: float = 0.2
     device: str = "cpu"
+    checkpoint: str | None = None  # directory of per-epoch training checkpoints (a killed run resumes); no setting
 
 
 def vocab_hash(tokenizer) -> str:
@@ -107,7 +111,7 @@ def predictor_system(data: Dataset, s: TrainSettings, arch: dict | None, vocab_s
     if data.token_labels is not None:
         row_params["token_labels"] = data.token_labels
     make = lambda: MemorizationPredictor(input=mode, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
-                                         device=s.device, **(arch or {}))
+                                         device=s.device, checkpoint_dir=s.checkpoint, **(arch or {}))
     return System(make, data.inputs, row_params, {"context_len": data.context_len, "vocab_size": vocab_size})
 
 
@@ -233,10 +237,14 @@ def save_predictor(out: Path, est: MemorizationPredictor, config: dict, tokenize
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if cv is not None:
             (tmp / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
+        manifest.record_tree(tmp, "")  # inside the new directory, so it is replaced with it
 
 
 def load_predictor(model_dir: str | Path) -> tuple[MemorizationPredictor, dict]:
-    """The fitted estimator of a predictor directory and its config."""
+    """The fitted estimator of a predictor directory and its config (its files checked against
+    its manifest first)."""
+    if is_predictor_dir(Path(model_dir)):
+        manifest.verify(model_dir, ["*", "tokenizer/*"], f"memdyn predictor train ... --out {model_dir}", "predictor")
     est = MemorizationPredictor.from_pretrained(model_dir)
     return est, est.metadata_
 
@@ -272,6 +280,7 @@ def predictor_family(config: dict, family: FamilySpec | None = None) -> FamilySp
 # ---------------------------------------------------------------------------- entry points
 
 
+@locks_output()
 def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: str = "context", scores=None,
                     dynamics=None, edges=CLASS_EDGES, context: int | None = None, continuation: int | None = None,
                     settings: TrainSettings | None = None, arch: dict | None = None, baselines: bool = True,
@@ -281,6 +290,8 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
     saved predictor is the main split's). arch: MemorizationPredictor architecture arguments."""
     s = settings or TrainSettings()
     check_predictor_out(Path(out))
+    resume = Path(out).parent / f".{Path(out).name}.resume"  # every fit's checkpoints, removed once saved
+    s = replace(s, checkpoint=str(resume)) if s.checkpoint is None else s
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     docs = data.rows[["first_doc", "last_doc"]]
     train, test, owned = split_by_document(docs, s.seed, s.test_size)
@@ -300,9 +311,10 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
         "family": family.name, "family_dir": str(family.root), "corpus_hash": family.corpus.get("hash"),
         "vocab_hash": vocab_hash(tokenizer), "target_model": data.model, "revision": data.revision,
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
-        "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k != "device"},
+        "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k not in ("device", "checkpoint")},
     }
     save_predictor(Path(out), est, config, tokenizer, owned, metrics, cv)
+    shutil.rmtree(resume, ignore_errors=True)
     return metrics
 
 

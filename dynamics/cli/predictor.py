@@ -49,20 +49,20 @@ def train(
     input: str = typer.Option("context", "--input", help="context (token ids) or hidden (needs --dynamics)."),
     dynamics: Optional[Path] = typer.Option(None, help="Dynamics directory (memdyn dynamics), for --input hidden."),
     seed: int = SEED,
-    epochs: int = typer.Option(20, help="Training epochs."),
-    max_per_class: Optional[int] = typer.Option(None, help="At most N training samples per score level."),
-    context: Optional[int] = typer.Option(None, help="Context length of the scored cell (default 32 if scored, else the smallest)."),
-    continuation: Optional[int] = typer.Option(None, help="Continuation length of the cell (default 16 if scored, else the smallest)."),
+    epochs: int = typer.Option(20, min=1, help="Training epochs."),
+    max_per_class: Optional[int] = typer.Option(None, min=1, help="At most N training samples per score level."),
+    context: Optional[int] = typer.Option(None, min=1, help="Context length of the scored cell (default 32 if scored, else the smallest)."),
+    continuation: Optional[int] = typer.Option(None, min=1, help="Continuation length of the cell (default 16 if scored, else the smallest)."),
     edges: str = typer.Option("0.2,1.0", help="LO,HI: unmemorized score <= LO, memorized score >= HI, partial between."),
-    d_model: Optional[int] = typer.Option(None, help="Predictor width (default 64; hidden mode 32)."),
-    encoder_layers: Optional[int] = typer.Option(None, help="Encoder layers (default 2; hidden mode 1)."),
+    d_model: Optional[int] = typer.Option(None, min=1, help="Predictor width (default 64; hidden mode 32)."),
+    encoder_layers: Optional[int] = typer.Option(None, min=1, help="Encoder layers (default 2; hidden mode 1)."),
     heads: int = typer.Option(4, min=1, help="Attention heads."),
-    members: Optional[int] = typer.Option(None, help="Predictors from different initialisations, averaged (default 1; hidden mode 3)."),
+    members: Optional[int] = typer.Option(None, min=1, help="Predictors from different initialisations, averaged (default 1; hidden mode 3)."),
     positional: str = typer.Option("learned", help="learned or sinusoidal positional encodings."),
-    batch_size: int = typer.Option(32, help="Batch size."),
+    batch_size: int = typer.Option(32, min=1, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     test_size: float = typer.Option(0.2, help="Share of training documents held out for testing."),
-    folds: int = typer.Option(0, help="K >= 2: also cross-validate by document over K folds (cv.json); 0: no."),
+    folds: int = typer.Option(0, min=0, help="K >= 2: also cross-validate by document over K folds (cv.json); 0: no."),
     device: str = DEVICE,
 ) -> None:
     """Train a predictor of MODEL's memorization; prints test metrics beside the baselines."""
@@ -74,6 +74,10 @@ def train(
 
     if epochs < 1 or batch_size < 1 or (max_per_class is not None and max_per_class < 1):
         raise MemdynError("--epochs, --batch-size and --max-per-class must be >= 1")
+    if not lr > 0:
+        raise MemdynError(f"--lr must be > 0, got {lr}")
+    if not 0 < test_size < 1:
+        raise MemdynError(f"--test-size must be strictly between 0 and 1 (a share of the documents), got {test_size}")
     if folds == 1 or folds < 0:
         raise MemdynError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     if positional not in ("learned", "sinusoidal"):
@@ -147,6 +151,8 @@ def predict(
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise MemdynError(f"--file {file} is not UTF-8 text; give a text file") from None
+        if "\x00" in text:
+            raise MemdynError(f"--file {file} is a binary file (it holds NUL bytes); give a text file")
     r = predict_text(model_dir, text, family=load_family(family) if family else None, device=device)
     print(f"{r['class']}\t{r['probability']:.3f}\tscore={r['score']:.3f}\t" + json.dumps({k: round(v, 4) for k, v in r["proba"].items()}))
     for i, (token, p) in enumerate(zip(r.get("continuation", []), r.get("token_proba", []))):
