@@ -109,3 +109,20 @@ def test_checks_pass_only_when_the_interval_excludes_zero():
     status, why = directional(*same)
     assert status == "FAIL" and "not shown at 95%" in why
     assert directional(np.nan, np.nan, np.nan)[0] == "NOT SHOWN"
+
+
+def test_analyses_stage_skips_what_an_old_family_cannot_support(micro_family, micro_scores, tmp_path):
+    from dynamics.analyses.stage import run_analyses, skipped
+    from dynamics.family.spec import load_family
+
+    w = tmp_path / "w"
+    shutil.copytree(micro_family, w / "family", symlinks=True)
+    manifest = json.loads((w / "family" / "family.json").read_text())
+    manifest.pop("world", None)
+    (w / "family" / "family.json").write_text(json.dumps(manifest))
+    shutil.copytree(micro_scores, w / "scores")
+    shutil.copytree(micro_scores, w / "scores_checkpoints")
+    run_analyses(load_family(w / "family"), w, 16, 4, progress=False)  # completes, saying why
+    why = skipped(w)
+    assert set(why) == {"duplication", "canaries"} and "memdyn family train --preset micro" in why["duplication"]
+    assert not (w / "scores" / "_duplication.parquet").exists() and not (w / "canaries").exists()

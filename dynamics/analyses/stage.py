@@ -8,7 +8,7 @@
   WORKDIR/analyses/taxonomy_shares.parquet       memorized share per (category, model, step)
   WORKDIR/analyses/taxonomy_transitions.parquet  kept / gained per category between sizes and checkpoints
   WORKDIR/analyses/canary_by_count.parquet, canary_by_insert.parquet, canary_forgetting.parquet
-  WORKDIR/analyses/done.json        the seed and cell it was computed with (its presence: stage done)
+  WORKDIR/analyses/done.json        {"settings": seed, cell, candidates; "skipped": {part: why}} (stage done)
 Every table is at the main cell (context k, continuation c) and written atomically.
 """
 
@@ -62,23 +62,44 @@ def taxonomy_tables(scored: pd.DataFrame, sizes: list[str], seed: int) -> tuple[
 
 def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: int = 0, n_candidates: int = 256,
                  progress: bool = True) -> Path:
-    """Every table above; skipped when done.json records the same settings."""
+    """Every table above; skipped when done.json records the same settings. A family without the
+    world's manifests (a tokenized corpus, an old layout) or without canaries skips what needs
+    them and says why in done.json ("skipped"), so the rest of a run still completes."""
+    from dynamics.errors import MemdynError
+
     w = Path(workdir)
     out = w / "analyses"
     settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates}
-    if (out / "done.json").is_file() and read_json(out / "done.json") == settings:
+    if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
-    D.annotate_scores(family, w / "scores")
-    scored = checkpoint_table(family, w / "scores_checkpoints", k, c)
-    sizes = sorted(family.size_names, key=lambda s: family.size(s).params or 0)
-    tables = dict(zip(("dose_bins", "dose_fits"), dose_tables(scored, seed)))
-    tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
-    C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress)
-    canary = C.read_canaries(w / "canaries")
-    tables.update(canary_by_count=C.by(canary, "count", seed), canary_by_insert=C.by(canary, "insert", seed),
-                  canary_forgetting=C.forgetting(canary, seed))
+    tables, skipped = {}, {}
+    try:
+        D.annotate_scores(family, w / "scores")
+        scored = checkpoint_table(family, w / "scores_checkpoints", k, c)
+    except MemdynError as e:
+        skipped["duplication"] = skipped["canaries"] = str(e)
+    else:
+        sizes = sorted(family.size_names, key=lambda s: family.size(s).params or 0)
+        tables.update(zip(("dose_bins", "dose_fits"), dose_tables(scored, seed)))
+        tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
+        try:
+            C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress)
+        except MemdynError as e:
+            skipped["canaries"] = str(e)
+        else:
+            canary = C.read_canaries(w / "canaries")
+            tables.update(canary_by_count=C.by(canary, "count", seed), canary_by_insert=C.by(canary, "insert", seed),
+                          canary_forgetting=C.forgetting(canary, seed))
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         _write(out, name, table)
-    write_json(out / "done.json", settings)
+    for what, why in skipped.items():
+        print(f"      {what}: skipped ({why})")
+    write_json(out / "done.json", {"settings": settings, "skipped": skipped})
     return out
+
+
+def skipped(workdir: str | Path) -> dict:
+    """{part: reason} of the analyses a work directory's family could not support."""
+    path = Path(workdir) / "analyses" / "done.json"
+    return read_json(path).get("skipped", {}) if path.is_file() else {}
