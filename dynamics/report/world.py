@@ -15,6 +15,14 @@ from dynamics.workdir import Workdir
 MISSING = "The analyses stage has not run on this work directory ({what}): `memdyn run --workdir {root}` runs it."
 
 
+def missing(run: Workdir, part: str, what: str) -> Text:
+    """Why a section has no tables: the stage skipped it for this family, or it has not run."""
+    from dynamics.analyses.stage import skipped
+
+    why = skipped(run.root).get(part)
+    return Text(f"Not available for this family: {why}") if why else Text(MISSING.format(what=what, root=run.root))
+
+
 def table(run: Workdir, name: str) -> pd.DataFrame | None:
     path = run.root / "analyses" / f"{name}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
@@ -49,7 +57,7 @@ def duplication_section(run: Workdir, model: str | None = None) -> Section:
     section = Section("Duplication: memorization against occurrence count")
     bins, fits = table(run, "dose_bins"), table(run, "dose_fits")
     if bins is None or fits is None:
-        section.blocks.append(Text(MISSING.format(what="no analyses/dose_bins.parquet", root=run.root)))
+        section.blocks.append(missing(run, "duplication", "no analyses/dose_bins.parquet"))
         return section
     span_bins, span_fits = bins[bins["measure"] == "span_count"], fits[fits["measure"] == "span_count"]
     fb, ff = _final(span_bins), _final(span_fits)
@@ -112,7 +120,7 @@ def canary_section(run: Workdir, model: str | None = None) -> Section:
     section = Section("Canaries: verbatim score and exposure")
     by_count, by_insert, forget = (table(run, n) for n in ("canary_by_count", "canary_by_insert", "canary_forgetting"))
     if by_count is None:
-        section.blocks.append(Text(MISSING.format(what="no analyses/canary_by_count.parquet", root=run.root)))
+        section.blocks.append(missing(run, "canaries", "no analyses/canary_by_count.parquet"))
         return section
     sizes = [model] if model else run.sizes
     shown = model or run.sizes[-1]
@@ -143,11 +151,26 @@ def taxonomy_caption(shares: pd.DataFrame, sizes: list[str], model: str) -> str:
     return text
 
 
+def steps_caption(shares: pd.DataFrame, model: str) -> str:
+    """How each category's memorized share moves from the first checkpoint with any memorized sample to the last."""
+    own = shares[shares["model"] == model]
+    hit = own.groupby("step")["memorized"].sum()
+    if not (hit > 0).any():
+        return f"The {model} model memorizes no sample at any checkpoint."
+    first, last = int(hit[hit > 0].index.min()), int(own["step"].max())
+    parts = []
+    for cat, g in own.groupby("category", sort=True):
+        g = g.set_index("step")
+        if first in g.index:
+            parts.append(f"{cat} {pct(g.loc[first, 'share'])} -> {pct(g.loc[last, 'share'])}")
+    return f"Memorized share per category in the {model} model from step {first} to step {last}: {'; '.join(parts)}."
+
+
 def taxonomy_section(run: Workdir, model: str | None = None) -> Section:
     section = Section("Recitation, reconstruction, recollection")
     shares, trans = table(run, "taxonomy_shares"), table(run, "taxonomy_transitions")
     if shares is None:
-        section.blocks.append(Text(MISSING.format(what="no analyses/taxonomy_shares.parquet", root=run.root)))
+        section.blocks.append(missing(run, "duplication", "no analyses/taxonomy_shares.parquet"))
         return section
     final = _final(shares)
     shown = model or run.sizes[-1]
@@ -157,6 +180,7 @@ def taxonomy_section(run: Workdir, model: str | None = None) -> Section:
     else:
         section.blocks.append(Text(taxonomy_caption(final, run.sizes, shown)))
         tr = trans[(trans["kind"] == "checkpoints") & trans["from"].str.startswith(f"{model}@")]
+    section.blocks.append(Figure.of("taxonomy_steps", plots.plot_taxonomy_steps(shares, shown), steps_caption(shares, shown)))
     section.blocks.append(Table(tr.drop(columns="kind").round(3).reset_index(drop=True),
                                 "Transitions per category (Prashanth et al. 2024 rules, dynamics/analyses/taxonomy.py): "
                                 "kept = share of the samples memorized at `from` still memorized at `to`; gained = share of "
