@@ -12,7 +12,8 @@ from pathlib import Path
 
 from dynamics.errors import MemdynError
 from dynamics.family.presets import get_preset
-from dynamics.files import read_json, write_json
+from dynamics.files import check_output_folder, check_output_location, read_json, write_json
+from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
 
@@ -22,6 +23,7 @@ def _stage(name: str, number: int, total: int):
     return time.time()
 
 
+@locks_output("workdir", "--workdir")
 def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports") -> None:
     from dynamics.family.train import train_family
     from dynamics.scoring.table import score
@@ -30,6 +32,9 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
 
     p = get_preset(preset)
     w = Workdir(workdir)
+    # a work directory of an earlier run, or one holding just a family to reuse; nothing else
+    check_output_folder(w.root, "--workdir", lambda p: (p / "run.json").is_file() or (p / "family" / "family.json").is_file())
+    check_output_location(reports, "--reports")
     marker = {"preset": p.name, "seed": seed}
     if w.run_json.is_file() and read_json(w.run_json) != marker:
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")

@@ -34,6 +34,7 @@ from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
+from dynamics.lock import locks_output
 
 SETTINGS = "_settings.json"
 MIN_CANDIDATES = 32  # below this the fitted tail is noise
@@ -123,6 +124,7 @@ def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_s
     })
 
 
+@locks_output()
 def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candidates: int = 256, batch_size: int = 64,
                  models: list[str] | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Score and expose every canary at every checkpoint of every size; resumable per checkpoint."""

@@ -30,6 +30,7 @@ from dynamics.corpus.megatron import IndexedDataset, paths
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir
+from dynamics.lock import locks_output
 
 MEMBERSHIP_DIR = "membership"  # under a `memdyn run` work directory
 SETTINGS = "_settings.json"
@@ -280,6 +281,7 @@ def _models_of(job, plan, device):
     return ("reference", rev), lambda fam: _load_reference(rev, device, plan.settings.dtype)
 
 
+@locks_output()
 def run_membership(family: FamilySpec, out: str | Path, members: str, nonmembers: str, models=None, revisions=None,
                    reference: str | None = None, samples: int | None = None, length: int | None = None, seed: int = 0,
                    dtype: str = "fp32", device: str | None = None, batch_size: int = 32, chunk_size: int = 256,

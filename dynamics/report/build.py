@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dynamics import manifest
 from dynamics.decoding import plots
+from dynamics.files import check_output_folder, check_output_location
+from dynamics.lock import output_lock
 from dynamics.report import findings as F
 from dynamics.report.document import Document, Figure, Samples, Section, Table, Text
 from dynamics.report.figures import plot_bars, plot_distribution, plot_matrix, plot_share_lines
@@ -195,12 +198,20 @@ def write_reports(workdir: str | Path, out: str | Path, preset: str | None = Non
     from dynamics.report.html import write_html
     from dynamics.report.markdown import write_markdown
 
+    check_output_location(out, "--out")
     run = Workdir.open(workdir, preset)
     root = Path(out) / run.family.name
+    # OUT/<family> holds only reports (recorded in its manifest): never written into when foreign
+    check_output_folder(root, "--out", lambda p: (p / manifest.MANIFEST).is_dir()
+                        or ((p / "index.html").is_file() and (p / "index.md").is_file()))  # reports from before manifests
     written = []
-    for doc, where, stem in [(family_report(run), root, "index"),
-                             *((size_report(run, s), root / s, "report") for s in run.sizes)]:
-        where.mkdir(parents=True, exist_ok=True)
-        written.append(write_html(doc, where / f"{stem}.html"))
-        write_markdown(doc, where / f"{stem}.md")
+    with output_lock(root):
+        for doc, where, stem in [(family_report(run), root, "index"),
+                                 *((size_report(run, s), root / s, "report") for s in run.sizes)]:
+            where.mkdir(parents=True, exist_ok=True)
+            written.append(write_html(doc, where / f"{stem}.html"))
+            write_markdown(doc, where / f"{stem}.md")
+        for path in written:
+            for page in (path, path.with_suffix(".md")):
+                manifest.record_part(root, str(page.relative_to(root)), 1)
     return written
