@@ -134,11 +134,23 @@ class Workdir:
 
     def dynamics_table(self, name: str) -> pd.DataFrame:
         path = self.dynamics_dir / "tables" / f"{name}.parquet"
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        if not path.is_file():
+            return pd.DataFrame()
+        self._verify(self.dynamics_dir, "tables/", "dynamics")
+        return pd.read_parquet(path)
 
     def sequences(self, size: str) -> pd.DataFrame:
         path = self.dynamics_dir / size / "sequences.parquet"
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        if not path.is_file():
+            return pd.DataFrame()
+        self._verify(self.dynamics_dir, f"{size}/", "dynamics")
+        return pd.read_parquet(path)
+
+    def _verify(self, root: Path, prefix: str, what: str) -> None:
+        """A stage's files as its manifest records them (else the reports would show a damaged table)."""
+        from dynamics import manifest
+
+        manifest.verify(root, [f"{prefix}*.parquet"], f"memdyn run --workdir {self.root}", what, prefix=prefix)
 
     @cached_property
     def predictor(self) -> dict[str, dict]:
@@ -153,7 +165,10 @@ class Workdir:
     @cached_property
     def capacity(self) -> pd.DataFrame | None:
         """The capacity stage's per-model table, or None when that stage has not run."""
-        return pd.read_parquet(self.capacity_table) if self.capacity_table.is_file() else None
+        if not self.capacity_table.is_file():
+            return None
+        self._verify(self.capacity_dir, "", "capacity")
+        return pd.read_parquet(self.capacity_table)
 
     @cached_property
     def training_data(self):
