@@ -1,0 +1,42 @@
+"""Bad inputs of `memdyn run`: one-line errors before the first stage starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.test_cli_score import one_line_error
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--preset", "enormous"], ["enormous"]),
+    (["--seed", "-3"], ["--seed"]),
+    (["--seed", "many"], ["--seed"]),
+    (["--frobnicate"], ["--frobnicate"]),
+])
+def test_bad_options(tmp_path, args, words):
+    code, out, err = run_cli("run", "--workdir", tmp_path / "runs", "--reports", tmp_path / "reports", *args)
+    one_line_error(code, err, *words)
+    assert "[1/" not in out  # no stage started
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workdir_or_reports_unusable(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    for args, words in (
+        (["--workdir", tmp_path / "file", "--reports", tmp_path / "reports"], ["--workdir", "is a file"]),
+        (["--workdir", tmp_path / "runs", "--reports", tmp_path / "file"], ["--reports", "is a file"]),
+        (["--workdir", tmp_path / "file" / "runs", "--reports", tmp_path / "reports"], ["--workdir"]),
+    ):
+        code, out, err = run_cli("run", "--preset", "micro", *args)
+        one_line_error(code, err, *words)
+        assert "[1/" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_workdir_of_another_run(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "run.json").write_text('{"preset": "tiny", "seed": 0}\n')
+    code, _, err = run_cli("run", "--preset", "micro", "--workdir", runs, "--reports", tmp_path / "reports")
+    one_line_error(code, err, "tiny")
