@@ -88,6 +88,8 @@ def parse_schemes(text: str) -> list[Scheme]:
             raise MemdynError(f"--schemes: {item!r} is not a sampling scheme; write t<temperature>, k<top-k>, p<top-p> "
                               f"or a combination in that order, comma-separated (e.g. {DEFAULT_SCHEMES})")
         scheme = Scheme(float(m["t"]) if m["t"] else 1.0, int(m["k"]) if m["k"] else None, float(m["p"]) if m["p"] else None)
+        if scheme.top_p == 1:  # p1 keeps every token: the same scheme without it
+            scheme = Scheme(scheme.temperature, scheme.top_k)
         if scheme.name in {s.name for s in schemes}:
             raise MemdynError(f"--schemes: {item!r} repeats the scheme {scheme.name}")
         schemes.append(scheme)
@@ -138,126 +140,156 @@ def _nucleus_mass(q: torch.Tensor, weight: torch.Tensor, p: float) -> tuple[torc
     return (mass * kept).sum(-1), ~kept.all(-1)
 
 
-def _topp_mass(logits: torch.Tensor, lse: torch.Tensor, tau: float, p: float) -> torch.Tensor:
-    """Nucleus mass of rows whose nucleus extends below their true token (no k): from the largest
-    64 probabilities, then 4x more where that is not enough, up to the whole (sorted) row."""
+def _count_greater(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """How many entries of each row of logits [n, V] exceed value [n, 1], as a float [n]: a sum of
+    signs (exact below 2^24), which a CPU computes several times faster than a bool comparison's sum."""
+    return (logits - value).clamp_(min=0).sign_().sum(-1)
+
+
+def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Scheme], lse1: torch.Tensor) -> torch.Tensor:
+    """Natural log of each scheme's probability of target [n] under logits [n, V] (fp32): [S, n],
+    -inf where the target is outside the kept set. The schemes share top_k and top_p (and, with a
+    top_p, the temperature), hence the kept-set test and the top-k values. lse1: logsumexp of the
+    unscaled logits per row (the scorer has it from its cross-entropy)."""
     n, V = logits.shape
-    out = torch.empty(n, device=logits.device)
-    rows = torch.arange(n, device=logits.device)
-    m = 64
-    while len(rows):
-        m = min(m, V)
-        values = topk_values(logits[rows], m) if m < V else logits[rows].sort(-1, descending=True).values
-        q = (values / tau - lse[rows, None]).exp()
-        mass, resolved = _nucleus_mass(q, torch.ones_like(q), p)
-        if m == V:
-            resolved[:] = True
-        out[rows[resolved]] = mass[resolved]
-        rows = rows[~resolved]
-        m *= 4
-    return out
-
-
-def scheme_logprob(logits: torch.Tensor, target: torch.Tensor, scheme: Scheme, lse1: torch.Tensor,
-                   topk_cache: dict | None = None) -> torch.Tensor:
-    """Natural log of the scheme's probability of target [n] under logits [n, V] (fp32); -inf where
-    the target is outside the kept set. lse1: logsumexp of the unscaled logits per row (the
-    scorer has it from its cross-entropy). topk_cache: {k: (values, extra ties)} shared by schemes
-    with the same k on the same rows."""
-    tau, k = scheme.temperature, scheme.top_k
-    y = logits.gather(1, target[:, None])[:, 0]  # [n] true-token logit
-    out = torch.full_like(y, -torch.inf)
-    if k is not None and k < logits.size(1):
-        rows = torch.nonzero((logits > y[:, None]).sum(-1) < k)[:, 0]  # target in the top-k
-        if topk_cache is not None and k in topk_cache:
-            values, extra = topk_cache[k]
-        else:
-            values = topk_values(logits, k)
-            extra = (logits >= values[:, -1:]).sum(-1) - k  # tokens tied with the k-th beyond the k
-            if topk_cache is not None:
-                topk_cache[k] = values, extra
-        values, extra, yr = values[rows], extra[rows], y[rows]
+    k = schemes[0].top_k if schemes[0].top_k is not None and schemes[0].top_k < V else None
+    y = logits.gather(1, target[:, None])  # [n, 1] true-token logit
+    out = torch.full((len(schemes), n), -torch.inf, device=logits.device)
+    if k is not None:
+        inside = torch.nonzero(_count_greater(logits, y) < k)[:, 0]  # the target is in the top-k
+        if not len(inside):
+            return out
+        rows, yr = logits[inside], y[inside]
+        values = topk_values(rows, k)
         weight = torch.ones_like(values)
-        weight[:, -1] += extra
-        scaled = values / tau
-        lse = (scaled[:, :1] + ((scaled - scaled[:, :1]).exp() * weight).sum(-1, keepdim=True).log())[:, 0]
-        logp = yr / tau - lse
-        if scheme.nucleus:
-            q = (scaled - lse[:, None]).exp()
-            mass, _ = _nucleus_mass(q, weight, scheme.top_p)  # the nucleus lies inside the top-k
-            above = (q * weight * (values > yr[:, None])).sum(-1)
-            logp = torch.where(above < scheme.top_p, logp - mass.log(), -torch.inf)
-        out[rows] = logp
+        # tokens tied with the k-th value beyond the k are kept too: count them into its weight
+        weight[:, -1] += (V - k) - _count_greater(-rows, -values[:, -1:])
+        for i, scheme in enumerate(schemes):
+            scaled = values / scheme.temperature
+            lse = (scaled[:, :1] + ((scaled - scaled[:, :1]).exp() * weight).sum(-1, keepdim=True).log())  # [m, 1]
+            logp = (yr / scheme.temperature - lse)[:, 0]
+            if scheme.nucleus:  # the nucleus lies inside the top-k
+                q = (scaled - lse).exp()
+                mass, _ = _nucleus_mass(q, weight, scheme.top_p)
+                above = (q * weight * (values > yr)).sum(-1)
+                logp = torch.where(above < scheme.top_p, logp - mass.log(), -torch.inf)
+            out[i, inside] = logp
         return out
-    lse = lse1 if tau == 1 else (logits / tau).logsumexp(-1)
-    logp = y / tau - lse
-    if not scheme.nucleus:
-        return logp
-    q_all = (logits / tau - lse[:, None]).exp()
-    greater = logits > y[:, None]
-    above = (q_all * greater).sum(-1)
-    inside = above < scheme.top_p
-    # the nucleus holds every token at least as probable as the target; where those already reach
-    # p it is exactly them, else it extends below the target
-    ties = (logits == y[:, None]).sum(-1)
-    upto = above + ties * logp.exp()
-    mass = upto.clone()
-    extend = torch.nonzero(inside & (upto < scheme.top_p))[:, 0]
-    if len(extend):
-        mass[extend] = _topp_mass(logits[extend], lse[extend], tau, scheme.top_p)
-    out[inside] = logp[inside] - mass[inside].log()
+    for i, scheme in enumerate(schemes):
+        tau = scheme.temperature
+        lse = lse1[:, None] if tau == 1 else (logits / tau).logsumexp(-1, keepdim=True)
+        logp = (y / tau - lse)[:, 0]
+        if not scheme.nucleus:
+            out[i] = logp
+        else:
+            out[i] = _nucleus_logprob(logits, y, logp, lse, tau, scheme.top_p)
     return out
+
+
+def _nucleus_logprob(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float, p: float,
+                     m: int = 64) -> torch.Tensor:
+    """Top-p log-probability of the target (logit y [n, 1], tempered log-probability logp [n]).
+    Mostly from the m largest logits: the target's mass above and the nucleus' mass follow from
+    them wherever the nucleus lies inside them; the other rows take the full-row path."""
+    n, V = logits.shape
+    m = min(m, V)
+    out = torch.full_like(logp, -torch.inf)
+    top = topk_values(logits, m)
+    q = (top / tau - lse).exp()  # [n, m] largest probabilities, descending
+    mass, resolved = _nucleus_mass(q, torch.ones_like(q), p)
+    within = _count_greater(logits, y) < m  # the target is among the m largest
+    above = (q * (top > y)).sum(-1)
+    out = torch.where(within & resolved & (above < p), logp - mass.log(), out)
+    # a target below the m largest is outside where those already hold p
+    slow = torch.nonzero(~(within & resolved) & ~(~within & (q.sum(-1) >= p)))[:, 0]
+    if len(slow):
+        out[slow] = _nucleus_logprob_full(logits[slow], y[slow], logp[slow], lse[slow], tau, p)
+    return out
+
+
+def _sorted_desc(logits: torch.Tensor) -> torch.Tensor:
+    """Rows sorted descending; on a CPU by numpy, whose vectorised sort is several times faster
+    than torch's."""
+    if logits.device.type != "cpu":
+        return logits.sort(-1, descending=True).values
+    return torch.from_numpy(-np.sort(-logits.numpy(), -1))
+
+
+def _nucleus_logprob_full(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float,
+                          p: float) -> torch.Tensor:
+    """_nucleus_logprob of rows whose nucleus is larger than the m largest: from sorted rows."""
+    top = _sorted_desc(logits)
+    q = (top / tau - lse).exp()
+    mass, _ = _nucleus_mass(q, torch.ones_like(q), p)
+    above = (q * (top > y)).sum(-1)
+    return torch.where(above < p, logp - mass.log(), -torch.inf)
+
+
+def scheme_logprob(logits: torch.Tensor, target: torch.Tensor, scheme: Scheme, lse1: torch.Tensor | None = None) -> torch.Tensor:
+    """group_logprobs of one scheme: [n]."""
+    lse1 = logits.logsumexp(-1) if lse1 is None else lse1
+    return group_logprobs(logits, target, [scheme], lse1)[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # the scorer's side: per-position values over a teacher-forced pass, only where a live cell needs them
+
+_NEVER = 2**30
 
 
 class Extraction:
     """Per-position log-probabilities of the true tokens under each scheme, over one teacher-forced
     pass of a batch, fed chunk by chunk. Context k's continuation positions are k-1 .. k-2+C
     (position j predicts token j+1). A cell dies at its first -inf; a position is computed only
-    while some context covering it is alive, the rest stay NaN (never read by a live cell)."""
+    while some context covering it is alive, the rest stay NaN (never read by a live cell).
+    Schemes with the same kept-set test (the same top-k and top-p) form a group that dies together
+    and shares its top-k values."""
 
     def __init__(self, schemes: list[Scheme], batch: int, length: int, contexts: list[int], continuation: int, device):
-        self.schemes, self.contexts, self.C = schemes, contexts, continuation
+        self.schemes, self.C = schemes, continuation
+        self.groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(schemes):
+            sig = (s.top_k, s.top_p if s.nucleus else None, s.temperature if s.nucleus else None)
+            self.groups.setdefault(sig, []).append(i)
         self.values = torch.full((len(schemes), batch, length), torch.nan, device=device)  # [S, B, T]
         self.start = torch.tensor([k - 1 for k in contexts], device=device)  # [K] first position
-        # per scheme and context: first position whose true token is outside the kept set
-        self.dead_at = torch.full((len(schemes), batch, len(contexts)), length + continuation, device=device)
+        position = torch.arange(length, device=device)
+        self.covers = (position >= self.start[:, None]) & (position < self.start[:, None] + continuation)  # [K, T]
+        # per group and context: the first position whose true token is outside the kept set
+        self.dead_at = {sig: torch.full((batch, len(contexts)), _NEVER, device=device) for sig in self.groups}
 
     def add(self, a: int, logits: torch.Tensor, targets: torch.Tensor, nll: torch.Tensor) -> None:
         """logits [B, P, V] of positions a .. a+P-1, their true next tokens [B, P] and NLL [B, P]."""
         B, P, V = logits.shape
-        if not self.schemes:
+        covers = self.covers[:, a : a + P]  # [K, P]
+        if not covers.any():
             return
         pos = torch.arange(a, a + P, device=logits.device)
-        covers = (pos[None, :] >= self.start[:, None]) & (pos[None, :] < self.start[:, None] + self.C)  # [K, P]
         flat_logits, flat_targets = logits.reshape(B * P, V), targets.reshape(-1)
         lse1 = (nll + logits.gather(2, targets[..., None])[..., 0]).reshape(-1)
-        caches: dict = {}  # rows -> top-k cache: schemes that differ only in temperature share rows and top-k values
-        for s, scheme in enumerate(self.schemes):
-            alive = pos[None, None, :] <= self.dead_at[s][:, :, None]  # [B, K, P] up to the first zero
-            need = (alive & covers[None]).any(1).reshape(-1)  # [B * P]
-            rows = torch.nonzero(need)[:, 0]
+        for sig, members in self.groups.items():
+            schemes = [self.schemes[i] for i in members]
+            if sig == (None, None, None):  # temperature only: never 0, every position computed
+                self.values[members, :, a : a + P] = group_logprobs(flat_logits, flat_targets, schemes, lse1).view(-1, B, P)
+                continue
+            dead = self.dead_at[sig]
+            rows = torch.nonzero(((pos <= dead[:, :, None]) & covers).any(1).view(-1))[:, 0]
             if not len(rows):
                 continue
-            cache = caches.setdefault(tuple(rows.tolist()), {})
-            logp = scheme_logprob(flat_logits[rows], flat_targets[rows], scheme, lse1[rows], cache)
-            block = self.values[s, :, a : a + P].reshape(-1)
-            block[rows] = logp
-            self.values[s, :, a : a + P] = block.view(B, P)
-            zero = torch.isneginf(self.values[s, :, a : a + P])[:, None, :] & covers[None]  # [B, K, P]
-            first = torch.where(zero, pos, self.dead_at.new_tensor(10**9)).amin(-1)
-            self.dead_at[s] = torch.minimum(self.dead_at[s], first)
+            block = torch.full((len(members), B * P), torch.nan, device=logits.device)
+            block[:, rows] = group_logprobs(flat_logits[rows], flat_targets[rows], schemes, lse1[rows])
+            block = block.view(-1, B, P)
+            self.values[members, :, a : a + P] = block
+            zero = torch.isneginf(block[0])[:, None, :] & covers  # [B, K, P]
+            torch.minimum(dead, torch.where(zero, pos, _NEVER).amin(-1), out=dead)
 
     def result(self) -> np.ndarray:
         """[S, B, K, C] float32: per continuation position, NaN after each cell's first -inf."""
-        S, B, _ = self.values.shape
         idx = self.start[:, None] + torch.arange(self.C, device=self.values.device)[None, :]  # [K, C]
         out = self.values[:, :, idx]  # [S, B, K, C]
-        after = idx[None, None] > self.dead_at[..., None]
-        return out.masked_fill(after, torch.nan).cpu().numpy()
+        for sig, members in self.groups.items():
+            out[members] = out[members].masked_fill(idx > self.dead_at[sig][..., None], torch.nan)
+        return out.cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +319,8 @@ def extraction_columns(schemes: list[Scheme], logp: np.ndarray) -> dict[str, np.
     (float64) from log p_z [S, n]."""
     cols = {}
     for s, scheme in enumerate(schemes):
-        cols[f"logp_{scheme.name}"] = logp[s].astype(np.float32)
-        for p in DISCOVERY_P:
-            cols[f"n{round(100 * p)}_{scheme.name}"] = draws_needed(logp[s], p)
+        stored = logp[s].astype(np.float32)
+        cols[f"logp_{scheme.name}"] = stored
+        for p in DISCOVERY_P:  # from the stored value, so that the table agrees with itself
+            cols[f"n{round(100 * p)}_{scheme.name}"] = draws_needed(stored, p)
     return cols
