@@ -14,6 +14,7 @@ from dynamics.lock import output_lock
 from dynamics.report import findings as F
 from dynamics.report.document import Document, Figure, Samples, Section, Table, Text
 from dynamics.report.figures import plot_bars, plot_distribution, plot_matrix, plot_share_lines
+from dynamics.report.extraction import extraction_section
 from dynamics.report.membership import membership_section
 from dynamics.report.world import canary_section, duplication_section, taxonomy_section
 from dynamics.workdir import Workdir
@@ -81,8 +82,8 @@ def family_report(run: Workdir) -> Document:
     return Document(
         title=f"{run.family.name}: memorization across model sizes",
         summary=[F.share_by_size(t, k, c), F.boundary(run.dynamics_table("jumps"))],
-        sections=[share, trans, boundary_section(run), duplication_section(run), canary_section(run), taxonomy_section(run),
-                  capacity_section(run), membership_section(run), predictor_section(run)],
+        sections=[share, extraction_section(run), trans, boundary_section(run), duplication_section(run), canary_section(run),
+                  taxonomy_section(run), capacity_section(run), membership_section(run), predictor_section(run)],
         links=[(f"{s} report", f"{s}/report.html") for s in run.sizes],
     )
 
@@ -186,8 +187,8 @@ def size_report(run: Workdir, model: str) -> Document:
     return Document(
         title=f"{run.family.name} / {model} ({run.params[model]:,} parameters)",
         summary=[F.distribution(levels, model, k, c), grid_text],
-        sections=[scores, boundary_section(run, model), duplication_section(run, model), canary_section(run, model),
-                  taxonomy_section(run, model), embedding_section(run, model), predictor_section(run, model),
+        sections=[scores, extraction_section(run, model), boundary_section(run, model), duplication_section(run, model),
+                  canary_section(run, model), taxonomy_section(run, model), embedding_section(run, model), predictor_section(run, model),
                   capacity_section(run, model), membership_section(run, model), samples_section(run, model)],
         links=[("family overview", "../index.html")],
     )
