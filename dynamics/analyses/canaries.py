@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dynamics.analyses import world
-from dynamics.analyses.stats import bootstrap_ci, diff_ci
+from dynamics.analyses.stats import bootstrap_ci
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
@@ -73,7 +73,7 @@ def candidates(kind: str, units: int, n: int, tokenizer, words: list[str] | None
     return seqs, ends
 
 
-def _units(row, tokenizer) -> int:
+def _units(row) -> int:
     return len(row.tokens) if row.kind == "tokens" else len(row.text.split(" "))
 
 
@@ -143,7 +143,7 @@ def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candid
     check_output_dir(out, SETTINGS, settings, "canary scores")
     tok = load_tokenizer(family)
     words = world.canary_words(family) if (table["kind"] == "words").any() else None
-    table = table.assign(units=[_units(r, tok) for r in table.itertuples()])
+    table = table.assign(units=[_units(r) for r in table.itertuples()])
     pools = {kind: candidates(kind, int(g["units"].max()), n_candidates, tok, words, seed)
              for kind, g in table.groupby("kind", sort=True)}
     out.mkdir(parents=True, exist_ok=True)
@@ -207,15 +207,3 @@ def forgetting(t: pd.DataFrame, seed: int, insert: str = "early") -> pd.DataFram
     part = part[seen == done]
     rows = [{"model": model, "step": int(step), **_stats(g, seed)} for (model, step), g in part.groupby(["model", "step"], sort=True)]
     return pd.DataFrame(rows)
-
-
-def trend(t: pd.DataFrame, column: str, value: str, seed: int, model: str | None = None) -> dict:
-    """Difference in `value` ('memorized' or 'exposure') between the largest and the smallest value
-    of `column` (count: repetition count, or 'params' order via model) at the final checkpoints,
-    with a bootstrap 95% CI over canaries."""
-    f = final(t) if model is None else final(t)[final(t)["model"] == model]
-    y = (f["score"] >= 1).astype(float) if value == "memorized" else f["exposure"]
-    lo_v, hi_v = f[column].min(), f[column].max()
-    d, lo, hi = diff_ci(y[f[column] == lo_v], y[f[column] == hi_v], seed)
-    return {"low": lo_v, "high": hi_v, "at_low": float(y[f[column] == lo_v].mean()), "at_high": float(y[f[column] == hi_v].mean()),
-            "diff": d, "ci_lo": lo, "ci_hi": hi}

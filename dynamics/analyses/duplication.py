@@ -78,10 +78,10 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     return path
 
 
-def read_duplication(scores: str | Path, family: FamilySpec | None = None) -> pd.DataFrame:
+def read_duplication(scores: str | Path) -> pd.DataFrame:
     path = Path(scores) / DUPLICATION
     if not path.is_file():
-        hint = f"`memdyn run` annotates its scores; for others call dynamics.analyses.duplication.annotate_scores"
+        hint = "`memdyn run` annotates its scores; for others call dynamics.analyses.duplication.annotate_scores"
         raise MemdynError(f"{scores} has no {DUPLICATION} (per-sample duplication counts); {hint}")
     return pd.read_parquet(path)
 

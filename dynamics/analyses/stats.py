@@ -21,19 +21,6 @@ def bootstrap_ci(values, seed: int, n_resamples: int = N_RESAMPLES, stat=np.mean
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
-def diff_ci(a, b, seed: int, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> tuple[float, float, float]:
-    """mean(b) - mean(a) and its percentile interval, a and b resampled independently."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    da = a[rng.integers(0, len(a), size=(n_resamples, len(a)))].mean(1)
-    db = b[rng.integers(0, len(b), size=(n_resamples, len(b)))].mean(1)
-    q = (1 - level) / 2
-    d = db - da
-    return float(b.mean() - a.mean()), float(np.quantile(d, q)), float(np.quantile(d, 1 - q))
-
-
 def log2_bins(counts) -> tuple[np.ndarray, list[str]]:
     """Bin index of each count >= 1 in powers of two (1, 2-3, 4-7, ...) and the bins' labels."""
     c = np.maximum(np.asarray(counts, dtype=np.int64), 1)
