@@ -8,28 +8,108 @@ rerunning after a crash continues where it stopped.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from dynamics.corpus.steps import sort_revisions
 from dynamics.errors import MemdynError
-from dynamics.family.presets import get_preset
+from dynamics.family.presets import Preset, get_preset
+from dynamics.family.spec import FamilySpec
 from dynamics.files import check_output_folder, check_output_location, read_json, write_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
 
 
-def _stage(name: str, number: int, total: int):
-    print(f"[{number}/{total}] {name}", flush=True)
-    return time.time()
+@dataclass
+class _Run:
+    """What the stages share: the work directory, the preset, the seed and (after stage 1) the family."""
+
+    w: Workdir
+    preset: Preset
+    seed: int
+    reports: Path
+    family: FamilySpec | None = None
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        return main_cell(self.preset.contexts, self.preset.continuations)
+
+
+def _family(r: _Run) -> str:
+    from dynamics.family.train import train_family
+
+    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed)
+    return f"{', '.join(r.family.size_names)} trained"
+
+
+def _scores(r: _Run) -> None:
+    from dynamics.scoring.table import score
+
+    # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
+    score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
+          sample=r.preset.scored_samples, seed=r.seed)
+
+
+def _checkpoints(r: _Run) -> None:
+    from dynamics.scoring.table import score
+
+    k, c = r.cell
+    score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
+          sample=r.preset.scored_samples, seed=r.seed)
+
+
+def _dynamics(r: _Run) -> None:
+    from dynamics.decoding.analyze import run_dynamics
+
+    k, c = r.cell
+    run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=200, context=k, continuation=c)
+
+
+def _capacity(r: _Run) -> None:
+    if not r.w.capacity_table.is_file():
+        from dynamics.capacity.text import text_capacity
+        from dynamics.family.train import train_references
+
+        r.family = train_references(r.w.family_dir)
+        text_capacity(r.family, r.w.capacity_dir, seed=r.seed)
+
+
+def _membership(r: _Run) -> None:
+    from dynamics.capacity.mia import run_membership
+
+    revisions = sort_revisions({rev for s in r.family.sizes for rev in s.revisions})
+    run_membership(r.family, r.w.membership_dir, "train", "heldout", revisions=revisions, seed=r.seed, progress=False)
+
+
+def _analyses(r: _Run) -> None:
+    from dynamics.analyses.stage import run_analyses
+
+    run_analyses(r.family, r.w.root, *r.cell, seed=r.seed)
+
+
+def _reports(r: _Run) -> str:
+    from dynamics.report import write_reports
+
+    return str(write_reports(r.w.root, r.reports, r.preset.name)[0])
+
+
+STAGES = (
+    ("family: corpus, tokenizer, packed data, training", _family),
+    ("scores: final checkpoints over the context x continuation grid", _scores),
+    ("scores: every checkpoint at the main cell", _checkpoints),
+    ("dynamics: entropy, n-gram frequency and hidden states around the boundary", _dynamics),
+    ("predictor: memorization from context tokens and from hidden states, per size",
+     lambda r: run_predictors(r.family, r.w, *r.cell, r.seed)),
+    ("capacity: bits memorized per size against same-size reference models", _capacity),
+    ("membership: loss, zlib, min-k%, min-k%++ and reference attacks per size and checkpoint", _membership),
+    ("analyses: duplication dose-response, taxonomy, canary scores and exposure", _analyses),
+    ("reports: family overview and one report per size", _reports),
+)
 
 
 @locks_output("workdir", "--workdir")
 def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports") -> None:
-    from dynamics.family.train import train_family
-    from dynamics.scoring.table import score
-    from dynamics.scoring.transitions import summarize
-    from dynamics.scoring.table import read_scores
-
     p = get_preset(preset)
     w = Workdir(workdir)
     # a work directory of an earlier run, or one holding just a family to reuse; nothing else
@@ -40,64 +120,23 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
-    total = 9
+    r = _Run(w, p, seed, Path(reports))
+    for number, (title, stage) in enumerate(STAGES, 1):
+        print(f"[{number}/{len(STAGES)}] {title}", flush=True)
+        start = time.time()
+        note = stage(r)
+        print(f"      {note or 'done'} ({time.time() - start:.0f} s)", flush=True)
+    print_main_shares(r)
 
-    t = _stage("family: corpus, tokenizer, packed data, training", 1, total)
-    family = train_family(p.name, w.family_dir, seed=seed)
-    print(f"      {', '.join(family.size_names)} trained ({time.time() - t:.0f} s)")
 
-    t = _stage("scores: final checkpoints over the context x continuation grid", 2, total)
-    # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
-    score(family, w.scores_dir, contexts=list(p.contexts), continuations=list(p.continuations),
-          sample=p.scored_samples, seed=seed)
-    print(f"      done ({time.time() - t:.0f} s)")
+def print_main_shares(r: _Run) -> None:
+    from dynamics.scoring.table import read_scores
+    from dynamics.scoring.transitions import summarize
 
-    t = _stage("scores: every checkpoint at the main cell", 3, total)
-    k, c = main_cell(p.contexts, p.continuations)
-    score(family, w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all", sample=p.scored_samples, seed=seed)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("dynamics: entropy, n-gram frequency and hidden states around the boundary", 4, total)
-    from dynamics.decoding.analyze import run_dynamics
-
-    run_dynamics(family, w.scores_dir, w.dynamics_dir, seed=seed, per_group=200, context=k, continuation=c)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("predictor: memorization from context tokens and from hidden states, per size", 5, total)
-    run_predictors(family, w, k, c, seed)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("capacity: bits memorized per size against same-size reference models", 6, total)
-    if not w.capacity_table.is_file():
-        from dynamics.capacity.text import text_capacity
-        from dynamics.family.train import train_references
-
-        family = train_references(w.family_dir)
-        text_capacity(family, w.capacity_dir, seed=seed)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("membership: loss, zlib, min-k%, min-k%++ and reference attacks per size and checkpoint", 7, total)
-    from dynamics.capacity.mia import MEMBERSHIP_DIR, run_membership
-
-    revisions = sorted({r for s in family.sizes for r in s.revisions}, key=lambda r: int(r[4:]))
-    run_membership(family, w.root / MEMBERSHIP_DIR, "train", "heldout", revisions=revisions, seed=seed, progress=False)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("analyses: duplication dose-response, taxonomy, canary scores and exposure", 8, total)
-    from dynamics.analyses.stage import run_analyses
-
-    run_analyses(family, w.root, k, c, seed=seed)
-    print(f"      done ({time.time() - t:.0f} s)")
-
-    t = _stage("reports: family overview and one report per size", 9, total)
-    from dynamics.report import write_reports
-
-    paths = write_reports(w.root, reports, p.name)
-    print(f"      {paths[0]} ({time.time() - t:.0f} s)")
-
-    table = summarize(read_scores(w.scores_dir))
+    k, c = r.cell
+    table = summarize(read_scores(r.w.scores_dir))
     main = table[(table.context_len == k) & (table.continuation_len == c)]
-    main = main.assign(params=main.model.map({s.name: s.params for s in family.sizes})).sort_values("params")
+    main = main.assign(params=main.model.map({s.name: s.params for s in r.family.sizes})).sort_values("params")
     print(f"\nmemorized share at context {k} / continuation {c}:")
     for row in main.itertuples():
         print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")

@@ -8,7 +8,9 @@ once (the reports and notebooks).
     WORKDIR/dynamics/            entropy, n-gram and hidden-state dynamics at the main cell
     WORKDIR/predictor/<size>-<mode>/  memorization predictors per size and input mode
     WORKDIR/predictor/skipped.json    sizes whose labels have too few samples of a class
-    WORKDIR/capacity/            unintended memorization in bits per size, membership inference
+    WORKDIR/capacity/            unintended memorization in bits per size, loss-threshold membership law
+    WORKDIR/membership/          membership-inference attacks per size and checkpoint
+    WORKDIR/analyses/            duplication dose-response, taxonomy, canaries
 
 Every stage the pipeline writes is required by the readers; a missing one is named with the
 command that produces it. The capacity stage is optional.
@@ -91,6 +93,8 @@ class Workdir:
     predictor_root = property(lambda self: self.root / "predictor")
     capacity_dir = property(lambda self: self.root / "capacity")
     capacity_table = property(lambda self: self.capacity_dir / "text_capacity.parquet")
+    membership_dir = property(lambda self: self.root / "membership")
+    analyses_dir = property(lambda self: self.root / "analyses")
 
     def predictor_dir(self, size: str, mode: str) -> Path:
         return self.predictor_root / f"{size}-{mode}"

@@ -142,7 +142,7 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
 
 
 def duplication_checks(run: Workdir) -> list[Check]:
-    path = run.root / "analyses" / "dose_fits.parquet"
+    path = run.analyses_dir / "dose_fits.parquet"
     if not path.is_file():
         return [("memorization rises with duplication", "-", "NOT SHOWN", f"analyses stage not run: `memdyn run --workdir {run.root}`")]
     fits = pd.read_parquet(path)

@@ -32,7 +32,6 @@ from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir
 from dynamics.lock import locks_output
 
-MEMBERSHIP_DIR = "membership"  # under a `memdyn run` work directory
 SETTINGS = "_settings.json"
 PARTS = "_parts"
 SPLITS = ("member", "nonmember")

@@ -16,7 +16,7 @@ MISSING = ("The membership stage has not run on this work directory: `memdyn mem
 
 
 def _read(run: Workdir, name: str) -> pd.DataFrame | None:
-    path = run.root / "membership" / f"{name}.parquet"
+    path = run.membership_dir / f"{name}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
 
 

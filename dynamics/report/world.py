@@ -24,7 +24,7 @@ def missing(run: Workdir, part: str, what: str) -> Text:
 
 
 def table(run: Workdir, name: str) -> pd.DataFrame | None:
-    path = run.root / "analyses" / f"{name}.parquet"
+    path = run.analyses_dir / f"{name}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
 
 

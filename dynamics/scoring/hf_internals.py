@@ -15,6 +15,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 
+def output_cache(out):
+    """The KV cache of a model output: `cache` from transformers 5.x on (reading the older name
+    `past_key_values` there logs a deprecation warning), `past_key_values` before."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def cache_layers(cache) -> list[tuple]:
     """(keys, values) [B, H, T, D] of every layer of a forward pass's KV cache."""
     return [(layer.keys, layer.values) for layer in cache.layers]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dynamics.errors import MemdynError
 from dynamics.scoring.extraction import Extraction, Scheme
-from dynamics.scoring.hf_internals import attention_implementation, cache_layers
+from dynamics.scoring.hf_internals import attention_implementation, cache_layers, output_cache
 
 NEAR_TIE = 1e-4
 
@@ -222,7 +222,7 @@ def _teacher_forced(model, x: torch.Tensor, extraction: Extraction | None = None
         if extraction is not None and e > a:
             extraction.add(a, logits[:, : e - a], x[:, a + 1 : e + 1], nll[:, a:e])
         pred[:, a:b], gap[:, a:b] = _greedy_and_gap(logits)  # last: it overwrites the maxima
-    return out.past_key_values, nll, pred, gap
+    return output_cache(out), nll, pred, gap
 
 
 @torch.inference_mode()
