@@ -2,10 +2,13 @@
 
 A scores directory holds:
   part-<model>-<revision>-<chunk>.parquet   one row per (model, revision, seq_idx, context_len,
-                                            continuation_len): score, matches, prefix_len, near_tie
+                                            continuation_len): score, matches, prefix_len, near_tie;
+                                            per sampling scheme S: logp_S (log p_z), n50_S, n90_S
+                                            (dynamics.scoring.extraction); edit_distance, lcs_len,
+                                            bleu4, approx_memorized (dynamics.scoring.near)
   _generations/part-....parquet             one row per (model, revision, seq_idx, context_len):
                                             generated (largest continuation), loss, context_loss,
-                                            min_gap
+                                            min_gap, logp_S (per continuation position)
   _settings.json                            what the table was computed with; a rerun with other
                                             settings is refused, so finished chunks never mix
   _first_memorized.parquet                  with several revisions: first step with score 1
