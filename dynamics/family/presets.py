@@ -66,11 +66,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "tiny": Preset(
         name="tiny", vocab_size=2048, seq_length=160, corpus_chars=1_500_000, max_doc_chars=12_000,
-        heldout_fraction=0.1, batch_size=16, steps=200, lr=3e-3, warmup_steps=20,
-        shapes=(ModelShape(2, 48, 2), ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
-        duplication=Duplication(share=0.15, max_copies=100, doc_tokens=320),
+        heldout_fraction=0.1, batch_size=8, steps=400, lr=1e-2, warmup_steps=40,
+        shapes=(ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8)),
+        duplication=Duplication(share=0.2, max_copies=100, doc_tokens=400),
         canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48),
-        reference_shape=ModelShape(4, 256, 8), reference_samples=3200, members=512,
+        reference_shape=ModelShape(4, 256, 8), reference_samples=3200, members=512, scored_samples=2000,
     ),
     "small": Preset(
         name="small", vocab_size=16384, seq_length=256, corpus_chars=None, max_doc_chars=None,
