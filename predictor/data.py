@@ -45,16 +45,17 @@ SPLIT_TRIES = 20  # candidate GroupShuffleSplit draws; the first leaving a non-e
 
 def sample_documents(family: FamilySpec, seq_idx: np.ndarray) -> pd.DataFrame:
     """first_doc, last_doc (and doc_ids where recorded) per seq_idx (index) from data/samples.parquet."""
+    from dynamics.family.data import training_data
+
     seq_idx = np.asarray(seq_idx)
-    path = Path(family.data.prefix).parent / "samples.parquet" if family.data and family.data.prefix else None
-    if path is None or not path.is_file():
+    t = training_data(family).samples if family.data and family.data.prefix else None
+    if t is None:
         return pd.DataFrame({"first_doc": seq_idx, "last_doc": seq_idx}, index=pd.Index(seq_idx, name="seq_idx"))
-    t = pd.read_parquet(path)
-    t = t[t["split"] == "train"].set_index("sample_idx")[document_columns(t)]
     missing = np.setdiff1d(seq_idx, t.index.to_numpy())
     if len(missing):
-        raise MemdynError(f"{path} does not map training samples {missing[:5].tolist()} to documents; wrong family?")
-    return t.loc[seq_idx].rename_axis("seq_idx")
+        raise MemdynError(f"the samples table of {family.data.prefix} does not map training samples "
+                          f"{missing[:5].tolist()} to documents; wrong family?")
+    return t.loc[seq_idx, document_columns(t)].rename_axis("seq_idx")
 
 
 def document_columns(rows: pd.DataFrame) -> list[str]:

@@ -135,7 +135,6 @@ def test_explicit_model_paths(micro_family):
 def test_world_contract(micro_family):
     """Duplicated documents, one pass, canaries at their recorded places and nowhere else."""
     import numpy as np
-    import pandas as pd
 
     from dynamics.family.world import load_canaries, load_canary_words, load_documents, load_samples
 
@@ -146,7 +145,8 @@ def test_world_contract(micro_family):
     docs, samples, canaries = load_documents(family), load_samples(family), load_canaries(family)
     train_docs = docs[docs.split == "train"]
     assert (train_docs.copies == 1).mean() > 0.5 and train_docs.copies.max() >= 10  # mostly unique, a heavy tail
-    train = samples[samples.split == "train"].sort_values("sample_idx")
+    train = samples.sort_values("sample_idx")
+    assert (train.split == "train").all()
     assert len(train) == p.steps * p.batch_size == manifest["corpus"]["train_samples"]  # exactly one pass
     assert (train.step == train.sample_idx // p.batch_size).all()
     copies = docs.set_index("doc_id").copies

@@ -22,7 +22,7 @@ def train_samples(family: FamilySpec) -> pd.DataFrame:
     t = load_samples(family)
     if "max_doc_copies" not in t:
         raise MemdynError(f"{family.root}/data/samples.parquet has no max_doc_copies (old layout): {rebuild_hint(family)}")
-    return t[t["split"] == "train"].set_index("sample_idx").sort_index()
+    return t.sort_index()
 
 
 def canaries(family: FamilySpec) -> pd.DataFrame:

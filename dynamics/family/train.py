@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -26,6 +25,8 @@ from dynamics.corpus.sources import content_hash, documents, parse_source, pytho
 from dynamics.corpus.steps import revision_name, revision_step
 from dynamics.corpus.tokenizer import EOD_ID, PAD_ID, train_tokenizer
 from dynamics.errors import MemdynError
+from dynamics import seeds
+from dynamics.family.data import TrainingData
 from dynamics.family.load import resolve_device
 from dynamics.family.presets import ModelShape, Preset, get_preset
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
@@ -334,9 +335,8 @@ def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> di
     path = data_dir / "reference.json"
     if path.is_file() and megatron.paths(data_dir / "reference")[1].is_file():
         return read_json(path)
-    meta = pd.read_parquet(data_dir / "samples.parquet")
-    train = meta[meta.split == "train"].sort_values("sample_idx")
-    rng = np.random.default_rng(seed + 1)
+    train = TrainingData(str(data_dir / "train")).samples.sort_values("sample_idx")
+    rng = seeds.rng(seed, "reference")
     if "doc_ids" in train:
         covered = [np.asarray(d, dtype=np.int64) for d in train.doc_ids]
     elif (train.first_doc < 0).all():  # no document boundaries (adopted Megatron samples): one sample, one document

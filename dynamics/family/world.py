@@ -153,8 +153,12 @@ def load_documents(family) -> pd.DataFrame:
 
 
 def load_samples(family) -> pd.DataFrame:
-    """data/samples.parquet of a world family (see dynamics/corpus/packing.py for its columns)."""
-    return pd.read_parquet(require_world(family) / "data" / "samples.parquet")
+    """The training samples' table of a world family, indexed by sample_idx (columns: see
+    dynamics/corpus/packing.py)."""
+    from dynamics.family.data import training_data
+
+    require_world(family)
+    return training_data(family).samples
 
 
 def load_canaries(family) -> pd.DataFrame:
