@@ -146,24 +146,40 @@ def _count_greater(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return (logits - value).clamp_(min=0).sign_().sum(-1)
 
 
-def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Scheme], lse1: torch.Tensor) -> torch.Tensor:
+TOP_M = 64  # largest logits selected per position: the top-k values and most nuclei lie inside them
+
+
+def top_width(schemes: list[Scheme], V: int) -> int:
+    """How many largest logits per row the schemes need: k + 1 (the next tells whether the k-th
+    value has ties beyond it) and TOP_M for a nucleus."""
+    m = max([TOP_M if s.nucleus else 0 for s in schemes] + [(s.top_k or 0) + 1 for s in schemes])
+    return min(m, V)
+
+
+def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Scheme], lse1: torch.Tensor,
+                   top: torch.Tensor | None = None) -> torch.Tensor:
     """Natural log of each scheme's probability of target [n] under logits [n, V] (fp32): [S, n],
     -inf where the target is outside the kept set. The schemes share top_k and top_p (and, with a
-    top_p, the temperature), hence the kept-set test and the top-k values. lse1: logsumexp of the
-    unscaled logits per row (the scorer has it from its cross-entropy)."""
+    top_p, the temperature), hence the kept-set test. lse1: logsumexp of the unscaled logits per
+    row (the scorer has it from its cross-entropy); top: the rows' top_width largest logits,
+    descending (selected here when not given)."""
     n, V = logits.shape
     k = schemes[0].top_k if schemes[0].top_k is not None and schemes[0].top_k < V else None
     y = logits.gather(1, target[:, None])  # [n, 1] true-token logit
     out = torch.full((len(schemes), n), -torch.inf, device=logits.device)
+    if top is None and (k is not None or schemes[0].nucleus):
+        top = topk_values(logits, top_width(schemes, V))
     if k is not None:
-        inside = torch.nonzero(_count_greater(logits, y) < k)[:, 0]  # the target is in the top-k
+        inside = torch.nonzero(y[:, 0] >= top[:, k - 1])[:, 0]  # the target is in the top-k
         if not len(inside):
             return out
-        rows, yr = logits[inside], y[inside]
-        values = topk_values(rows, k)
+        values, yr = top[inside, :k], y[inside]
         weight = torch.ones_like(values)
         # tokens tied with the k-th value beyond the k are kept too: count them into its weight
-        weight[:, -1] += (V - k) - _count_greater(-rows, -values[:, -1:])
+        tied = torch.nonzero(top[inside, k] == top[inside, k - 1])[:, 0]
+        if len(tied):
+            rows = logits[inside[tied]]
+            weight[tied, -1] += (V - k) - _count_greater(-rows, -values[tied, -1:])
         for i, scheme in enumerate(schemes):
             scaled = values / scheme.temperature
             lse = (scaled[:, :1] + ((scaled - scaled[:, :1]).exp() * weight).sum(-1, keepdim=True).log())  # [m, 1]
@@ -182,24 +198,22 @@ def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Sch
         if not scheme.nucleus:
             out[i] = logp
         else:
-            out[i] = _nucleus_logprob(logits, y, logp, lse, tau, scheme.top_p)
+            out[i] = _nucleus_logprob(logits, y, logp, lse, tau, scheme.top_p, top)
     return out
 
 
 def _nucleus_logprob(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float, p: float,
-                     m: int = 64) -> torch.Tensor:
+                     top: torch.Tensor) -> torch.Tensor:
     """Top-p log-probability of the target (logit y [n, 1], tempered log-probability logp [n]).
-    Mostly from the m largest logits: the target's mass above and the nucleus' mass follow from
-    them wherever the nucleus lies inside them; the other rows take the full-row path."""
-    n, V = logits.shape
-    m = min(m, V)
-    out = torch.full_like(logp, -torch.inf)
-    top = topk_values(logits, m)
+    Mostly from the m largest logits `top` [n, m]: the target's mass above and the nucleus' mass
+    follow from them wherever the nucleus lies inside them; the other rows take the full-row path."""
     q = (top / tau - lse).exp()  # [n, m] largest probabilities, descending
     mass, resolved = _nucleus_mass(q, torch.ones_like(q), p)
-    within = _count_greater(logits, y) < m  # the target is among the m largest
+    within = y[:, 0] >= top[:, -1]  # the target is among the m largest
+    if top.size(1) == logits.size(1):
+        resolved[:] = True
     above = (q * (top > y)).sum(-1)
-    out = torch.where(within & resolved & (above < p), logp - mass.log(), out)
+    out = torch.where(within & resolved & (above < p), logp - mass.log(), -torch.inf)
     # a target below the m largest is outside where those already hold p
     slow = torch.nonzero(~(within & resolved) & ~(~within & (q.sum(-1) >= p)))[:, 0]
     if len(slow):
@@ -267,17 +281,27 @@ class Extraction:
         pos = torch.arange(a, a + P, device=logits.device)
         flat_logits, flat_targets = logits.reshape(B * P, V), targets.reshape(-1)
         lse1 = (nll + logits.gather(2, targets[..., None])[..., 0]).reshape(-1)
+        # the rows each group needs (while a cell covering them lives), and one selection of the
+        # largest logits on their union, shared by the groups
+        need = {sig: ((pos <= dead[:, :, None]) & covers).any(1).view(-1) for sig, dead in self.dead_at.items()}
+        selective = [sig for sig in self.groups if sig != (None, None, None)]
+        top = where = None
+        if selective:
+            union = torch.stack([need[sig] for sig in selective]).any(0)
+            where = torch.cumsum(union, 0) - 1  # row -> its place among the union's rows
+            if union.any():
+                top = topk_values(flat_logits[union], top_width(self.schemes, V))
         for sig, members in self.groups.items():
             schemes = [self.schemes[i] for i in members]
             if sig == (None, None, None):  # temperature only: never 0, every position computed
                 self.values[members, :, a : a + P] = group_logprobs(flat_logits, flat_targets, schemes, lse1).view(-1, B, P)
                 continue
             dead = self.dead_at[sig]
-            rows = torch.nonzero(((pos <= dead[:, :, None]) & covers).any(1).view(-1))[:, 0]
+            rows = torch.nonzero(need[sig])[:, 0]
             if not len(rows):
                 continue
             block = torch.full((len(members), B * P), torch.nan, device=logits.device)
-            block[:, rows] = group_logprobs(flat_logits[rows], flat_targets[rows], schemes, lse1[rows])
+            block[:, rows] = group_logprobs(flat_logits[rows], flat_targets[rows], schemes, lse1[rows], top[where[rows]])
             block = block.view(-1, B, P)
             self.values[members, :, a : a + P] = block
             zero = torch.isneginf(block[0])[:, None, :] & covers  # [B, K, P]
