@@ -280,6 +280,13 @@ def predictor_family(config: dict, family: FamilySpec | None = None) -> FamilySp
 # ---------------------------------------------------------------------------- entry points
 
 
+def _fingerprint(directory, settings_file: str) -> str | None:
+    """sha256 of an input directory's settings file (None when no such input was given)."""
+    if directory is None or not (Path(directory) / settings_file).is_file():
+        return None
+    return hashlib.sha256((Path(directory) / settings_file).read_bytes()).hexdigest()
+
+
 @locks_output()
 def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: str = "context", scores=None,
                     dynamics=None, edges=CLASS_EDGES, context: int | None = None, continuation: int | None = None,
@@ -312,6 +319,8 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
         "vocab_hash": vocab_hash(tokenizer), "target_model": data.model, "revision": data.revision,
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
         "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k not in ("device", "checkpoint")},
+        # what the labels and inputs came from: content fingerprints of the scores and dynamics settings
+        "scores": _fingerprint(scores, "_settings.json"), "dynamics": _fingerprint(dynamics, "_settings.json"),
     }
     save_predictor(Path(out), est, config, tokenizer, owned, metrics, cv)
     shutil.rmtree(resume, ignore_errors=True)
