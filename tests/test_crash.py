@@ -215,3 +215,29 @@ def _summarize(scores):
     from tests.conftest import run_cli
 
     return run_cli("summarize", "--scores", scores)
+
+
+PREDICTOR = ["--model", "37k", "--context", "16", "--continuation", "4", "--folds", "2", "--epochs", "4",
+             "--d-model", "16", "--encoder-layers", "1", "--heads", "2"]
+
+
+def test_predictor_training_with_folds_killed_at_random_moments(micro_family, micro_scores, tmp_path):
+    def cmd(out):
+        return memdyn("predictor", "train", "--family", micro_family, "--scores", micro_scores, "--out", out, *PREDICTOR)
+    check_killed_then_rerun(cmd, tmp_path / "ref", tmp_path / "pred", seed=5)
+    assert not (tmp_path / ".pred.resume").exists()  # the epoch checkpoints go once the predictor is saved
+
+
+@pytest.mark.slow
+def test_memdyn_run_killed_at_random_moments(micro_family, micro_workdir, tmp_path):
+    """Each kill lands in whatever stage is running then; the relaunch resumes from the cache, so
+    three kills cost about one run. The reference is the session's uninterrupted micro run."""
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_family, runs / "family")  # as micro_workdir does: the family is reused
+    cmd = memdyn("run", "--preset", "micro", "--workdir", runs, "--reports", tmp_path / "reports")
+    kill_at(cmd, [random.Random(6).uniform(8, 60) for _ in range(3)])
+    result = run(cmd, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hashes(runs) == hashes(micro_workdir)
+    assert hashes(tmp_path / "reports") == hashes(micro_workdir.parent / "reports")
+    assert_clean(runs)
