@@ -216,22 +216,21 @@ def test_capacity_bits_come_from_the_attack_scores(micro_family):
 
 
 def test_report_section_states_the_numbers(membership_run, tmp_path):
-    from types import SimpleNamespace
-
     from dynamics.report.document import Figure, Table
+    from dynamics.workdir import Workdir
     from dynamics.report.membership import membership_section
 
     out, _ = membership_run
     shutil.copytree(out, tmp_path / "membership")
     metrics = pd.read_parquet(out / "metrics.parquet")
-    section = membership_section(SimpleNamespace(root=tmp_path), "37k")
+    section = membership_section(Workdir(tmp_path), "37k")
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert [f.name for f in figures] == ["membership_roc", "membership_steps"]
     best = metrics[(metrics.model == "37k") & (metrics.step == 200)].sort_values("auroc").iloc[-1]
     assert f"AUROC {best.auroc:.3f}" in figures[0].caption and best.attack in figures[0].caption
     table = next(b for b in section.blocks if isinstance(b, Table)).frame
     assert list(table.model.unique()) == ["37k"] and len(table) == len(ATTACKS)
-    missing = membership_section(SimpleNamespace(root=tmp_path / "elsewhere"))
+    missing = membership_section(Workdir(tmp_path / "elsewhere"))
     assert "has not run" in missing.blocks[0].text
 
 
@@ -286,3 +285,13 @@ def test_two_processes_give_the_same_tables(membership_run, tmp_path):
     assert "membership [0]" in result.stderr and "membership [1]" in result.stderr
     for name in ("attacks.parquet", "metrics.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(other / name), pd.read_parquet(out / name))
+
+
+def test_missing_family_reference_is_refused_before_work(micro_family, tmp_path):
+    family_dir = tmp_path / "family"
+    shutil.copytree(micro_family, family_dir)
+    manifest = json.loads((family_dir / "family.json").read_text())
+    names = [s["name"] for s in manifest["sizes"]]
+    manifest["references"] = {"sizes": {n: f"references/{n}/step999" for n in names}}
+    (family_dir / "family.json").write_text(json.dumps(manifest))
+    assert "missing" in _bad(family_dir, tmp_path)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples
 from dynamics.corpus.megatron import IndexedDataset, paths
+from dynamics.corpus.steps import sort_revisions
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, check_output_dir
@@ -146,6 +147,10 @@ def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[s
         missing = [s.name for s in sizes if s.name not in refs]
         if missing:
             raise MemdynError(f"family {family.name!r} has no reference model for {', '.join(missing)}; pass --reference")
+        broken = sorted({refs[s.name] for s in sizes if not (family.root / refs[s.name] / "config.json").is_file()})
+        if broken:  # now, not after the targets' jobs
+            raise MemdynError(f"family {family.name!r} records reference model(s) {', '.join(broken)} that are missing in "
+                              f"{family.root}; retrain them (`memdyn family references`) or pass --reference")
         return "family", {name: (re.sub(r"[^A-Za-z0-9.]+", "_", path), str(family.root / path)) for name, path in refs.items()}
     _check_reference(family, reference, sizes[0])
     return reference, {s.name: ("reference", reference) for s in family.sizes}
@@ -281,12 +286,17 @@ def _models_of(job, plan, device):
 
 
 @locks_output()
-def run_membership(family: FamilySpec, out: str | Path, members: str, nonmembers: str, models=None, revisions=None,
+def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmembers: str, models: list[str] | None = None,
+                   revisions: list[str] | str | None = None,
                    reference: str | None = None, samples: int | None = None, length: int | None = None, seed: int = 0,
                    dtype: str = "fp32", device: str | None = None, batch_size: int = 32, chunk_size: int = 256,
                    progress: bool = True) -> pd.DataFrame | None:
     """Every missing job (this process's share), then, on the main process, the attacks table,
-    the metrics and the ROC figures; returns the metrics (None on other processes)."""
+    the metrics and the ROC figures; returns the metrics (None on other processes). members and
+    nonmembers: Megatron prefixes, or "train" / "heldout" (the family's own); revisions: checkpoint
+    names (default each size's last), or "all"."""
+    if revisions == "all":
+        revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
     from tqdm.auto import tqdm
 
     from dynamics.family.load import load_tokenizer, resolve_device
