@@ -221,21 +221,26 @@ def _nucleus_logprob(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, 
     return out
 
 
-def _sorted_desc(logits: torch.Tensor) -> torch.Tensor:
-    """Rows sorted descending; on a CPU by numpy, whose vectorised sort is several times faster
-    than torch's."""
-    if logits.device.type != "cpu":
-        return logits.sort(-1, descending=True).values
-    return torch.from_numpy(-np.sort(-logits.numpy(), -1))
-
-
 def _nucleus_logprob_full(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float,
                           p: float) -> torch.Tensor:
-    """_nucleus_logprob of rows whose nucleus is larger than the m largest: from sorted rows."""
-    top = _sorted_desc(logits)
-    q = (top / tau - lse).exp()
-    mass, _ = _nucleus_mass(q, torch.ones_like(q), p)
-    above = (q * (top > y)).sum(-1)
+    """_nucleus_logprob of rows whose nucleus is larger than the m largest: from sorted rows (on
+    a CPU by numpy, whose vectorised sort is several times faster than torch's). The nucleus is
+    the sorted prefix whose exclusive cumulative mass stays < p, extended over ties of its last
+    value (rare: those rows take the tie-aware mass)."""
+    if logits.device.type == "cpu":
+        neg = torch.from_numpy(np.sort(-logits.numpy(), -1))  # -logits ascending = logits descending
+    else:
+        neg = (-logits).sort(-1).values
+    q = (neg / -tau - lse).exp()  # descending probabilities
+    cum = q.cumsum(-1)
+    V = q.size(1)
+    kept = torch.searchsorted(cum - q, torch.full_like(lse, p)).clamp_(1, V)  # [n, 1] entries with mass above < p
+    mass = cum.gather(1, kept - 1)[:, 0]
+    tied = torch.nonzero((kept[:, 0] < V) & (neg.gather(1, kept.clamp(max=V - 1))[:, 0] == neg.gather(1, kept - 1)[:, 0]))[:, 0]
+    if len(tied):
+        mass[tied], _ = _nucleus_mass(q[tied], torch.ones_like(q[tied]), p)
+    greater = torch.searchsorted(neg, -y)  # [n, 1] entries more probable than the target
+    above = torch.where(greater > 0, cum.gather(1, (greater - 1).clamp_(min=0)), 0.0)[:, 0]
     return torch.where(above < p, logp - mass.log(), -torch.inf)
 
 
