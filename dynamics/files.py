@@ -51,7 +51,7 @@ def disk_full_error(e: BaseException, path: str | os.PathLike) -> MemdynError | 
     if isinstance(e, MemdynError):
         return None
     full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not full and isinstance(e, (OSError, RuntimeError)):
+    if not full and isinstance(e, Exception):  # torch.save: RuntimeError; safetensors: SafetensorError
         try:
             full = shutil.disk_usage(_existing_parent(Path(path))).free < 1 << 20
         except OSError:

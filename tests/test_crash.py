@@ -241,3 +241,27 @@ def test_memdyn_run_killed_at_random_moments(micro_family, micro_workdir, tmp_pa
     assert hashes(runs) == hashes(micro_workdir)
     assert hashes(tmp_path / "reports") == hashes(micro_workdir.parent / "reports")
     assert_clean(runs)
+
+
+def test_full_disk_during_family_training(micro_family, tmp_path):
+    """torch and safetensors wrap ENOSPC in their own errors: still one line that says the disk is full."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "16m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = disk / "micro"
+        cmd = memdyn("family", "train", "--preset", "micro", "--out", out, "--device", "cpu")
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 4_000_000))  # the family needs about 9 MB
+        result = run(cmd)
+        assert result.returncode == 2, result.stderr[-2000:]
+        last = result.stderr.rstrip("\n").split("\n")[-1].split("\r")[-1]
+        assert last.startswith("memdyn: error: no space left on the device"), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        assert_clean(out)
+        filler.unlink()
+        result = run(cmd)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert hashes(out) == hashes(micro_family)
+    finally:
+        subprocess.run(["umount", str(disk)])

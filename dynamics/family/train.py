@@ -177,6 +177,7 @@ def train_size(
         start, log = 0, []
     else:
         model = GPTNeoXForCausalLM.from_pretrained(size_dir / revision_name(start)).to(device)
+        log = []  # resumed at step 0 (killed right after the first checkpoint): nothing logged yet
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
     if start:
         state = torch.load(size_dir / "trainer_state.pt", map_location=device, weights_only=False)
