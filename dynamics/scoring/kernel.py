@@ -18,6 +18,8 @@ Only the work that is needed is done:
     padding token ever enters the computation. Items leave the decoding when they are done.
 Near-ties (top-2 logit gap below 1e-4 at a generated position) are recorded: there, any two
 correct implementations may legitimately differ in float rounding.
+With sampling schemes, each chunk of the teacher-forced logits also yields the true tokens'
+probabilities under every scheme (dynamics.scoring.extraction), so p_z costs no extra pass.
 """
 
 from __future__ import annotations
