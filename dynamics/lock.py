@@ -1,11 +1,12 @@
-"""One writer per output directory: a lock file beside the directory, holding the writer's pid,
-host and process start time.
+"""One writer per output directory: a lock file beside the directory, held with flock(2) by the
+writing process and holding its pid and host (for the message).
 
 A second `memdyn` process started on the same output refuses at once with a one-line error that
 names the holder (it does not wait: two identical commands are almost always a mistake, and the
-first one's result is the one to keep). A lock left by a process that no longer exists on this
-host (killed, the machine rebooted) is taken over. Under a launcher (`torchrun`, `accelerate
-launch`) the processes of one launch share the output legitimately: only rank 0 takes the lock.
+first one's result is the one to keep). The kernel drops a process's flock when it dies (killed,
+crashed), so a lock file left behind is simply taken over by the next command; no pid guessing.
+Under a launcher (`torchrun`, `accelerate launch`) the processes of one launch share the output
+legitimately: only rank 0 takes the lock.
 
 The lock is a sibling, `<parent>/.<name>.lock`, not a file inside the directory: stages replace
 their whole output directory atomically, and a failed check must not leave the directory behind.
@@ -14,58 +15,27 @@ their whole output directory atomically, and a failed check must not leave the d
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import inspect
 import json
 import os
 import socket
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 from dynamics.errors import MemdynError
 from dynamics.files import check_output_location, remove_temporaries
 
-_held: dict[Path, int] = {}  # lock path -> depth: a process may lock what it already holds (nested stages)
+# lock path -> [depth, open descriptor holding the flock]: a process may lock what it already
+# holds (nested stages)
+_held: dict[Path, list] = {}
 _made: dict[Path, list[Path]] = {}  # lock path -> folders created to hold it
 
 
 def lock_path(out: str | os.PathLike) -> Path:
     out = Path(out).absolute()
     return out.parent / f".{out.name}.lock"
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), which tells a live holder from
-    an unrelated process that reused its pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(holder: dict) -> bool:
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    started = holder.get("started")
-    return started is None or _start_time(pid) in (None, started)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # half-written by a process killed while taking it: stale
 
 
 def _launch_rank() -> int:
@@ -76,14 +46,35 @@ def _launch_rank() -> int:
         return 0
 
 
-def _try_create(path: Path, me: dict) -> bool:
+def _holder(fd: int) -> dict:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-    return True
+        obj = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor of `path` holding its exclusive flock, or None when a live process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise _InUse(holder) from None
+        try:  # the file may have been released (unlinked) between our open and flock: retry on the new one
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+class _InUse(Exception):
+    def __init__(self, holder: dict):
+        self.holder = holder
 
 
 def acquire(out: str | os.PathLike, option: str = "--out", kind: str = "dir") -> Path | None:
@@ -92,48 +83,39 @@ def acquire(out: str | os.PathLike, option: str = "--out", kind: str = "dir") ->
     check_output_location(out, option, kind)
     path = lock_path(out)
     if path in _held:
-        _held[path] += 1
+        _held[path][0] += 1
         return path
     if _launch_rank() != 0:
         return None
     made = _make_parents(path.parent, out, option)
-    host = socket.gethostname()
-    me = {"pid": os.getpid(), "host": host, "started": _start_time(os.getpid())}
-    for _ in range(5):  # another process may take over a stale lock between our steps
-        try:
-            if _try_create(path, me):
-                _held[path] = 1
-                _made[path] = made
-                remove_temporaries(out)  # no other writer now: what stands there was left by a killed one
-                return path
-        except OSError as e:
-            _remove_empty(made)
-            raise MemdynError(f"{option} {out}: cannot create the lock file {path} ({e.strerror}); "
-                              "choose a writable location") from None
-        holder = _read(path)
-        if holder is None:
-            continue  # released meanwhile
-        if holder and (holder.get("host") != host or _alive(holder)):
-            _remove_empty(made)
-            raise MemdynError(
-                f"{option} {out} is in use by memdyn process {holder.get('pid')} on {holder.get('host')}; wait for it "
-                f"to finish (if that process is gone, remove {path})")
-        stale = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, stale)  # atomic: of two processes taking over, one moves the stale lock
-            stale.unlink()
-    _remove_empty(made)
-    raise MemdynError(f"{option} {out}: could not take the lock {path}; remove it if no memdyn process uses {out}")
+    try:
+        fd = _try_lock(path)
+    except _InUse as e:
+        _remove_empty(made)
+        raise MemdynError(
+            f"{option} {out} is in use by memdyn process {e.holder.get('pid', '?')} on {e.holder.get('host', '?')}; "
+            f"wait for it to finish") from None
+    except OSError as e:
+        _remove_empty(made)
+        raise MemdynError(f"{option} {out}: cannot create the lock file {path} ({e.strerror}); "
+                          "choose a writable location") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    _held[path] = [1, fd]
+    _made[path] = made
+    remove_temporaries(out)  # no other writer now: what stands there was left by a killed one
+    return path
 
 
 def release(path: Path | None) -> None:
     if path is None:
         return
-    _held[path] -= 1
-    if _held[path] == 0:
-        del _held[path]
+    _held[path][0] -= 1
+    if _held[path][0] == 0:
+        _, fd = _held.pop(path)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.unlink()  # before the flock is dropped, so a waiting process retries on a new file
+        os.close(fd)
         _remove_empty(_made.pop(path, []))
 
 
