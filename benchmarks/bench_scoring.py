@@ -137,7 +137,7 @@ def main() -> None:
     header = (f"{'model':>8} {'batch':>5} {'reference seq/s':>16} {'memdyn seq/s':>13} {'speedup':>8} {'work ratio':>11} "
               f"{'greedy-only seq/s':>18} {'columns':>8} {'cells':>8} {'differ':>7} {'not near-tie':>13}")
     print("\n" + header, flush=True)
-    for size in family.select(args.models):
+    for size in family.select(args.models.split(",") if args.models else None):
         model = load_model(family, size, device=args.device)
         for batch_size in batch_sizes:
             t_ours, t_greedy, t_ref, differ, unexplained, work = compare(

@@ -11,11 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynamics.corpus.steps import sort_revisions
 from dynamics.errors import MemdynError
 from dynamics.family.presets import Preset, get_preset
 from dynamics.family.spec import FamilySpec
-from dynamics.files import check_output_folder, check_output_location, read_json, write_json
+from dynamics.files import check_output_folder, check_output_location, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
@@ -78,8 +77,8 @@ def _capacity(r: _Run) -> None:
 def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
-    revisions = sort_revisions({rev for s in r.family.sizes for rev in s.revisions})
-    run_membership(r.family, r.w.membership_dir, "train", "heldout", revisions=revisions, seed=r.seed, progress=False)
+    run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
+                   progress=False)
 
 
 def _analyses(r: _Run) -> None:
@@ -113,9 +112,9 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     p = get_preset(preset)
     w = Workdir(workdir)
     # a work directory of an earlier run, or one holding just a family to reuse; nothing else
-    check_output_folder(w.root, "--workdir", lambda p: (p / "run.json").is_file() or (p / "family" / "family.json").is_file())
+    check_output_folder(w.root, "--workdir", lambda d: (d / "run.json").is_file() or (d / "family" / "family.json").is_file())
     check_output_location(reports, "--reports")
-    marker = {"preset": p.name, "seed": seed}
+    marker = settings_record({"preset": p.name, "seed": seed})
     if w.run_json.is_file() and read_json(w.run_json) != marker:
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
     w.root.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dynamics.errors import MemdynError
+from dynamics.files import settings_record
 from dynamics.family.load import resolve_device
 from dynamics.scoring.grid import CLASSES
 from dynamics.seeds import derive_seed
@@ -206,21 +207,21 @@ class MemorizationPredictor:
         """config.json (hyperparameters, architecture and `metadata`) and model.safetensors in `directory`."""
         net, d = self._fitted(), Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        config = {**(metadata or {}), "predictor": net.cfg.to_dict(), "estimator": self.get_params(),
+        config = {**settings_record(metadata or {}), "predictor": net.cfg.to_dict(), "estimator": self.get_params(),
                   "loss_history": getattr(self, "loss_history_", None)}
         (d / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(d / WEIGHTS))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MemorizationPredictor":
-        from dynamics.files import read_json
+        from dynamics.files import SETTINGS_FORMAT, read_json
 
         d = Path(directory)
         if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
             raise MemdynError(f"{d} is not a memdyn predictor directory (needs {CONFIG} and {WEIGHTS})")
         config = read_json(d / CONFIG)
-        if not isinstance(config, dict) or "predictor" not in config or "estimator" not in config:
-            raise MemdynError(f"{d / CONFIG} is not a memdyn predictor configuration; train the predictor again")
+        if not isinstance(config, dict) or config.get("format") != SETTINGS_FORMAT or not {"predictor", "estimator"} <= config.keys():
+            raise MemdynError(f"{d / CONFIG} is not a predictor configuration of this memdyn version (format {SETTINGS_FORMAT}); train the predictor again")
         est = cls(**config["estimator"])
         try:
             est.net_ = MemPredictorEnsemble(PredictorConfig(**config["predictor"]))

@@ -57,7 +57,7 @@ def test_capacity_bad_inputs(micro_family, micro_workdir, tmp_path):
     shutil.copytree(ref, other)
     AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(other)
     with pytest.raises(MemdynError, match="another tokenizer"):
-        text_capacity(load_family(with_refs), tmp_path / "c", models=load_family(with_refs).size_names[0],
+        text_capacity(load_family(with_refs), tmp_path / "c", models=load_family(with_refs).size_names[:1],
                       reference=str(other), device="cpu")
     with pytest.raises(MemdynError, match="memdyn family references"):
         text_capacity(load_family(micro_family), tmp_path / "c", device="cpu")  # the bare family has none

@@ -100,7 +100,7 @@ def _is_text_capacity(out: Path) -> bool:
 
 
 @locks_output()
-def text_capacity(family: FamilySpec, out: str | Path, models: str | None = None, reference: str | None = None,
+def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | None = None, reference: str | None = None,
                   device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Per-sample and per-size unintended memorization, membership inference and its sigmoid fit."""
     out = check_output_folder(out, "--out", _is_text_capacity)

@@ -22,8 +22,9 @@ def canaries(
     """Per canary, size and checkpoint: greedy score (context = all but the last min(16, L/2)
     tokens) and exposure (Carlini et al. 2019) against random candidates of the same form."""
     from dynamics.analyses.canaries import run_canaries
+    from dynamics.cli.parse import name_list
     from dynamics.family.spec import load_family
 
     run_canaries(load_family(str(family)), out, seed=seed, n_candidates=candidates, batch_size=batch_size,
-                 models=models.split(",") if models else None, device=device)
+                 models=name_list(models), device=device)
     print(f"canary scores written to {out}")

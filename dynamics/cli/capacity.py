@@ -87,7 +87,10 @@ def capacity_text(
     from dynamics.capacity.text import text_capacity
     from dynamics.family.spec import load_family
 
-    table = text_capacity(load_family(family), out, models, reference, device, dtype, batch_size, seed)
+    from dynamics.cli.parse import name_list
+
+    table = text_capacity(load_family(family), out, models=name_list(models), reference=reference, device=device,
+                          dtype=dtype, batch_size=batch_size, seed=seed)
     cols = ["model", "params", "unintended_bits_per_sample", "bits_memorized", "bits_per_param", "mi_f1", "mi_auroc"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"written to {out}")

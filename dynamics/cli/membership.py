@@ -31,14 +31,14 @@ def membership(
     0.1% FPR and ROC curves of each attack. Resumable; splits across processes under
     `accelerate launch`."""
     from dynamics.capacity.mia import run_membership
+    from dynamics.cli.parse import name_list
     from dynamics.family.spec import load_family
 
-    fam = load_family(family)
-    revs = [r.strip() for r in revisions.split(",")] if revisions else None
-    if revs == ["all"]:
-        revs = sorted({r for s in fam.select(models) for r in s.revisions}, key=lambda r: int(r[4:]))
-    metrics = run_membership(fam, out, members, nonmembers, models, revs, reference, samples, length, seed, dtype,
-                             device, batch_size, chunk_size)
+    revs = name_list(revisions)
+    metrics = run_membership(load_family(family), out, members=members, nonmembers=nonmembers, models=name_list(models),
+                             revisions="all" if revs == ["all"] else revs, reference=reference, samples=samples,
+                             length=length, seed=seed, dtype=dtype, device=device, batch_size=batch_size,
+                             chunk_size=chunk_size)
     if metrics is not None:
         cols = ["model", "revision", "attack", "auroc", "auroc_lo", "auroc_hi", "tpr_at_0.01_fpr", "tpr_at_0.001_fpr"]
         print(metrics[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

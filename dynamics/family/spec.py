@@ -70,12 +70,12 @@ class FamilySpec:
     def size_names(self) -> list[str]:
         return [s.name for s in self.sizes]
 
-    def select(self, names: str | list[str] | None) -> list[SizeSpec]:
-        """Sizes named in a comma-separated list (all when None), validated."""
+    def select(self, names: list[str] | None) -> list[SizeSpec]:
+        """The sizes named (all when None), validated."""
         if names is None:
             return list(self.sizes)
         if isinstance(names, str):
-            names = [n.strip() for n in names.split(",") if n.strip()]
+            raise MemdynError(f"models must be a list of size names, got the string {names!r}")
         return [self.size(n) for n in names]
 
     def revision(self, size: SizeSpec, revision: str | None) -> str | None:
