@@ -17,12 +17,12 @@ The (n, p)-discoverable count: the smallest n with 1 - (1 - p_z)^n >= p, i.e.
 n = ceil(log(1 - p) / log(1 - p_z)); 1 when p_z = 1, inf when p_z = 0.
 
 Cost: the scorer's teacher-forced pass already makes the logits, a few positions at a time; the
-reductions here run on those chunks. Nothing sorts the vocabulary: top-k values come from a
-two-level selection (block maxima, then the k largest of the k best blocks), the nucleus test
-from the mass above the true token, and the nucleus' mass from the few largest probabilities
-(more only where the nucleus is larger). `Extraction` skips every position no live cell needs: a
-cell's p_z is 0 from its first true token outside the kept set on, so later positions are not
-computed for it (stored as NaN).
+reductions here run on those chunks. One selection of the 64 largest logits per position (two
+torch.topk calls over block maxima, several times cheaper than one over the vocabulary) serves
+the top-k test, the top-k normaliser and every nucleus that lies inside those 64; only a larger
+nucleus sorts its row (numpy's vectorised sort). `Extraction` skips every position no live cell
+needs: a cell's p_z is 0 from its first true token outside the kept set on, so later positions
+are not computed for it (stored as NaN).
 """
 
 from __future__ import annotations
