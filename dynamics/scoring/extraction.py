@@ -18,7 +18,7 @@ n = ceil(log(1 - p) / log(1 - p_z)); 1 when p_z = 1, inf when p_z = 0.
 
 Cost: the scorer's teacher-forced pass already makes the logits, a few positions at a time; the
 reductions here run on those chunks. One selection of the 64 largest logits per position (two
-torch.topk calls over block maxima, several times cheaper than one over the vocabulary) serves
+torch.topk calls over block maxima, about 1.7x cheaper than one over the vocabulary) serves
 the top-k test, the top-k normaliser and every nucleus that lies inside those 64; only a larger
 nucleus sorts its row (numpy's vectorised sort). `Extraction` skips every position no live cell
 needs: a cell's p_z is 0 from its first true token outside the kept set on, so later positions
@@ -107,7 +107,7 @@ def scheme_from_name(name: str) -> Scheme:
 def topk_values(logits: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest values of each row of logits [n, V], sorted descending; exactly torch.topk's.
 
-    torch.topk over the whole vocabulary is slow on a CPU (several times the head's matmul), so it
+    torch.topk over the whole vocabulary is slow on a CPU (a scalar loop per row), so it
     runs twice on less: over block maxima (blocks of b), then over the k best blocks' elements.
     Every value above the k-th largest block maximum lies in those blocks (fewer than k blocks
     have a larger maximum), and those blocks hold at least k values >= it, so the k largest values
