@@ -13,7 +13,6 @@ from dynamics.capacity.attacks import ATTACKS, attack_metrics, rank_auroc, score
 from dynamics.capacity.mia import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
-from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import load_family
 from tests.conftest import run_cli
