@@ -187,11 +187,12 @@ def run_collection(
     if not (layers in ("last", "all") or (isinstance(layers, list) and layers and all(isinstance(v, int) and v >= 0 for v in layers))):
         raise MemdynError(f"layers must be 'last', 'all' or a list of hidden-state indexes >= 0, got {layers!r}")
     model_layer_ids = {m: model_layers(layers, _num_layers(family, family.size(m), r), m) for m, r in revisions.items()}
-    index = train.ngrams
+    train.ngrams  # opened (or built) now: an index built over other data is refused before any output
     settings = DynamicsSettings(
         family=family.name, corpus_hash=family.corpus.get("hash"), scores=scores_fingerprint(scores),
         data=ds.fingerprint(), context_len=k, continuation_len=c, models=revisions,
-        per_group=per_group, layers=layers if isinstance(layers, str) else ",".join(map(str, layers)), seed=seed, dtype=dtype, hidden_dtype=hidden_dtype,
+        per_group=per_group, layers=layers if isinstance(layers, str) else ",".join(map(str, layers)), seed=seed,
+        dtype=dtype, hidden_dtype=hidden_dtype,
     )
     check_out(out, settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,39 +200,43 @@ def run_collection(
     manifest.expect(out, [f"{name}/sequences.parquet" for name in revisions])
 
     gens = read_generations(scores)
-    domains = train.domains()
-    all_tokens = ds.batch(0, len(ds))  # [N, L] memory-mapped
     for name, revision in revisions.items():
         if manifest.tree_done(out, name, "sequences.parquet"):  # a damaged model folder is removed and redone
             continue
         cell = table[(table["model"] == name) & (table["revision"] == revision)
                      & (table["context_len"] == k) & (table["continuation_len"] == c)]
-        rng = seeds.rng(seed, "dynamics", name)  # per model, independent of the others
-        seqs = select_sequences(cell, c, per_group, rng)
+        seqs = select_sequences(cell, c, per_group, seeds.rng(seed, "dynamics", name))  # per model, independent
         g = gens[(gens["model"] == name) & (gens["revision"] == revision) & (gens["context_len"] == k)]
         generated = g.set_index("seq_idx").loc[seqs["seq_idx"], "generated"]
-        orig = np.asarray(all_tokens[seqs["seq_idx"].to_numpy()][:, : k + c], dtype=np.int64)  # [n, T]
-        fed = orig.copy()
-        fed[:, k:] = np.stack([np.asarray(v[:c]) for v in generated])  # context + greedy continuation
         model = load_model(family, name, revision, device=dev, dtype=dtype)
-        check_data_vocab(int(orig.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), name)
-        with atomic_path(out / name) as tmp:
-            tmp.mkdir()
-            files = {l: tmp / f"hidden_{l}.npy" for l in model_layer_ids[name]}
-            entropy, top1, surprisal = collect_model(model, orig, fed, model_layer_ids[name], batch_size, dev, files,
-                                          HIDDEN_DTYPES[hidden_dtype], f"dynamics {name}", progress)
-            seqs["span_count"] = index.count(orig)
-            seqs["gen_span_count"] = index.count(fed)
-            if domains is not None:
-                seqs["domain"] = seqs["seq_idx"].map(domains).fillna("unknown").to_numpy()
-            positions_table(seqs, orig, fed, entropy, top1, surprisal, index, k).to_parquet(tmp / "positions.parquet", index=False)
-            write_json(tmp / "meta.json", {
-                "model": name, "revision": revision, "params": family.size(name).params, "context_len": k,
-                "continuation_len": c, "layers": model_layer_ids[name], "hidden_dtype": hidden_dtype, "n_rows": len(seqs),
-            })
-            seqs.to_parquet(tmp / "sequences.parquet", index=False)
+        collect_one(model, seqs, generated, train, out / name, k, c, model_layer_ids[name], batch_size, hidden_dtype,
+                    {"model": name, "revision": revision, "params": family.size(name).params}, progress)
         manifest.record_tree(out, name)
         del model
     return out
+
+
+def collect_one(model, seqs: pd.DataFrame, generated: pd.Series, train: TrainingData, folder: Path, k: int, c: int,
+                layers: list[int], batch_size: int, hidden_dtype: str, meta: dict, progress: bool) -> None:
+    """One model's folder (written atomically): its sequences fed as context + greedy continuation."""
+    ds, index, domains = train.dataset, train.ngrams, train.domains()
+    orig = np.asarray(ds.batch(0, len(ds))[seqs["seq_idx"].to_numpy()][:, : k + c], dtype=np.int64)  # [n, T]
+    fed = orig.copy()
+    fed[:, k:] = np.stack([np.asarray(v[:c]) for v in generated])  # context + greedy continuation
+    check_data_vocab(int(orig.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), meta["model"])
+    dev = next(model.parameters()).device
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        files = {l: tmp / f"hidden_{l}.npy" for l in layers}
+        entropy, top1, surprisal = collect_model(model, orig, fed, layers, batch_size, dev, files,
+                                                 HIDDEN_DTYPES[hidden_dtype], f"dynamics {meta['model']}", progress)
+        seqs["span_count"] = index.count(orig)
+        seqs["gen_span_count"] = index.count(fed)
+        if domains is not None:
+            seqs["domain"] = seqs["seq_idx"].map(domains).fillna("unknown").to_numpy()
+        positions_table(seqs, orig, fed, entropy, top1, surprisal, index, k).to_parquet(tmp / "positions.parquet", index=False)
+        write_json(tmp / "meta.json", {**meta, "context_len": k, "continuation_len": c, "layers": layers,
+                                       "hidden_dtype": hidden_dtype, "n_rows": len(seqs)})
+        seqs.to_parquet(tmp / "sequences.parquet", index=False)
 
 
