@@ -209,3 +209,30 @@ def test_bad_world_settings_are_refused_before_anything_is_written(tmp_path, mon
         with pytest.raises(MemdynError, match=message):
             train_family("micro", tmp_path / "w")
         assert not (tmp_path / "w").exists()
+
+
+def test_reference_is_one_model_on_unused_documents_and_beats_unigram(micro_family, tmp_path):
+    """The embedded world's reference: one model trained on documents the world does not use; on
+    the members it needs fewer bits than the training tokens' unigram distribution, on average."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from dynamics.capacity.text import text_capacity
+    from dynamics.family.train import train_references
+
+    fam_dir = tmp_path / "fam"
+    shutil.copytree(micro_family, fam_dir)
+    family = train_references(fam_dir, device="cpu")
+    assert len(set(family.references["sizes"].values())) == 1 and family.references["steps"] == 200
+    record = read_json(fam_dir / "data" / "reference.json")
+    world_docs = set(pd.read_parquet(fam_dir / "data" / "documents.parquet").name)
+    assert record["reference_docs"] and world_docs.isdisjoint(record["reference_docs"])
+    assert len(record["members"]) == PRESETS["micro"].members
+    table = text_capacity(family, tmp_path / "cap", models=family.size_names[-1:], device="cpu")
+    row = table.iloc[0]
+    assert row.mean_bits_reference < row.mean_bits_baseline
+    assert 0 <= row.share_reference_above_unigram < 0.5
+    samples = pd.read_parquet(tmp_path / "cap" / "text_samples.parquet")
+    assert row.share_reference_above_unigram == np.mean(samples.bits_reference > samples.bits_baseline)
