@@ -236,3 +236,20 @@ def test_reference_is_one_model_on_unused_documents_and_beats_unigram(micro_fami
     assert 0 <= row.share_reference_above_unigram < 0.5
     samples = pd.read_parquet(tmp_path / "cap" / "text_samples.parquet")
     assert row.share_reference_above_unigram == np.mean(samples.bits_reference > samples.bits_baseline)
+
+
+def test_splits_by_document_keep_every_copy_of_a_document_on_one_side(micro_family):
+    """Duplicated documents are shuffled into the stream, so a sample's documents are its doc_ids,
+    not the range first_doc..last_doc; predictor splits and folds must use them."""
+    import numpy as np
+
+    from predictor.data import fold_splits, sample_documents, split_by_document
+
+    family = load_family(micro_family)
+    docs = sample_documents(family, np.arange(PRESETS["micro"].steps * PRESETS["micro"].batch_size))
+    assert "doc_ids" in docs
+    ids = [set(d) for d in docs.doc_ids]
+    train, test, _ = split_by_document(docs, seed=0)
+    assert len(test) and set().union(*(ids[i] for i in train)).isdisjoint(set().union(*(ids[i] for i in test)))
+    for tr, te in fold_splits(docs, folds=3, seed=0):
+        assert len(te) and set().union(*(ids[i] for i in tr)).isdisjoint(set().union(*(ids[i] for i in te)))
