@@ -2,7 +2,7 @@
 
 For a member sample x (trained on by the target model t, never by the reference model r):
   bits_baseline(x)   code length under the training data's unigram distribution (no model)
-  bits_reference(x)  -log2 p_r(x): what a same-size model that never saw x needs
+  bits_reference(x)  -log2 p_r(x): what a reference model that never saw x needs
   bits_target(x)     -log2 p_t(x)
   generalization(x)  = max(0, bits_baseline - bits_reference): what is learnable without x
   unintended(x)      = max(0, bits_reference - bits_target): what t stores about x itself

@@ -139,6 +139,8 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
         "python": python_version() if source.kind == "stdlib" else None,
     }
     write_json(record_path, record)
+    print(f"      data: {record['documents']} documents, {record['train_samples']} training samples "
+          f"({record['epochs']} passes), {record['heldout_samples']} held out", flush=True)
     return record
 
 
