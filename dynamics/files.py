@@ -110,6 +110,15 @@ def check_output_file(path: str | os.PathLike, option: str, is_ours: Callable[[P
     return path
 
 
+def csv_header(path: str | os.PathLike) -> str:
+    """The first line of a CSV file memdyn may have written before ('' for anything unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -37,7 +37,7 @@ from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import full_proba, make_baselines
 from predictor.data import (
-    MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, fold_splits,
+    MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, document_columns, fold_splits,
     hidden_dataset, hidden_features, scalar_features, split_by_document, touches,
 )
 from predictor.estimator import MemorizationPredictor
@@ -197,7 +197,7 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
     labels, n = data.rows["label"].to_numpy(), len(data.rows)
     check_classes(labels, f"samples of {data.model}", MIN_TRAIN_PER_CLASS)  # before blaming the folds
     matches = data.rows["matches"].to_numpy()
-    splits = fold_splits(data.rows[["first_doc", "last_doc"]], folds, s.seed)
+    splits = fold_splits(data.rows[document_columns(data.rows)], folds, s.seed)
     # folds whose documents' samples all straddle into another fold test nothing
     splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in splits if len(test)]
     for i, (train, _) in enumerate(splits):  # every fold is checked before any is trained
@@ -300,7 +300,7 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
     resume = Path(out).parent / f".{Path(out).name}.resume"  # every fit's checkpoints, removed once saved
     s = replace(s, checkpoint=str(resume)) if s.checkpoint is None else s
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
-    docs = data.rows[["first_doc", "last_doc"]]
+    docs = data.rows[document_columns(data.rows)]
     train, test, owned = split_by_document(docs, s.seed, s.test_size)
     train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
     labels = data.rows["label"].to_numpy()
@@ -337,9 +337,14 @@ def cross_validate(family: FamilySpec, *, model: str, mode: str = "context", sco
 
 
 def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None = None, dynamics=None,
-                       family: FamilySpec | None = None, baselines: bool = True) -> dict:
+                       family: FamilySpec | None = None, baselines: bool = True, json_out: str | Path | None = None) -> dict:
     """Evaluate a saved predictor on `model`'s labels (default: its own target; another size is
-    cross-size transfer), on samples touching none of its training documents."""
+    cross-size transfer), on samples touching none of its training documents; json_out: also write
+    the metrics there (an existing file that is no earlier metrics file is refused, before any work)."""
+    from dynamics.files import check_output_file, write_json
+
+    if json_out is not None:
+        check_output_file(json_out, "--json", is_metrics_json)
     est, config = load_predictor(model_dir)
     family = predictor_family(config, family)
     model = model or config["target_model"]
@@ -350,7 +355,7 @@ def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None 
         raise MemdynError(f"model {model}'s inputs {tuple(data.inputs.shape[1:])} do not fit this predictor "
                           f"(trained on {config['target_model']}'s); hidden states of another width cannot transfer")
     owned = np.asarray(read_json(Path(model_dir) / "split.json")["train_documents"], dtype=np.int64)
-    docs = data.rows[["first_doc", "last_doc"]]
+    docs = data.rows[document_columns(data.rows)]
     test = np.flatnonzero(~touches(docs, owned))
     train = np.flatnonzero(touches(docs, owned))  # baselines: the same documents' labels of this model
     seed = config["train"]["seed"]
@@ -363,7 +368,18 @@ def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None 
     pooled.update(cross_validated_proba(compared, labels, [(train, test)], len(labels))[0])
     result = heldout_results(data, test, len(train), pooled, names, seed)
     result["trained_on"] = config["target_model"]
+    if json_out is not None:
+        write_json(json_out, result)
     return result
+
+
+def is_metrics_json(path: Path) -> bool:
+    """An earlier `predictor eval --json` output (which a rerun may replace)."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"model", "predictor", "n_train"} <= metrics.keys()
 
 
 def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -241,3 +242,28 @@ def fit_from_table(path, f1_column: str = "f1_median") -> tuple[SigmoidFit, np.n
                           "`memdyn capacity synthetic`")
     tpp, f1 = t["tokens_per_param"].to_numpy(), t[f1_column].to_numpy()
     return fit_sigmoid(tpp, f1), tpp, f1
+
+
+def write_mi_law(out: str | Path, table: str | Path | None = None) -> "SigmoidFit":
+    """`memdyn capacity mi-law`: the sigmoid fitted to the paper's validation rows (or to a synthetic
+    sweep's capacity.parquet), as OUT/mi_law.json and its figure OUT/mi_law.{png,svg}."""
+    from dynamics.files import check_output_folder, write_json
+    from dynamics.lock import output_lock
+
+    out = Path(out)
+    check_output_folder(out, "--out", lambda p: (p / "mi_law.json").is_file())
+    if table is None:
+        fit = fit_paper_rows()
+        tpp, f1 = paper_points()
+        title = "Morris et al. 2025 validation rows (loss-attack F1)"
+    else:
+        table = Path(table)
+        if not table.exists():
+            raise MemdynError(f"table {table} does not exist; run `memdyn capacity synthetic` first")
+        fit, tpp, f1 = fit_from_table(table)
+        title = f"Loss-threshold MI, {table.parent.name}"
+    with output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "mi_law.json", fit.as_dict())
+        plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
+    return fit

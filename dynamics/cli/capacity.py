@@ -49,24 +49,9 @@ def mi_law(
                                           "the paper's validation rows."),
 ) -> None:
     """Fit F1 = 0.5 (1 + c1 sigmoid(c2 log10(tokens/param) + c3)) and plot points and curve."""
-    from dynamics.capacity.membership import fit_from_table, fit_paper_rows, paper_points, plot_sigmoid_fit
-    from dynamics.files import check_output_folder, write_json
-    from dynamics.lock import output_lock
+    from dynamics.capacity.membership import write_mi_law
 
-    check_output_folder(out, "--out", lambda p: (p / "mi_law.json").is_file())
-    if table is None:
-        fit = fit_paper_rows()
-        tpp, f1 = paper_points()
-        title = "Morris et al. 2025 validation rows (loss-attack F1)"
-    else:
-        if not table.exists():
-            raise MemdynError(f"table {table} does not exist; run `memdyn capacity synthetic` first")
-        fit, tpp, f1 = fit_from_table(table)
-        title = f"Loss-threshold MI, {table.parent.name}"
-    with output_lock(out):
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "mi_law.json", fit.as_dict())
-        plot_sigmoid_fit(tpp, f1, fit, out / "mi_law", title=title)
+    fit = write_mi_law(out, table)
     typer.echo(f"c1={fit.c1:.4f} c2={fit.c2:.4f} c3={fit.c3:.4f} (x = {fit.x}), rmse {fit.rmse:.4f} "
                f"over {fit.n_points} points; F1=0.55 at {fit.tokens_per_param_at(0.55):.2f} tokens/param")
 

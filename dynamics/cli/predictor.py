@@ -108,25 +108,11 @@ def evaluate(
 ) -> None:
     """Evaluate a predictor on samples from documents it never saw in training."""
     from dynamics.family.spec import load_family
-    from dynamics.files import check_output_file, write_json
     from predictor.train import evaluate_predictor
 
-    if json_out:
-        check_output_file(json_out, "--json", _is_metrics_json)
     metrics = evaluate_predictor(model_dir, scores=scores, model=model, dynamics=dynamics,
-                                 family=load_family(family) if family else None)
+                                 family=load_family(family) if family else None, json_out=json_out)
     print_summary(metrics)
-    if json_out:
-        write_json(json_out, metrics)
-
-
-def _is_metrics_json(path: Path) -> bool:
-    """An earlier `predictor eval --json` output (which a rerun may replace)."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(metrics, dict) and {"model", "predictor", "n_train"} <= metrics.keys()
 
 
 @app.command("predict")

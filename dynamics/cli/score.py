@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from dynamics.cli.options import BATCH_SIZE, DEVICE, DTYPE, SEED
-from dynamics.errors import MemdynError
+
 
 def score(
     family: str = typer.Option(..., help="Family directory, pythia / pythia-deduped, or model ids/paths."),
@@ -47,25 +47,16 @@ def score(
     print(f"scores written to {out}")
 
 
-
 def summarize(
     scores: Path = typer.Option(..., help="Scores directory."),
     out: Optional[Path] = typer.Option(None, help="CSV file to write (default: inside the scores directory, named with a leading _)."),
 ):
     """Counts and shares of memorized (score 1) and unmemorized (score 0) samples per cell."""
-    from dynamics.files import atomic_path, check_output_file
-    from dynamics.scoring.table import read_scores
-    from dynamics.scoring.transitions import summarize as summarize_table
+    from dynamics.scoring.transitions import write_summary
 
-    if out is not None:
-        check_output_file(out, "--out", lambda p: _first_line(p).startswith("model,step,revision,context_len,continuation_len,"))
-    table = summarize_table(read_scores(scores))
+    table, path = write_summary(scores, out)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    path = out or scores / "_summary.csv"
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
     print(f"saved {path}")
-
 
 
 def transitions(
@@ -73,37 +64,15 @@ def transitions(
     src: str = typer.Option(..., "--from", help="MODEL or MODEL@REVISION."),
     dst: str = typer.Option(..., "--to", help="MODEL or MODEL@REVISION."),
     bins: str = typer.Option("0.2,0.4,0.6,0.8", help="Upper edges of the score bins."),
-    context: Optional[int] = typer.Option(None, min=1, help="Context length (default 32, else the smallest)."),
-    continuation: Optional[int] = typer.Option(None, min=1, help="Continuation length (default 16, else the smallest)."),
+    context: Optional[int] = typer.Option(None, min=1, help="Context length (default: the main cell's, nearest 32)."),
+    continuation: Optional[int] = typer.Option(None, min=1, help="Continuation length (default: the main cell's, nearest 16)."),
     out: Optional[Path] = typer.Option(None, help="CSV file to write (default: inside the scores directory, named with a leading _)."),
 ):
     """Row-normalised transition matrix of score bins between two models or two checkpoints."""
-    from dynamics.files import atomic_path, check_output_file
-    from dynamics.scoring.table import read_scores
-    from dynamics.scoring.transitions import transition_matrix
+    from dynamics.cli.parse import float_list
+    from dynamics.scoring.transitions import write_transitions
 
-    if out is not None:
-        check_output_file(out, "--out", lambda p: _first_line(p).endswith(",n"))
-    try:
-        edges = sorted(float(b) for b in bins.split(","))
-    except ValueError:
-        raise MemdynError(f"--bins must be comma-separated numbers in (0, 1), got {bins!r}") from None
-    if not edges or edges[0] <= 0 or edges[-1] >= 1:
-        raise MemdynError(f"--bins must be numbers strictly between 0 and 1, got {bins!r}")
-    matrix = transition_matrix(read_scores(scores), src, dst, edges, context, continuation)
+    matrix, path = write_transitions(scores, src, dst, edges=float_list(bins, "--bins"), context=context,
+                                     continuation=continuation, out=out)
     print(matrix.round(3).to_string())
-    path = out or scores / f"_transitions_{src}_to_{dst}.csv".replace("@", "_")
-    with atomic_path(path) as tmp:
-        matrix.to_csv(tmp)
     print(f"saved {path}")
-
-
-
-def _first_line(path: Path) -> str:
-    """The header of a CSV file memdyn may have written before ('' for anything unreadable)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\n")
-    except (OSError, UnicodeDecodeError):
-        return ""
-

@@ -6,6 +6,8 @@ model (or checkpoint) to another.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -85,3 +87,37 @@ def level_counts(table: pd.DataFrame) -> pd.DataFrame:
     counts["score"] = counts["matches"] / counts["continuation_len"]
     counts["share"] = counts["count"] / counts.groupby(keys)["count"].transform("sum")
     return counts
+
+
+def write_summary(scores: str | Path, out: str | Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """`memdyn summarize`: the summary of a scores directory, saved as CSV at `out` (default
+    SCORES/_summary.csv; an existing file there that is no earlier summary is refused)."""
+    from dynamics.files import atomic_path, check_output_file, csv_header
+    from dynamics.scoring.table import read_scores
+
+    if out is not None:
+        check_output_file(out, "--out", lambda p: csv_header(p).startswith("model,step,revision,context_len,continuation_len,"))
+    table = summarize(read_scores(scores))
+    path = Path(out) if out is not None else Path(scores) / "_summary.csv"
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table, path
+
+
+def write_transitions(scores: str | Path, src: str, dst: str, *, edges=BIN_EDGES, context: int | None = None,
+                      continuation: int | None = None, out: str | Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """`memdyn transitions`: the transition matrix from src to dst ('MODEL' or 'MODEL@REVISION'),
+    saved as CSV at `out` (default inside the scores directory, named with a leading _)."""
+    from dynamics.files import atomic_path, check_output_file, csv_header
+    from dynamics.scoring.table import read_scores
+
+    if out is not None:
+        check_output_file(out, "--out", lambda p: csv_header(p).endswith(",n"))
+    edges = sorted(edges)
+    if not edges or edges[0] <= 0 or edges[-1] >= 1:
+        raise MemdynError(f"--bins must be numbers strictly between 0 and 1, got {edges}")
+    matrix = transition_matrix(read_scores(scores), src, dst, edges, context, continuation)
+    path = Path(out) if out is not None else Path(scores) / f"_transitions_{src}_to_{dst}.csv".replace("@", "_")
+    with atomic_path(path) as tmp:
+        matrix.to_csv(tmp)
+    return matrix, path
