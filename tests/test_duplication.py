@@ -25,6 +25,9 @@ def test_logistic_fit_equals_sklearn_and_recovers_the_slope():
     assert lo < 0.6 < hi and lo < slope < hi
     assert logistic_slope_ci(x, y, seed=0) == (_, slope, lo, hi)  # seeded
     assert np.isnan(logistic_slope_ci(x, np.zeros_like(y), seed=0)[1])  # one class: no slope
+    few = np.zeros_like(y)
+    few[np.argsort(x)[-3:]] = 1  # three positives: a separable fit would run off to the clip
+    assert np.isnan(logistic_slope_ci(x, few, seed=0)[1])
 
 
 def test_dose_response_on_synthetic_log_linear_data():

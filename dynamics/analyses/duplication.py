@@ -92,6 +92,11 @@ def joined(scores: pd.DataFrame, dup: pd.DataFrame, k: int, c: int) -> pd.DataFr
     return cell.merge(dup, on=KEYS, how="inner")
 
 
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation of count and score; NaN when either is constant."""
+    return float(pd.Series(x).corr(pd.Series(y), method="spearman")) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+
+
 def dose_response(scored: pd.DataFrame, seed: int, measure: str = "span_count") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(bins, fits): memorized share per (model, step, log2 bin of `measure`) with 95% CIs, and
     per (model, step) the logistic fit of memorized on log2(measure) with the slope's 95% CI."""
@@ -110,6 +115,5 @@ def dose_response(scored: pd.DataFrame, seed: int, measure: str = "span_count") 
         a, slope, lo, hi = logistic_slope_ci(x, mem, seed)
         fits.append({"model": model, "step": int(step), "measure": measure, "n": len(g), "memorized": int(mem.sum()),
                      "intercept": a, "slope": slope, "slope_lo": lo, "slope_hi": hi,
-                     "spearman": float(pd.Series(x).corr(pd.Series(g["score"].to_numpy()), method="spearman"))
-                     if np.ptp(x) > 0 else np.nan})
+                     "spearman": _spearman(x, g["score"].to_numpy())})
     return pd.DataFrame(bins), pd.DataFrame(fits)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 N_RESAMPLES = 1000
+MIN_CLASS = 5  # samples of each outcome a logistic slope needs; with fewer it is set by one or two points
 
 
 def bootstrap_ci(values, seed: int, n_resamples: int = N_RESAMPLES, stat=np.mean, level: float = 0.95) -> tuple[float, float]:
@@ -67,8 +68,8 @@ def logistic_slope_ci(x, y, seed: int, n_resamples: int = N_RESAMPLES, level: fl
     """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs
     (a resample's cell counts are multinomial, which is the same as resampling the pairs)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or len(np.unique(y)) < 2 or np.ptp(x) == 0:
-        return (float("nan"),) * 4  # one class, or one x: no slope to fit
+    if min(y.sum(), len(y) - y.sum()) < MIN_CLASS or np.ptp(x) == 0:
+        return (float("nan"),) * 4  # a class too rare (the fit runs off to the clip), or one x: no slope
     a, b = logistic_fit(x, y)
     cx, cy, counts = _cells(x, y)
     weights = np.random.default_rng(seed).multinomial(len(x), counts / len(x), size=n_resamples).astype(float)
