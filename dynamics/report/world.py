@@ -46,7 +46,8 @@ def dose_caption(bins: pd.DataFrame, fits: pd.DataFrame, model: str) -> str:
     up = int(((fits["slope_lo"] > 0)).sum())
     if not np.isfinite(r.slope):
         return (f"The {model} model memorizes {int(r.memorized)} of its {int(r.n)} samples at the final checkpoint, "
-                f"too few of one class for a dose-response fit (occurrence counts {lo.bin} to {hi.bin}).")
+                f"too few of one class for a dose-response fit (at least 5 of each needed; occurrence counts "
+                f"{lo.bin} to {hi.bin}, rank correlation of score and count {r.spearman:.2f}).")
     return (f"The {model} model memorizes {pct(lo.share)} of the samples whose span occurs {lo.bin} time(s) in the training "
             f"stream (n={lo.n}) and {pct(hi.share)} of those occurring {hi.bin} times (n={hi.n}); the log-linear "
             f"(logistic) fit gives {r.slope:+.2f} log-odds per doubling of the occurrence count ({_ci(r.slope_lo, r.slope_hi)}). "
