@@ -167,6 +167,9 @@ def canary_checks(run: Workdir, seed: int) -> list[Check]:
     except Exception as e:
         return [("canary memorization and exposure rise with repetitions and size", "-", "NOT SHOWN", str(e))]
     t = t.assign(mem=(t["score"] >= 1).astype(float))
+    none = ("no canary is reproduced verbatim (score 1) at any repetition count or size; the highest mean score of a "
+            f"count and size is {t.groupby(['model', 'count'])['score'].mean().max():.2f}: these canaries need more "
+            "repetitions (or larger models) to be extracted") if not t["mem"].any() else ""
     lo_c, hi_c = t["count"].min(), t["count"].max()
     out = []
     for value, label in (("exposure", "exposure"), ("mem", "memorization")):
@@ -178,14 +181,17 @@ def canary_checks(run: Workdir, seed: int) -> list[Check]:
             d = _canary_diff(a, b, value, seed)
             per = ", ".join(f"{n}x {scale * g[value].mean():.3g}" for n, g in part.groupby("count"))
             where = m or f"all {len(run.sizes)} sizes, canaries resampled"
+            status, why = directional(*d)
             out.append((f"canary {label} rises with repetition count ({where})", f"{per}{unit}; {hi_c}x - {lo_c}x = "
-                        f"{fmt(*d, unit, scale)}", *directional(*d)))
+                        f"{fmt(*d, unit, scale)}", status, (none if value == "mem" and none else why)))
         small, large = t[t["model"] == run.sizes[0]], t[t["model"] == run.sizes[-1]]
         pair = small.set_index("canary_id")[value].sort_index(), large.set_index("canary_id")[value].sort_index()
         d = paired_diff(pair[0], pair[1], seed)
         per = ", ".join(f"{m} {scale * t.loc[t['model'] == m, value].mean():.3g}" for m in run.sizes)
+        status, why = directional(*d)
         out.append((f"canary {label} rises with model size", f"{per}{unit}; {run.sizes[-1]} - {run.sizes[0]} = "
-                    f"{fmt(*d, unit, scale)} (paired over {len(pair[0])} canaries)", *directional(*d)))
+                    f"{fmt(*d, unit, scale)} (paired over {len(pair[0])} canaries)", status,
+                    none if value == "mem" and none else why))
     return out
 
 
