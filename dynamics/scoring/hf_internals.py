@@ -1,6 +1,7 @@
 """What the scorer needs of transformers beyond its documented API, in one place.
 
-The scoring tests pass on transformers 4.57.6, 5.0.0 and 5.24.0 (pyproject's floor is 4.57):
+The scoring tests pass on transformers 4.56.2, 4.57.6, 5.0.0 and 5.24.0 (pyproject's floor is 4.56;
+4.55.4 fails):
   * the KV cache of a forward pass with use_cache=True is a Cache whose `.layers[i]` hold
     `.keys` and `.values` tensors [B, H, T, D] (the DynamicCache layout since 4.56);
   * a model's attention goes through the function registered under
