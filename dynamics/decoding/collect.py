@@ -2,7 +2,7 @@
 entropies, hidden states and n-gram counts along the context and the greedy continuation.
 
 For every model in a scores table (at its last revision there) and one (context k, continuation
-c) cell (default 32/16 if scored, else the smallest): up to N sequences of each score level
+c) cell (default: the main cell, dynamics.scoring.grid): up to N sequences of each score level
 matches = 0..c, plus N drawn at random from all scored sequences (the natural mix), every draw
 seeded. Each sequence is fed ONCE as context + its greedy continuation (read from the scores'
 `_generations` table): with causal attention, the logits at a generated position equal those of
