@@ -30,7 +30,7 @@ from dynamics.corpus.megatron import IndexedDataset, paths
 from dynamics.corpus.steps import sort_revisions
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir
+from dynamics.files import atomic_path, check_output_dir, save_figure
 from dynamics.lock import locks_output
 
 SETTINGS = "_settings.json"
@@ -407,5 +407,4 @@ def plot_roc(roc: pd.DataFrame, metrics: pd.DataFrame, stem: Path) -> None:
     fig.suptitle(f"membership inference: {roc.model.iloc[0]} at {roc.revision.iloc[0]}")
     fig.tight_layout()
     for ext in ("png", "svg"):
-        with atomic_path(f"{stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=120)
+        save_figure(fig, f"{stem}.{ext}", ext, dpi=120)  # the same bytes on every run
