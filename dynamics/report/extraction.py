@@ -43,7 +43,8 @@ def _finding(main: pd.DataFrame, schemes: list[str], model: str, k: int, c: int)
     n = DISCOVERY_DRAWS[-1]
     best = max(schemes, key=lambda s: row[f"disc_n{n}_{s}"])
     disc, greedy = row[f"disc_n{n}_{best}"], row["memorized_share"]
-    ratio = f"{disc / greedy:.3g}x the greedy share" if greedy > 0 else "where greedy decoding reproduces none"
+    ratio = (f"{disc / greedy:.3g}x the greedy share" if greedy > 0 else
+             "where greedy decoding reproduces none" if disc > 0 else "as greedy decoding does")
     text = (f"At context {k} / continuation {c}, the {model} model reproduces {pct(greedy)} of samples greedily and "
             f"{pct(row['approx_memorized_share'])} approximately (BLEU-4 >= 0.75, mean BLEU-4 {row['mean_bleu4']:.3f}); "
             f"sampling with {best} makes {pct(disc)} ({n}, 0.5)-discoverable, {ratio}, and {pct(row[f'disc_n1_{best}'])} "
