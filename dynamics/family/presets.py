@@ -57,10 +57,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
         name="micro", vocab_size=384, seq_length=32, corpus_chars=60_000, max_doc_chars=800,
-        heldout_fraction=0.2, batch_size=4, steps=200, lr=4e-3, warmup_steps=10,
+        heldout_fraction=0.2, batch_size=4, steps=200, lr=1e-2, warmup_steps=10,
         shapes=(ModelShape(1, 16, 2), ModelShape(1, 32, 2), ModelShape(2, 64, 4)),
         contexts=(8, 16), continuations=(4, 8, 16),
-        duplication=Duplication(share=0.3, max_copies=32, doc_tokens=48),
+        duplication=Duplication(share=0.4, max_copies=64, doc_tokens=96),
         canaries=CanarySettings(counts=(1, 4, 16), length=12),
         reference_shape=ModelShape(2, 64, 4), reference_samples=800, members=128,
     ),
