@@ -37,7 +37,7 @@ COMMANDS = {
 def predictor(micro_family, micro_scores, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "pred"
     code, _, err = run_cli("predictor", "train", "--family", micro_family, "--scores", micro_scores, "--model", "37k",
-                           "--context", "16", "--continuation", "4", "--epochs", "1", "--out", out)
+                           "--context", "16", "--continuation", "4", "--test-size", "0.5", "--epochs", "1", "--out", out)
     assert code == 0, err
     return out
 
