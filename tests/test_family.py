@@ -230,6 +230,11 @@ def test_reference_is_one_model_on_unused_documents_and_beats_unigram(micro_fami
     world_docs = set(pd.read_parquet(fam_dir / "data" / "documents.parquet").name)
     assert record["reference_docs"] and world_docs.isdisjoint(record["reference_docs"])
     assert len(record["members"]) == PRESETS["micro"].members
+    def rows(name):
+        ds = IndexedDataset(fam_dir / "data" / name)
+        return {tuple(r) for r in ds.batch(0, len(ds)).tolist()}
+
+    assert rows("reference").isdisjoint(rows("train"))  # not even a near-copy of a training sample
     table = text_capacity(family, tmp_path / "cap", models=family.size_names[-1:], device="cpu")
     row = table.iloc[0]
     assert row.mean_bits_reference < row.mean_bits_baseline

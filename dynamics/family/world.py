@@ -110,7 +110,10 @@ def _write_reference(data_dir: Path, docs: list[Document], tokens: list[np.ndarr
     tokens = [np.append(t, EOD_ID) for t in tokens]
     rng = np.random.default_rng([seed, 11])
     occ = np.arange(len(tokens))
-    samples, _, _ = _pack_split(tokens, np.zeros(len(tokens), np.int64), occ, length, p.reference_samples, rng)
+    samples, _, _ = _pack_split(tokens, np.zeros(len(tokens), np.int64), occ, length, None, rng)
+    # the stdlib holds near-copies (encodings/cp*.py): no reference sample may equal a training sample
+    train = {row.tobytes() for row in np.asarray(megatron.IndexedDataset(data_dir / "train").batch(0, n_train), np.int64)}
+    samples = samples[[row.astype(np.int64).tobytes() not in train for row in samples]][: p.reference_samples]
     if len(samples) < p.reference_samples:  # a small corpus: train_references holds out probe documents instead
         print(f"      the corpus leaves {len(samples)} samples of unused documents, {p.reference_samples} wanted "
               "for the reference model: it will be trained without a set of probe documents instead")
