@@ -33,7 +33,7 @@ _API = {
     "transition_matrix": "dynamics.scoring.transitions",
     "main_cell": "dynamics.scoring.grid",
     "score_classes": "dynamics.scoring.grid",
-    "run_dynamics": "dynamics.decoding.collect",
+    "run_dynamics": "dynamics.decoding.analyze",
     "NgramIndex": "dynamics.ngrams",
     "text_capacity": "dynamics.capacity.text",
     "run_sweep": "dynamics.capacity.synthetic",

@@ -19,9 +19,10 @@ def test_readme_python_example_runs(micro_family, tmp_path, monkeypatch, capsys)
     (tmp_path / "runs").mkdir()
     shutil.copytree(micro_family, tmp_path / "runs" / "family")
     monkeypatch.chdir(tmp_path)
-    exec(compile(block[1], "README.md", "exec"), {})
-    out = capsys.readouterr().out
-    assert "memorized_share" in out and (tmp_path / "runs" / "api_scores" / "_settings.json").is_file()
+    names = {}
+    exec(compile(block[1], "README.md", "exec"), names)
+    assert "model" in capsys.readouterr().out and (tmp_path / "runs" / "api_scores" / "_settings.json").is_file()
+    assert set(names["table"].model) == set(names["family"].size_names)
 
 
 def test_cli_and_package_face_import_no_heavy_library():
