@@ -85,17 +85,27 @@ def owned_documents(docs: pd.DataFrame) -> np.ndarray:
     return touched_documents(docs)[0]
 
 
-def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train positions, test positions, train documents) of the rows of docs, leak-free."""
+def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2,
+                      labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train positions, test positions, train documents) of the rows of docs, leak-free. With
+    labels, the first candidate split whose both sides hold every class present is preferred
+    (memorized samples cluster in a few duplicated documents), else the first with a test side."""
     groups = docs["first_doc"].to_numpy()
     if len(np.unique(groups)) < 2:
         raise MemdynError(f"all {len(docs)} samples come from one training document; a split by document needs two or more")
     splitter = GroupShuffleSplit(n_splits=SPLIT_TRIES, test_size=test_size, random_state=seed)
+    first = None
     for train, test in splitter.split(np.zeros(len(docs)), groups=groups):
         owned = owned_documents(docs.iloc[train])
         test = test[~touches(docs.iloc[test], owned)]
-        if len(test):
-            return np.sort(train), np.sort(test), owned
+        if not len(test):
+            continue
+        found = np.sort(train), np.sort(test), owned
+        if labels is None or all(set(np.unique(labels)) <= set(np.unique(labels[side])) for side in found[:2]):
+            return found
+        first = first or found
+    if first is not None:
+        return first
     raise MemdynError(f"no split by document of these {len(docs)} samples leaves a test set; the documents overlap too much")
 
 

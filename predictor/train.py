@@ -301,7 +301,7 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
     s = replace(s, checkpoint=str(resume)) if s.checkpoint is None else s
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     docs = data.rows[document_columns(data.rows)]
-    train, test, owned = split_by_document(docs, s.seed, s.test_size)
+    train, test, owned = split_by_document(docs, s.seed, s.test_size, data.rows["label"].to_numpy())
     train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
     labels = data.rows["label"].to_numpy()
     check_classes(labels[train], "training split", MIN_TRAIN_PER_CLASS)

@@ -110,7 +110,8 @@ def test_memorization_is_found(micro_family, micro_scores):
     s = summarize(read_scores(micro_scores))
     s = s[(s.context_len == 16) & (s.continuation_len == 4)].set_index("model")
     sizes = load_family(micro_family).size_names  # smallest first
-    assert s.loc[sizes[-1], "memorized"] > 10 * max(1, s.loc[sizes[0], "memorized"])
+    # one pass over duplicated documents: the largest size memorizes several times what the smallest does
+    assert s.loc[sizes[-1], "memorized"] > 5 * max(1, s.loc[sizes[0], "memorized"])
 
 
 def test_kill_and_resume_gives_identical_table(micro_family, micro_scores, tmp_path):
