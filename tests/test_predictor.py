@@ -268,7 +268,7 @@ def test_other_family_tokenizer_is_refused(trained, micro_scores, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     from dynamics import manifest
 
-    manifest.record_tree(other, "")  # a consistent directory of another vocabulary, not a damaged one
+    manifest.record_part(other, "config.json", 1)  # a consistent directory of another vocabulary, not a damaged one
     with pytest.raises(MemdynError, match="another corpus or tokenizer"):
         evaluate_predictor(other, scores=micro_scores)
     with pytest.raises(MemdynError, match="not the tokenizer"):
