@@ -8,10 +8,11 @@ Classes (sequence level, from the score of one (context k, continuation c) cell)
 
 Split: a training sample is a window of the packed token stream and may span documents
 first_doc..last_doc (data/samples.parquet); in a world with duplicated documents, shuffled into
-the stream, the documents of its doc_ids list instead. Samples are grouped by first_doc and split with
-sklearn's GroupShuffleSplit; the train side then owns every document any of its samples touches,
-and test samples touching one of those documents are dropped, so no document is seen on both
-sides. Families without samples.parquet (hub families) treat each sample as its own document.
+the stream, the documents of its doc_ids list instead. A seeded set of documents is held out; the
+test side is the samples lying wholly in held-out documents, the train side the samples touching
+none, and samples across the border are left out, so no document is seen on both sides (holding
+out whole documents, not first-document groups, keeps heavily duplicated documents testable).
+Families without samples.parquet (hub families) treat each sample as its own document.
 
 Cross-validation (fold_splits): the documents go to K seeded folds; fold f tests the samples whose
 documents all lie in f and trains on the samples touching none of them. A sample spanning two
@@ -26,18 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit
 
 from dynamics.decoding.collect import check_scores_family
 from dynamics.decoding.store import read_hidden, read_model, read_settings
 from dynamics.corpus.megatron import IndexedDataset
+from dynamics import seeds
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.scoring.table import read_generations, read_scores
 from dynamics.scoring.grid import CLASS_EDGES, CLASSES, last_revisions, pick_cell, score_classes
 
 MIN_TRAIN_PER_CLASS = 2  # fewer cannot teach a class; the test side needs at least 1 of each
-SPLIT_TRIES = 20  # candidate GroupShuffleSplit draws; the first leaving a non-empty test side wins
+SPLIT_TRIES = 20  # candidate held-out document sets; the first leaving both sides non-empty wins
 
 
 # ---------------------------------------------------------------------------- documents and splits
@@ -87,20 +88,25 @@ def owned_documents(docs: pd.DataFrame) -> np.ndarray:
 
 def split_by_document(docs: pd.DataFrame, seed: int, test_size: float = 0.2,
                       labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train positions, test positions, train documents) of the rows of docs, leak-free. With
-    labels, the first candidate split whose both sides hold every class present is preferred
-    (memorized samples cluster in a few duplicated documents), else the first with a test side."""
-    groups = docs["first_doc"].to_numpy()
-    if len(np.unique(groups)) < 2:
+    """(train positions, test positions, train documents) of the rows of docs, leak-free: documents
+    are held out in seeded random order until their samples reach `test_size` of all; the test side
+    is the samples whose documents are all held out, the train side the samples touching none.
+    With labels, the first of SPLIT_TRIES candidate splits whose both sides hold every class
+    present is preferred (memorized samples cluster in a few duplicated documents), else the first
+    with both sides non-empty."""
+    ids, size = touched_documents(docs)
+    if len(ids) < 2:
         raise MemdynError(f"all {len(docs)} samples come from one training document; a split by document needs two or more")
-    splitter = GroupShuffleSplit(n_splits=SPLIT_TRIES, test_size=test_size, random_state=seed)
     first = None
-    for train, test in splitter.split(np.zeros(len(docs)), groups=groups):
-        owned = owned_documents(docs.iloc[train])
-        test = test[~touches(docs.iloc[test], owned)]
-        if not len(test):
+    for attempt in range(SPLIT_TRIES):
+        order = seeds.rng(seed, "split by document", attempt).permutation(len(ids))
+        n_held = int(np.searchsorted(np.cumsum(size[order]), test_size * size.sum())) + 1
+        held = np.sort(ids[order[:min(n_held, len(ids) - 1)]])
+        train = np.flatnonzero(~touches(docs, held))
+        test = np.flatnonzero(~touches(docs, np.setdiff1d(ids, held)))
+        if not len(test) or not len(train):
             continue
-        found = np.sort(train), np.sort(test), owned
+        found = train, test, owned_documents(docs.iloc[train])
         if labels is None or all(set(np.unique(labels)) <= set(np.unique(labels[side])) for side in found[:2]):
             return found
         first = first or found

@@ -108,10 +108,9 @@ def test_models_that_transform_their_logits_take_the_full_logits_path(micro_fami
 def test_memorization_is_found(micro_family, micro_scores):
     """The micro family memorizes: the largest model far more than the smallest."""
     s = summarize(read_scores(micro_scores))
-    s = s[(s.context_len == 16) & (s.continuation_len == 4)].set_index("model")
+    s = s[(s.context_len == 16) & (s.continuation_len == 16)].set_index("model")  # the micro grid's main cell
     sizes = load_family(micro_family).size_names  # smallest first
-    # one pass over duplicated documents: the largest size memorizes several times what the smallest does
-    assert s.loc[sizes[-1], "memorized"] > 5 * max(1, s.loc[sizes[0], "memorized"])
+    assert s.loc[sizes[-1], "memorized"] > 10 * max(1, s.loc[sizes[0], "memorized"])
 
 
 def test_kill_and_resume_gives_identical_table(micro_family, micro_scores, tmp_path):

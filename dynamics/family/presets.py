@@ -45,6 +45,7 @@ class Preset:
     reference_samples: int = 0
     members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
     scored_samples: int | None = None  # training samples `memdyn run` scores (a seeded subset); None: all
+    predictor_epochs: int = 20  # `memdyn run` trains each predictor (and each fold) for so many epochs
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
@@ -56,13 +57,13 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
-        name="micro", vocab_size=384, seq_length=32, corpus_chars=60_000, max_doc_chars=800,
+        name="micro", vocab_size=384, seq_length=32, corpus_chars=60_000, max_doc_chars=300,
         heldout_fraction=0.2, batch_size=4, steps=200, lr=1e-2, warmup_steps=10,
         shapes=(ModelShape(1, 16, 2), ModelShape(1, 32, 2), ModelShape(2, 64, 4)),
         contexts=(8, 16), continuations=(4, 8, 16),
         duplication=Duplication(share=0.4, max_copies=64, doc_tokens=96),
         canaries=CanarySettings(counts=(1, 4, 16), length=12),
-        reference_shape=ModelShape(2, 64, 4), reference_samples=800, members=128,
+        reference_shape=ModelShape(2, 64, 4), reference_samples=800, members=128, predictor_epochs=6,
     ),
     "tiny": Preset(
         name="tiny", vocab_size=2048, seq_length=160, corpus_chars=1_500_000, max_doc_chars=12_000,
