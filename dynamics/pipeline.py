@@ -66,11 +66,11 @@ def _dynamics(r: _Run) -> None:
 
 
 def _capacity(r: _Run) -> None:
-    if not r.w.capacity_table.is_file():
-        from dynamics.capacity.text import text_capacity
-        from dynamics.family.train import train_references
+    from dynamics.capacity.text import computed_from, text_capacity
+    from dynamics.family.train import train_references
 
-        r.family = train_references(r.w.family_dir)
+    r.family = train_references(r.family)  # (returns at once when they exist)
+    if not r.w.capacity_table.is_file() or not computed_from(r.w.capacity_dir, r.family):
         text_capacity(r.family, r.w.capacity_dir, seed=r.seed)
 
 
@@ -99,7 +99,7 @@ STAGES = (
     ("scores: every checkpoint at the main cell", _checkpoints),
     ("dynamics: entropy, n-gram frequency and hidden states around the boundary", _dynamics),
     ("predictor: memorization from context tokens and from hidden states, per size",
-     lambda r: run_predictors(r.family, r.w, *r.cell, r.seed)),
+     lambda r: run_predictors(r.family, r.w, *r.cell, r.seed, epochs=r.preset.predictor_epochs)),
     ("capacity: bits memorized per size against same-size reference models", _capacity),
     ("membership: loss, zlib, min-k%, min-k%++ and reference attacks per size and checkpoint", _membership),
     ("analyses: duplication dose-response, taxonomy, canary scores and exposure", _analyses),
@@ -141,22 +141,24 @@ def print_main_shares(r: _Run) -> None:
         print(f"  {row.model:>8}: {row.memorized_share:7.2%} ({row.memorized} of {row.n})")
 
 
-def run_predictors(family, w: Workdir, context: int, continuation: int, seed: int, folds: int = 5) -> None:
+def run_predictors(family, w: Workdir, context: int, continuation: int, seed: int, folds: int = 5,
+                   epochs: int = 20) -> None:
     """One predictor per (size, input mode), cross-validated by document over `folds` folds (one
     split leaves too few test samples on a small family); a size whose labels lack a class is
     skipped and said so."""
+    from predictor.store import trained_on
     from predictor.train import TrainSettings, train_predictor
 
     skipped = {}
     for size in family.size_names:
         for mode in ("context", "hidden"):
             out = w.predictor_dir(size, mode)
-            if (out / "cv.json").is_file():
-                continue
+            if (out / "cv.json").is_file() and trained_on(out, scores=w.scores_dir, dynamics=w.dynamics_dir):
+                continue  # (one trained on earlier scores or dynamics is trained again)
             try:
                 train_predictor(
                     family, out, model=size, mode=mode, scores=w.scores_dir, dynamics=w.dynamics_dir,
-                    context=context, continuation=continuation, settings=TrainSettings(seed=seed), folds=folds,
+                    context=context, continuation=continuation, settings=TrainSettings(seed=seed, epochs=epochs), folds=folds,
                 )
             except MemdynError as e:
                 skipped[f"{size}-{mode}"] = str(e)

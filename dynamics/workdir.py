@@ -160,18 +160,33 @@ class Workdir:
     def predictor(self) -> dict[str, dict]:
         """'<size>-<mode>' -> cv.json (cross-validated), else metrics.json (one split); skipped ones ->
         {'skipped': reason}."""
+        from dynamics import manifest
+        from predictor.store import trained_on
+
         root = self.predictor_root
-        out = {p.name: read_json(p / "cv.json") if (p / "cv.json").is_file() else read_json(p / "metrics.json")
-               for p in sorted(root.iterdir()) if (p / "metrics.json").is_file()}
+        out = {}
+        for p in sorted(root.iterdir()):
+            if not (p / "metrics.json").is_file():
+                continue
+            manifest.verify(p, ["*", "tokenizer/*"], f"memdyn run --workdir {self.root}", "predictor")
+            if not trained_on(p, scores=self.scores_dir, dynamics=self.dynamics_dir):
+                raise MemdynError(f"{p} was trained on other scores or dynamics than {self.root} holds (settings "
+                                  f"fingerprints differ); remove it and rerun `memdyn run --workdir {self.root}`")
+            out[p.name] = read_json(p / "cv.json") if (p / "cv.json").is_file() else read_json(p / "metrics.json")
         out.update({name: {"skipped": why} for name, why in read_json(root / "skipped.json").items()})
         return out
 
     @cached_property
     def capacity(self) -> pd.DataFrame | None:
         """The capacity stage's per-model table, or None when that stage has not run."""
+        from dynamics.capacity.text import computed_from
+
         if not self.capacity_table.is_file():
             return None
         self._verify(self.capacity_dir, "", "capacity")
+        if not computed_from(self.capacity_dir, self.family):
+            raise MemdynError(f"{self.capacity_dir} was computed from other inputs than {self.family_dir} holds (corpus, "
+                              f"checkpoints or reference models differ); remove it and rerun `memdyn run --workdir {self.root}`")
         return pd.read_parquet(self.capacity_table)
 
     @cached_property

@@ -1,5 +1,6 @@
-"""Train, save, load, evaluate and apply a memorization predictor (predictor.estimator) beside
-its baselines (predictor.baselines), through one cross-validation loop.
+"""Train and evaluate a memorization predictor (predictor.estimator) beside its baselines
+(predictor.baselines), through one cross-validation loop; predictor.store writes and reads the
+directory, predictor.predict applies it to text.
 
 A predictor directory (save_pretrained style):
   config.json        architecture and hyperparameters, mode, classes and edges, target model / cell,
@@ -15,33 +16,30 @@ A predictor directory (save_pretrained style):
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from dynamics.decoding.store import HIDDEN_DTYPES
-from dynamics.decoding.entropy import forward_pass
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_model, load_tokenizer
-from dynamics.family.spec import FamilySpec, load_family
-from dynamics import manifest
-from dynamics.files import atomic_path, check_replaceable, read_json
+from dynamics.family.load import load_tokenizer
+from dynamics.family.spec import FamilySpec
+from dynamics.files import read_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import CLASS_EDGES, CLASSES
-from dynamics.scoring.kernel import reference_scores
 from predictor.baselines import full_proba, make_baselines
 from predictor.data import (
     MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, document_columns, fold_splits,
-    hidden_dataset, hidden_features, scalar_features, split_by_document, touches,
+    hidden_dataset, scalar_features, split_by_document, touches,
 )
 from predictor.estimator import MemorizationPredictor
 from predictor.metrics import classification_metrics, token_metrics
+from predictor.store import (
+    check_predictor_out, fingerprint, is_metrics_json, load_predictor, predictor_family, save_predictor, vocab_hash,
+)
 
 MODES = ("context", "hidden")
 
@@ -56,12 +54,6 @@ class TrainSettings:
     test_size: float = 0.2
     device: str = "cpu"
     checkpoint: str | None = None  # directory of per-epoch training checkpoints (a killed run resumes); no setting
-
-
-def vocab_hash(tokenizer) -> str:
-    """sha256 of the tokenizer's (token, id) pairs: identifies a vocabulary across copies."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
 def load_dataset(family: FamilySpec, mode: str, model: str, scores=None, dynamics=None, edges=CLASS_EDGES,
@@ -218,73 +210,7 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
 # ---------------------------------------------------------------------------- save / load
 
 
-def is_predictor_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-def check_predictor_out(out: Path) -> None:
-    """Before any work: `out` must be new, empty, or an earlier predictor (which is replaced)."""
-    if out.exists() or out.is_symlink():
-        check_replaceable(out, True, is_predictor_dir)
-
-
-def save_predictor(out: Path, est: MemorizationPredictor, config: dict, tokenizer, train_docs: np.ndarray,
-                   metrics: dict, cv: dict | None = None) -> None:
-    with atomic_path(out, replaces=is_predictor_dir) as tmp:
-        est.save_pretrained(tmp, metadata=config)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "split.json").write_text(json.dumps({"train_documents": train_docs.tolist()}) + "\n")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if cv is not None:
-            (tmp / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
-        manifest.record_tree(tmp, "")  # inside the new directory, so it is replaced with it
-
-
-def load_predictor(model_dir: str | Path) -> tuple[MemorizationPredictor, dict]:
-    """The fitted estimator of a predictor directory and its config (its files checked against
-    its manifest first)."""
-    if is_predictor_dir(Path(model_dir)):
-        manifest.verify(model_dir, ["*", "tokenizer/*"], f"memdyn predictor train ... --out {model_dir}", "predictor")
-    est = MemorizationPredictor.from_pretrained(model_dir)
-    return est, est.metadata_
-
-
-def load_predictor_tokenizer(model_dir: str | Path, config: dict):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(Path(model_dir) / "tokenizer"))
-    if vocab_hash(tok) != config["vocab_hash"]:
-        raise MemdynError(f"{model_dir}/tokenizer is not the tokenizer this predictor was trained with (vocabulary hash differs)")
-    return tok
-
-
-def check_family(config: dict, family: FamilySpec) -> None:
-    """A predictor reads token ids: the family must have the same corpus and vocabulary."""
-    if family.corpus.get("hash") != config["corpus_hash"] or vocab_hash(load_tokenizer(family)) != config["vocab_hash"]:
-        raise MemdynError(
-            f"the predictor was trained on family {config['family']!r} (corpus {str(config['corpus_hash'])[:12]}, "
-            f"vocab {config['vocab_hash'][:12]}); family {family.name!r} has another corpus or tokenizer"
-        )
-
-
-def predictor_family(config: dict, family: FamilySpec | None = None) -> FamilySpec:
-    """The family a predictor reads (default: the one it was trained on), checked against it."""
-    if family is None:
-        if not Path(config["family_dir"]).exists():
-            raise MemdynError(f"the family this predictor was trained on is gone ({config['family_dir']}); pass --family DIR")
-        family = load_family(config["family_dir"])
-    check_family(config, family)
-    return family
-
-
 # ---------------------------------------------------------------------------- entry points
-
-
-def _fingerprint(directory, settings_file: str) -> str | None:
-    """sha256 of an input directory's settings file (None when no such input was given)."""
-    if directory is None or not (Path(directory) / settings_file).is_file():
-        return None
-    return hashlib.sha256((Path(directory) / settings_file).read_bytes()).hexdigest()
 
 
 @locks_output()
@@ -315,12 +241,12 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
     tokenizer = load_tokenizer(family)
     config = {
         "mode": mode, "classes": list(CLASSES), "edges": list(edges),
-        "family": family.name, "family_dir": str(family.root), "corpus_hash": family.corpus.get("hash"),
+        "family": family.name, "family_dir": os.path.relpath(family.root, out), "corpus_hash": family.corpus.get("hash"),
         "vocab_hash": vocab_hash(tokenizer), "target_model": data.model, "revision": data.revision,
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
         "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k not in ("device", "checkpoint")},
         # what the labels and inputs came from: content fingerprints of the scores and dynamics settings
-        "scores": _fingerprint(scores, "_settings.json"), "dynamics": _fingerprint(dynamics, "_settings.json"),
+        "scores": fingerprint(scores, "_settings.json"), "dynamics": fingerprint(dynamics, "_settings.json"),
     }
     save_predictor(Path(out), est, config, tokenizer, owned, metrics, cv)
     shutil.rmtree(resume, ignore_errors=True)
@@ -346,7 +272,7 @@ def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None 
     if json_out is not None:
         check_output_file(json_out, "--json", is_metrics_json)
     est, config = load_predictor(model_dir)
-    family = predictor_family(config, family)
+    family = predictor_family(config, model_dir, family)
     model = model or config["target_model"]
     data = load_dataset(family, config["mode"], model, scores, dynamics, tuple(config["edges"]),
                         config["context_len"], config["continuation_len"])
@@ -373,58 +299,3 @@ def evaluate_predictor(model_dir: str | Path, *, scores=None, model: str | None 
     return result
 
 
-def is_metrics_json(path: Path) -> bool:
-    """An earlier `predictor eval --json` output (which a rerun may replace)."""
-    try:
-        metrics = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(metrics, dict) and {"model", "predictor", "n_train"} <= metrics.keys()
-
-
-def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,
-                  hidden_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features [k + c, d + 2], greedy continuation [c]) of one context, as `memdyn dynamics` collects
-    them: greedy decoding (the scorer's reference), then one pass over context + continuation for the
-    layer's hidden states (rounded to the dtype the dynamics stored), the entropies and surprisals."""
-    generated, _ = reference_scores(model, context, len(context), continuation)
-    fed = np.concatenate([context, generated])[None]  # [1, k + c]
-    r = forward_pass(model, torch.as_tensor(fed, device=next(model.parameters()).device), [layer])
-    hidden = r.hidden[layer][0].astype(HIDDEN_DTYPES[hidden_dtype]).astype(np.float32)
-    return hidden_features(hidden, r.entropy[0], r.surprisal[0]), generated
-
-
-def predict_text(model_dir: str | Path, text: str, *, family: FamilySpec | None = None, device: str = "cpu") -> dict:
-    """Class, its probability and the predicted score of one context given as text. A hidden-mode
-    predictor reads the first context_len tokens, decodes the continuation greedily with its target
-    model and also gives, per continuation token, the probability that the model reproduces it."""
-    est, config = load_predictor(model_dir)
-    cfg = est.config_
-    tok = load_predictor_tokenizer(model_dir, config)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise MemdynError("the text is empty after tokenization")
-    extra = {"n_tokens": len(ids)}
-    if config["mode"] == "hidden":
-        k = config["context_len"]
-        if len(ids) < k:
-            raise MemdynError(f"the text is {len(ids)} tokens long; this hidden-mode predictor reads a context of "
-                              f"{k} tokens, so give at least {k}")
-        family = predictor_family(config, family)
-        target = load_model(family, config["target_model"], config["revision"], device=device)
-        x, generated = hidden_inputs(target, np.asarray(ids[:k]), config["continuation_len"], config["layer"],
-                                     config["hidden_dtype"])
-        extra["continuation"] = [tok.decode([t]) for t in generated]
-    else:
-        if len(ids) > cfg.max_len:
-            raise MemdynError(f"the text is {len(ids)} tokens long; this predictor reads contexts of at most {cfg.max_len} tokens")
-        if max(ids) >= cfg.vocab_size:
-            raise MemdynError(f"token id {max(ids)} is outside this predictor's vocabulary ({cfg.vocab_size})")
-        x = np.asarray(ids)  # [t], t <= max_len: the mask-free forward pools over t positions
-    r = est.predict_outputs(x[None])
-    proba = r["proba"][0]
-    c = int(proba.argmax())
-    if config["mode"] == "hidden":
-        extra["token_proba"] = r["token_proba"][0, config["context_len"]:].tolist()
-    return {"class": CLASSES[c], "probability": float(proba[c]), "score": float(r["score"][0]),
-            "proba": dict(zip(CLASSES, map(float, proba))), **extra}

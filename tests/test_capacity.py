@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.capacity import synthetic
+from dynamics.capacity import saturation, synthetic
 from dynamics.capacity.bits import (
     memorized_bits,
     nll_bits,
@@ -87,10 +87,10 @@ def test_plateau_detection():
     steps = np.arange(1, 60)
     saturating = 1000 * (1 - np.exp(-steps / 8))  # flat after ~40 evals
     rising = 10 * steps  # still climbing linearly
-    assert synthetic.detect_plateau(saturating, window=5, rel_tol=0.005)
-    assert not synthetic.detect_plateau(rising, window=5, rel_tol=0.005)
-    assert not synthetic.detect_plateau(saturating[:15], window=5, rel_tol=0.005)
-    assert not synthetic.detect_plateau(saturating[:3], window=5, rel_tol=0.005)  # too short to tell
+    assert saturation.detect_plateau(saturating, window=5, rel_tol=0.005)
+    assert not saturation.detect_plateau(rising, window=5, rel_tol=0.005)
+    assert not saturation.detect_plateau(saturating[:15], window=5, rel_tol=0.005)
+    assert not saturation.detect_plateau(saturating[:3], window=5, rel_tol=0.005)  # too short to tell
 
 
 # --- resumption ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.capacity import synthetic
+from dynamics.capacity import saturation, synthetic
 from tests.conftest import run_cli
 from tests.test_cli_score import one_line_error
 
@@ -84,7 +84,7 @@ def _train(checkpoint, kill_at=None):
         if step == kill_at:
             raise Killed
 
-    result = synthetic.train_to_saturation(model, data, TINY, 3, TINY.bits_per_sample(), progress, checkpoint)
+    result = saturation.train_to_saturation(model, data, TINY, 3, TINY.bits_per_sample(), progress, checkpoint)
     return result, model.state_dict()
 
 

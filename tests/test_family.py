@@ -224,7 +224,7 @@ def test_reference_is_one_model_on_unused_documents_and_beats_unigram(micro_fami
 
     fam_dir = tmp_path / "fam"
     shutil.copytree(micro_family, fam_dir)
-    family = train_references(fam_dir, device="cpu")
+    family = train_references(load_family(fam_dir), device="cpu")
     assert len(set(family.references["sizes"].values())) == 1 and family.references["steps"] == 200
     record = read_json(fam_dir / "data" / "reference.json")
     world_docs = set(pd.read_parquet(fam_dir / "data" / "documents.parquet").name)

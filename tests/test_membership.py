@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dynamics.capacity.attacks import ATTACKS, attack_metrics, rank_auroc, score_samples
-from dynamics.capacity.mia import plan_membership
+from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.family.load import load_model, load_tokenizer

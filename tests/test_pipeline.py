@@ -7,8 +7,6 @@ from dynamics.family.spec import load_family
 from tests.conftest import run_cli
 
 
-@pytest.mark.xfail(reason="micro world: every predictor of the main cell (16, 16) is skipped for lack of memorized samples; "
-                          "known failure, fixed by the micro preset's tuning", strict=False)
 def test_memdyn_run_end_to_end_and_resumes(micro_workdir):
     """`memdyn run` on the micro preset ran every stage; a second run finds everything done."""
     workdir = micro_workdir
@@ -34,3 +32,28 @@ def test_run_refuses_another_preset(micro_family, tmp_path):
     (tmp_path / "w" / "run.json").write_text('{"preset": "tiny", "seed": 0}')
     code, _, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro")
     assert code == 2 and "holds a run with" in err
+
+
+def test_readers_refuse_outputs_of_other_inputs(micro_workdir, tmp_path):
+    """A predictor or capacity directory records what it was computed from; the reports' reader
+    refuses one whose inputs are not the work directory's (e.g. left from an earlier run)."""
+    import shutil
+
+    from dynamics import manifest
+    from dynamics.errors import MemdynError
+    from dynamics.workdir import Workdir
+
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_workdir, runs)
+    assert Workdir(runs).capacity is not None and Workdir(runs).predictor
+    settings = runs / "capacity" / "_settings.json"
+    recorded = json.loads(settings.read_text())
+    settings.write_text(json.dumps({**recorded, "models": {m: "step1" for m in recorded["models"]}}))
+    with pytest.raises(MemdynError, match="computed from other inputs"):
+        Workdir(runs).capacity
+    trained = next(p for p in (runs / "predictor").iterdir() if (p / "cv.json").is_file())
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps({**config, "scores": "0" * 64}))
+    manifest.record_part(trained, "config.json", 1)  # a consistent directory, trained on other scores
+    with pytest.raises(MemdynError, match="trained on other scores"):
+        Workdir(runs).predictor

@@ -40,10 +40,6 @@ def trained(micro_family, micro_scores, tmp_path_factory):
     return out
 
 
-# The new micro world (one pass over duplicated documents) memorizes 37k's (16, 4) samples in too few
-# documents for the hidden-mode predictor's split by document to hold a memorized test sample; known
-# failure, to be fixed with the micro preset's tuning (see the closing note of session 7).
-HIDDEN_WORLD = pytest.mark.xfail(reason="micro world: no memorized hidden-mode test sample at 37k (16, 4)", strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +187,7 @@ def test_cross_validation_is_seeded_and_fits_each_fold_on_other_documents(micro_
 def test_saved_predictor_reloads_with_identical_predictions(trained, micro_family):
     from predictor.data import context_tokens
     from predictor.estimator import MemorizationPredictor
-    from predictor.train import predict_text
+    from predictor.predict import predict_text
     from dynamics.family.spec import load_family
 
     x = context_tokens(load_family(micro_family), np.arange(10), 16)
@@ -259,7 +255,8 @@ def test_predict_cli_and_too_long_text(trained):
 def test_other_family_tokenizer_is_refused(trained, micro_scores, tmp_path):
     import shutil
 
-    from predictor.train import evaluate_predictor, predict_text
+    from predictor.predict import predict_text
+    from predictor.train import evaluate_predictor
 
     other = tmp_path / "other"
     shutil.copytree(trained, other)
@@ -279,9 +276,9 @@ def test_bad_inputs(micro_family, micro_scores, tmp_path):
     r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "a",
                "--model", "999k", *SMALL)
     assert isinstance(r.exception, MemdynError) and "no model '999k'" in str(r.exception)
-    # 16k never reproduces all 8 tokens at context 16: no memorized samples at all
+    # 16k never reproduces all 16 tokens at context 16: no memorized samples at all
     r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "b",
-               "--model", "16k", "--context", "16", "--continuation", "8", *SMALL)
+               "--model", "16k", "--context", "16", "--continuation", "16", *SMALL)
     assert isinstance(r.exception, MemdynError) and "too few" in str(r.exception) and "(0, need" in str(r.exception)
     r = invoke("train", "--family", micro_family, "--scores", micro_scores, "--out", tmp_path / "c", *CELL,
                "--input", "hidden", *SMALL)
@@ -293,7 +290,6 @@ def test_bad_inputs(micro_family, micro_scores, tmp_path):
     assert isinstance(r.exception, MemdynError) and "--d-model 64 must be a multiple of --heads 3" in str(r.exception)
 
 
-@HIDDEN_WORLD
 def test_hidden_mode_token_metrics(hidden_trained):
     _, h = hidden_trained
     m = json.loads((h / "metrics.json").read_text())
@@ -301,7 +297,6 @@ def test_hidden_mode_token_metrics(hidden_trained):
     assert "entropy_continuation" in m["baseline_features"]
 
 
-@HIDDEN_WORLD
 def test_hidden_predict_is_deterministic_and_refuses_bad_inputs(hidden_trained, tmp_path):
     import shutil
 
@@ -318,15 +313,19 @@ def test_hidden_predict_is_deterministic_and_refuses_bad_inputs(hidden_trained, 
     moved = tmp_path / "moved"
     shutil.copytree(h, moved)
     cfg = json.loads((moved / "config.json").read_text())
+    from dynamics import manifest
+
+    # consistent directories (config part re-recorded) whose family moved or lost a checkpoint
     (moved / "config.json").write_text(json.dumps({**cfg, "family_dir": str(tmp_path / "gone")}))
+    manifest.record_part(moved, "config.json", 1)
     r = invoke("predict", "--model-dir", moved, "--text", text)
     assert isinstance(r.exception, MemdynError) and "is gone" in str(r.exception) and "--family" in str(r.exception)
     (moved / "config.json").write_text(json.dumps({**cfg, "revision": "step999999"}))
+    manifest.record_part(moved, "config.json", 1)
     r = invoke("predict", "--model-dir", moved, "--text", text)
     assert isinstance(r.exception, MemdynError) and "step999999" in str(r.exception)
 
 
-@HIDDEN_WORLD
 def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family):
     """The features predict computes for a training context equal those `memdyn dynamics` stored
     (up to their float16 storage), and its greedy continuation is the scorer's (off near-ties)."""
@@ -334,7 +333,8 @@ def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family
     from dynamics.family.load import load_model
     from dynamics.family.spec import load_family
     from predictor.data import context_tokens, hidden_dataset
-    from predictor.train import hidden_inputs, load_predictor
+    from predictor.predict import hidden_inputs
+    from predictor.store import load_predictor
 
     dyn, h = hidden_trained
     config = load_predictor(h)[1]
@@ -351,7 +351,6 @@ def test_hidden_predict_features_match_the_dynamics(hidden_trained, micro_family
         np.testing.assert_allclose(x, data.inputs[row], rtol=1e-2, atol=1e-3)  # float16-stored hidden states
 
 
-@HIDDEN_WORLD
 def test_surprisal_channel_is_the_teacher_forced_nll_of_the_fed_tokens(hidden_trained, micro_family, micro_scores):
     """Over the context the surprisal channel averages to the scorer's context loss (same alignment);
     over the continuation it is the surprisal of the model's own greedy tokens, never the true ones."""
@@ -371,7 +370,6 @@ def test_surprisal_channel_is_the_teacher_forced_nll_of_the_fed_tokens(hidden_tr
     assert (surprisal[:, 0] == 0).all() and (surprisal >= 0).all()
 
 
-@HIDDEN_WORLD
 def test_hidden_predictor_reloads_with_its_channel_statistics(hidden_trained, micro_family, tmp_path):
     import shutil
 

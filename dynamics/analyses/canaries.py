@@ -130,9 +130,10 @@ def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candid
     """Score and expose every canary at every checkpoint of every size; resumable per checkpoint."""
     from tqdm.auto import tqdm
 
-    from dynamics.family.load import load_model, load_tokenizer
+    from dynamics.family.load import load_model, load_tokenizer, resolve_device
 
     out = Path(out)
+    device = resolve_device(device)  # an unknown or unavailable device fails before any work
     table = world.canaries(family)  # an old-layout family fails here, before any work
     if n_candidates < MIN_CANDIDATES:
         raise MemdynError(f"--candidates must be >= {MIN_CANDIDATES} (the exposure fit needs them), got {n_candidates}")

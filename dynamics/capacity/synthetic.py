@@ -26,21 +26,21 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dynamics.capacity.bits import model_token_logprobs, nll_bits, sequence_entropy_bits, token_logprobs
+from dynamics.capacity.bits import model_token_logprobs, nll_bits, sequence_entropy_bits
 from dynamics.capacity.membership import loss_threshold_attack
+from dynamics.capacity.saturation import batch_size, train_to_saturation
 from dynamics.capacity.sweep_tables import collect_table, write_outputs
 from dynamics.errors import MemdynError
 from dynamics.seeds import derive_seed
 from dynamics.family.load import resolve_dtype
 from dynamics import manifest
-from dynamics.files import atomic_path, canonical, check_output_dir, read_json, settings_record, write_json
+from dynamics.files import check_output_dir, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 
 # ---------------------------------------------------------------------------------------------
@@ -185,20 +185,6 @@ def random_tokens(n: int, seq_len: int, vocab_size: int, seed: int) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# convergence
-
-
-def detect_plateau(values, window: int, rel_tol: float) -> bool:
-    """True when the last `window` evaluations gained less than rel_tol (relative) over the
-    best value before them. Noise-tolerant: compares with the running best, not one point."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) <= window:
-        return False
-    before, last = v[:-window].max(), v[-1]
-    return last - before <= rel_tol * max(abs(last), 1e-12)
-
-
-# ---------------------------------------------------------------------------------------------
 # resources
 
 
@@ -237,87 +223,6 @@ def check_memory(cfg: SweepConfig, jobs: list[Job], dtype: torch.dtype, device: 
 
 # ---------------------------------------------------------------------------------------------
 # one job
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    converged: bool
-    curve: list = field(default_factory=list)  # [step, memorized bits, lr]
-
-
-def batch_size(cfg: SweepConfig, n: int) -> int:
-    return min(n, cfg.batch_size or max(1, round(cfg.batch_fraction * n)))
-
-
-def train_to_saturation(model, data: torch.Tensor, cfg: SweepConfig, seed: int,
-                        entropy_bits: float, progress=None, checkpoint: Path | None = None) -> TrainResult:
-    """Adam on next-token loss until the memorized bits plateau at the lowest LR.
-
-    data: (N, S) on the model's device. Reduce-on-plateau: a plateau at the current LR drops it
-    by lr_decay_factor; a plateau after `lr_decays` drops is convergence, and so is memorizing
-    all but plateau_tol of the dataset's bits. Hitting max_steps first: converged=False.
-    checkpoint: a file that holds the whole training state after every evaluation, so a killed
-    job resumes from its last evaluation and ends exactly as an uninterrupted one.
-    """
-    n = data.shape[0]
-    bs = batch_size(cfg, n)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    g = torch.Generator(device="cpu").manual_seed(seed)  # minibatch order
-    order, pos = torch.randperm(n, generator=g), 0
-    lr, decays_left, curve, bits_hist = cfg.lr, cfg.lr_decays, [], []
-    first = 1
-    if checkpoint is not None and checkpoint.is_file():
-        st = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        g.set_state(st["g"])
-        torch.set_rng_state(st["rng"])
-        order, pos, lr, decays_left, curve, bits_hist = st["order"], st["pos"], st["lr"], st["decays_left"], st["curve"], st["bits_hist"]
-        first = st["step"] + 1
-    model.train()
-    for step in range(first, cfg.max_steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / cfg.warmup_steps)
-        if bs == n:
-            batch = data  # (N, S)
-        else:  # epochs of shuffled minibatches; the tail of an epoch is dropped
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=g), 0
-            batch = data[order[pos:pos + bs].to(data.device)]  # (bs, S)
-            pos += bs
-        logits = model(batch).logits  # (B, S, V)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % cfg.eval_every and step != cfg.max_steps:
-            continue
-        if bs == n:  # full batch: reuse this step's logits (pre-update) instead of a new forward
-            with torch.no_grad():
-                per_sample = nll_bits(token_logprobs(logits.detach(), batch))
-        else:
-            per_sample = nll_bits(model_token_logprobs(model, data))
-        bits = float((entropy_bits - per_sample).clamp(min=0).sum())
-        curve.append([step, round(bits, 3), lr])
-        bits_hist.append(bits)
-        if progress is not None:
-            progress(step, bits, lr)
-        if bits >= (1 - cfg.plateau_tol) * n * entropy_bits:  # (almost) all data memorized: done
-            return TrainResult(step, True, curve)
-        if detect_plateau(bits_hist, cfg.plateau_evals, cfg.plateau_tol):
-            if decays_left == 0:
-                return TrainResult(step, True, curve)
-            decays_left -= 1
-            lr *= cfg.lr_decay_factor
-            bits_hist = [bits]  # the next plateau is judged at the new LR only
-        if checkpoint is not None:
-            state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "g": g.get_state(),
-                     "rng": torch.get_rng_state(), "order": order, "pos": pos, "lr": lr, "decays_left": decays_left,
-                     "curve": curve, "bits_hist": bits_hist}
-            with atomic_path(checkpoint) as tmp:
-                torch.save(canonical(state), tmp)
-    return TrainResult(cfg.max_steps, False, curve)
 
 
 def run_job(cfg: SweepConfig, job: Job, seed: int, dtype: str, device: torch.device,

@@ -35,7 +35,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
-from dynamics.files import atomic_path, check_output_folder, read_json, write_json
+from dynamics.files import atomic_path, check_output_folder, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 
 
@@ -99,6 +99,26 @@ def _is_text_capacity(out: Path) -> bool:
     return (out / "text_capacity.parquet").is_file() or (out / manifest.MANIFEST).is_dir()
 
 
+SETTINGS = "_settings.json"
+
+
+def capacity_inputs(family: FamilySpec, sizes, reference: str | None) -> dict:
+    """What a text-capacity directory is computed from (its settings file; readers compare it
+    with the family they show): the corpus, each target checkpoint and each reference model."""
+    refs = {size.name: reference or family.references.get("sizes", {}).get(size.name) for size in sizes}
+    return {"family": family.name, "corpus_hash": family.corpus.get("hash"), "reference": reference,
+            "models": {size.name: size.final for size in sizes}, "references": refs}
+
+
+def computed_from(out: str | Path, family: FamilySpec) -> bool:
+    """Was the text-capacity directory `out` computed from the corpus, checkpoints and reference
+    models that `family` holds now (its settings file)?"""
+    path = Path(out) / SETTINGS
+    recorded = read_json(path) if path.is_file() else {}
+    sizes = [s for s in family.sizes if s.name in recorded.get("models", {})]
+    return recorded == settings_record(capacity_inputs(family, sizes, recorded.get("reference")))
+
+
 @locks_output()
 def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | None = None, reference: str | None = None,
                   device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
@@ -111,10 +131,8 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
     if len(members) < 2 or len(heldout) < 2:
         raise MemdynError(f"too few samples for capacity estimates ({len(members)} members, {len(heldout)} held out)")
     train = IndexedDataset(family.data.prefix)
-    vocab_size = len(load_tokenizer(family))
-    per_token = unigram_bits_per_token(train.tokens(), vocab_size)
+    per_token = unigram_bits_per_token(train.tokens(), len(load_tokenizer(family)))
     baseline = per_token[member_samples[:, 1:]].sum(1)
-    n_train, length = len(train), train.fixed_length()
     rows, per_sample = [], []
     for size in sizes:
         target = load_model(family, size, device=dev, dtype=dtype)
@@ -123,34 +141,45 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
             raise MemdynError(f"reference model for {size.name} has another vocabulary size than the target")
         bits_t = _sample_bits(target, member_samples, batch_size, dev)
         bits_r = _sample_bits(ref, member_samples, batch_size, dev)
-        bits_held = _sample_bits(target, heldout, batch_size, dev)
-        unintended = np.maximum(0.0, bits_r - bits_t)
-        general = np.maximum(0.0, baseline - bits_r)
-        attack = loss_threshold_attack(bits_t, bits_held, seed=seed)
+        attack = loss_threshold_attack(bits_t, _sample_bits(target, heldout, batch_size, dev), seed=seed)
         params = size.params or sum(p.numel() for p in target.parameters())
         per_sample.append(pd.DataFrame({
             "model": size.name, "seq_idx": members, "bits_baseline": baseline, "bits_reference": bits_r,
-            "bits_target": bits_t, "unintended_bits": unintended, "generalization_bits": general,
+            "bits_target": bits_t, "unintended_bits": np.maximum(0.0, bits_r - bits_t),
+            "generalization_bits": np.maximum(0.0, baseline - bits_r),
         }))
-        rows.append({
-            "model": size.name, "params": params, "n_members": len(members), "n_heldout": len(heldout),
-            "train_samples": n_train, "tokens_per_param": n_train * (length - 1) / params,
-            "mean_bits_baseline": baseline.mean(), "mean_bits_reference": bits_r.mean(), "mean_bits_target": bits_t.mean(),
-            "unintended_bits_per_sample": unintended.mean(), "generalization_bits_per_sample": general.mean(),
-            # the reference should generalize: mostly below the unigram code length of the members
-            "share_reference_above_unigram": float((bits_r > baseline).mean()),
-            "bits_memorized": unintended.mean() * n_train, "generalization_bits": general.mean() * n_train,
-            "bits_per_param": unintended.mean() * n_train / params,
-            "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc,
-        })
+        rows.append(_size_row(size.name, params, per_sample[-1], len(heldout), train, attack))
         del target, ref
     table = pd.DataFrame(rows)
+    _write(out, table, pd.concat(per_sample, ignore_index=True), capacity_inputs(family, sizes, reference), family.name)
+    return table
+
+
+def _size_row(model: str, params: int, s: pd.DataFrame, n_heldout: int, train: IndexedDataset, attack) -> dict:
+    """One size's row of text_capacity.parquet from its per-sample bits `s`."""
+    n_train = len(train)
+    return {
+        "model": model, "params": params, "n_members": len(s), "n_heldout": n_heldout,
+        "train_samples": n_train, "tokens_per_param": n_train * (train.fixed_length() - 1) / params,
+        "mean_bits_baseline": s.bits_baseline.mean(), "mean_bits_reference": s.bits_reference.mean(),
+        "mean_bits_target": s.bits_target.mean(),
+        "unintended_bits_per_sample": s.unintended_bits.mean(), "generalization_bits_per_sample": s.generalization_bits.mean(),
+        # the reference should generalize: mostly below the unigram code length of the members
+        "share_reference_above_unigram": float((s.bits_reference > s.bits_baseline).mean()),
+        "bits_memorized": s.unintended_bits.mean() * n_train, "generalization_bits": s.generalization_bits.mean() * n_train,
+        "bits_per_param": s.unintended_bits.mean() * n_train / params,
+        "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc,
+    }
+
+
+def _write(out: Path, table: pd.DataFrame, samples: pd.DataFrame, inputs: dict, family_name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SETTINGS, settings_record(inputs))
     with atomic_path(out / "text_samples.parquet") as tmp:
-        pd.concat(per_sample, ignore_index=True).to_parquet(tmp, index=False)
+        samples.to_parquet(tmp, index=False)
     with atomic_path(out / "text_capacity.parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    manifest.record_part(out, "text_samples.parquet", sum(len(t) for t in per_sample))
+    manifest.record_part(out, "text_samples.parquet", len(samples))
     manifest.record_part(out, "text_capacity.parquet", len(table))
     with atomic_path(out / "text_capacity.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -159,5 +188,4 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
         fit = fit_sigmoid(table.tokens_per_param, table.mi_f1, fix_c1=None if len(table) >= 3 else 1.0)
         write_json(out / "membership_fit.json", fit.as_dict() | {"points": table[["model", "tokens_per_param", "mi_f1"]].to_dict("records")})
         plot_sigmoid_fit(table.tokens_per_param, table.mi_f1, fit, out / "membership_sigmoid",
-                         title=f"{family.name}: loss-threshold membership inference", labels=list(table.model))
-    return table
+                         title=f"{family_name}: loss-threshold membership inference", labels=list(table.model))

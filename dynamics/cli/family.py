@@ -34,11 +34,13 @@ def references(
     family: Path = typer.Argument(..., help="Family directory (memdyn family train)."),
     device: str = DEVICE,
 ):
-    """Train, per size, a reference model that never sees a seeded set of probe documents (for
-    `memdyn capacity text`); resumes if interrupted."""
+    """Train the reference models of unintended memorization (for `memdyn capacity text`): in the
+    embedded world one model trained on documents the world never uses, otherwise one per size
+    trained without a seeded set of probe documents; resumes if interrupted."""
+    from dynamics.family.spec import load_family
     from dynamics.family.train import train_references
 
-    fam = train_references(family, device)
+    fam = train_references(load_family(family), device=device)
     print(f"reference models of {fam.name}: {', '.join(fam.references['sizes'].values())}")
 
 

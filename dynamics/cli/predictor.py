@@ -126,7 +126,7 @@ def predict(
     """Print the predicted class of a context, its probability and the predicted score; in hidden
     mode also each greedy continuation token and the probability that the model reproduces it."""
     from dynamics.family.spec import load_family
-    from predictor.train import predict_text
+    from predictor.predict import predict_text
 
     if (text is None) == (file is None):
         raise MemdynError("give either --text or --file")

@@ -150,27 +150,28 @@ def pack_documents(
         meta["step"] = meta.sample_idx // batch_size if batch_size and name == "train" else -1
         metas.append(meta)
         counts[name] = len(samples)
-    meta = pd.concat(metas, ignore_index=True)
+    used = _write_tables(out_dir, pd.concat(metas, ignore_index=True), docs, tokens, split, copies, domains)
+    return PackedData(counts["train"], counts["heldout"], int(sum(len(tokens[i]) for i in used)),
+                      np.flatnonzero(split == "").tolist())
+
+
+def _write_tables(out_dir: Path, meta: pd.DataFrame, docs: list[Document], tokens: list[np.ndarray],
+                  split: np.ndarray, copies: np.ndarray, domains: list[str]) -> np.ndarray:
+    """samples.parquet (one row per sample) and documents.parquet (one row per document the world
+    uses); returns the used documents' ids."""
     meta["max_doc_copies"] = [int(copies[d].max()) if len(d) else 0 for d in meta.doc_ids]
     meta["domain"] = [domains[i] for i in meta.pop("domain_id")]
     meta["domains"] = [",".join(d for d, on in zip(domains, mask) if on) for mask in meta.pop("domain_mask")]
     with atomic_path(out_dir / "samples.parquet") as tmp:
         meta.to_parquet(tmp, index=False)
     used = np.flatnonzero(split != "")
-    doc_table = pd.DataFrame(
-        {
-            "doc_id": used,
-            "name": [docs[i].name for i in used],
-            "domain": [docs[i].domain for i in used],
-            "split": split[used].astype(str),
-            "n_tokens": [len(tokens[i]) for i in used],
-            "copies": copies[used],
-        }
-    )
+    doc_table = pd.DataFrame({
+        "doc_id": used, "name": [docs[i].name for i in used], "domain": [docs[i].domain for i in used],
+        "split": split[used].astype(str), "n_tokens": [len(tokens[i]) for i in used], "copies": copies[used],
+    })
     with atomic_path(out_dir / "documents.parquet") as tmp:
         doc_table.to_parquet(tmp, index=False)
-    return PackedData(counts["train"], counts["heldout"], int(sum(len(tokens[i]) for i in used)),
-                      np.flatnonzero(split == "").tolist())
+    return used
 
 
 def adopt_megatron(prefix: str, out_dir: str | Path, seq_length: int, seed: int, heldout_fraction: float) -> PackedData:

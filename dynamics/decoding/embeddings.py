@@ -75,10 +75,18 @@ def project(seq_states: np.ndarray, level_means: np.ndarray, method: str, seed: 
     """Fit a 2-D `pca` or `umap` map on seq_states [n, d]; returns ([n, 2], level means [L, c, 2])."""
     from sklearn.decomposition import PCA
 
+    import torch
+
     L, c, d = level_means.shape
-    reducer = PCA(n_components=2, svd_solver="full") if method == "pca" else _umap(seed, len(seq_states))
-    xy = reducer.fit_transform(seq_states)
-    means = reducer.transform(level_means.reshape(L * c, d).astype(np.float32)).reshape(L, c, 2)
+    threads = torch.get_num_threads()
+    try:
+        reducer = PCA(n_components=2, svd_solver="full") if method == "pca" else _umap(seed, len(seq_states))
+        xy = reducer.fit_transform(seq_states)
+        means = reducer.transform(level_means.reshape(L * c, d).astype(np.float32)).reshape(L, c, 2)
+    finally:
+        # numba's OpenMP layer (UMAP) resets the OpenMP pool torch shares to every core: restore it,
+        # or later training in this process would run on another thread count (other float sums)
+        torch.set_num_threads(threads)
     return xy, means
 
 

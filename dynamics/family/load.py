@@ -22,7 +22,7 @@ def resolve_device(device: str | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise MemdynError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        raise MemdynError(f"--device {device!r} is unknown: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MemdynError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     return dev
@@ -31,7 +31,7 @@ def resolve_device(device: str | None = None) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'fp32' | 'bf16' | 'fp16' -> the torch dtype, checked against the device (the one table of dtypes)."""
     if dtype not in DTYPES:
-        raise MemdynError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise MemdynError(f"--dtype {dtype!r} is unknown: choose one of {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type == "cpu":
         raise MemdynError("dtype fp16 is not supported on the CPU: use --dtype fp32 or bf16")
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

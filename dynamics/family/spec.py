@@ -141,6 +141,9 @@ def load_family(spec: str | Path, data: str | None = None) -> FamilySpec:
         return family
     if spec in HUB_FAMILIES:
         return pythia_family(spec, data)
+    if path.is_file():
+        raise MemdynError(f"{path} is a file: give a family directory (memdyn family train), a model directory, "
+                          f"{' or '.join(HUB_FAMILIES)}, or hub model ids")
     if path.is_dir():
         if (path / "config.json").is_file():
             return explicit_family([spec], data)

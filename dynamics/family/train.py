@@ -187,7 +187,9 @@ def train_size(
         log = state["log"]
 
     def save(step: int) -> None:
-        with atomic_path(size_dir / revision_name(step)) as tmp:
+        # a kill between a checkpoint and trainer_state.pt leaves the checkpoint ahead of the state:
+        # the resumed run writes the same one again
+        with atomic_path(size_dir / revision_name(step), replaces=lambda p: (p / "config.json").is_file()) as tmp:
             model.save_pretrained(tmp)
         with atomic_path(size_dir / "trainer_state.pt") as tmp:
             torch.save(canonical({"step": step, "optimizer": optimizer.state_dict(), "log": log}), tmp)  # same bytes after a resume
@@ -283,7 +285,7 @@ def train_family(
     return load_family(out)
 
 
-def train_references(family_dir: str | Path, device: str | None = None) -> FamilySpec:
+def train_references(family: FamilySpec, *, device: str | None = None) -> FamilySpec:
     """Reference models for unintended memorization, recorded in family.json "references".
 
     Embedded world (data/reference.json written with the family, family/world.py): ONE model of the
@@ -291,10 +293,9 @@ def train_references(family_dir: str | Path, device: str | None = None) -> Famil
     training sample is a non-member of it; every size is compared with it. Otherwise (other corpora,
     old families): per size a model of the size's shape and schedule trained without a seeded set
     of probe documents (`build_reference_data`). Resumes like family training."""
-    family_dir = Path(family_dir)
-    family = load_family(family_dir)
     if family.kind != "local" or not family.preset:
-        raise MemdynError(f"{family_dir}: reference models can be trained only for a family trained by memdyn")
+        raise MemdynError(f"{family.root}: reference models can be trained only for a family trained by memdyn")
+    family_dir = Path(family.root)
     if family.references:
         return family
     p = get_preset(family.preset)
