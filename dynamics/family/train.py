@@ -67,11 +67,13 @@ def size_name(params: int) -> str:
     return f"{round(params / 1e3)}k"
 
 
-def learning_rate(step: int, preset: Preset) -> float:
+def learning_rate(step: int, preset: Preset, peak: float | None = None) -> float:
+    """Linear warmup to `peak` (default the preset's lr), then cosine decay to a tenth of it."""
+    peak = preset.lr if peak is None else peak
     if step < preset.warmup_steps:
-        return preset.lr * (step + 1) / preset.warmup_steps
+        return peak * (step + 1) / preset.warmup_steps
     progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
-    return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _check_out_dir(out: Path, plan: dict) -> None:
@@ -201,7 +203,7 @@ def train_size(
     for step in bar:
         rows = np.arange(step * preset.batch_size, (step + 1) * preset.batch_size) % len(batch)
         x = torch.from_numpy(batch[rows].astype(np.int64)).to(device)  # [B, seq_length + 1]
-        lr = learning_rate(step, preset)
+        lr = learning_rate(step, preset, shape.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         logits = model(input_ids=x[:, :-1]).logits  # [B, T, V]
