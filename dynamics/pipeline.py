@@ -100,7 +100,7 @@ STAGES = (
     ("dynamics: entropy, n-gram frequency and hidden states around the boundary", _dynamics),
     ("predictor: memorization from context tokens and from hidden states, per size",
      lambda r: run_predictors(r.family, r.w, *r.cell, r.seed, epochs=r.preset.predictor_epochs)),
-    ("capacity: bits memorized per size against same-size reference models", _capacity),
+    ("capacity: bits memorized per size against the reference model", _capacity),
     ("membership: loss, zlib, min-k%, min-k%++ and reference attacks per size and checkpoint", _membership),
     ("analyses: duplication dose-response, taxonomy, canary scores and exposure", _analyses),
     ("reports: family overview and one report per size", _reports),
@@ -155,12 +155,14 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
             out = w.predictor_dir(size, mode)
             if (out / "cv.json").is_file() and trained_on(out, scores=w.scores_dir, dynamics=w.dynamics_dir):
                 continue  # (one trained on earlier scores or dynamics is trained again)
+            start = time.monotonic()
             try:
                 train_predictor(
                     family, out, model=size, mode=mode, scores=w.scores_dir, dynamics=w.dynamics_dir,
                     context=context, continuation=continuation, settings=TrainSettings(seed=seed, epochs=epochs), folds=folds,
                 )
+                print(f"      {size} {mode}: trained with {folds}-fold cross-validation ({time.monotonic() - start:.0f} s)", flush=True)
             except MemdynError as e:
                 skipped[f"{size}-{mode}"] = str(e)
-                print(f"      {size} {mode}: skipped ({e})")
+                print(f"      {size} {mode}: skipped ({e})", flush=True)
     write_json(w.predictor_root / "skipped.json", skipped)
