@@ -179,9 +179,12 @@ def test_cross_validation_is_seeded_and_fits_each_fold_on_other_documents(micro_
     assert a == run(0)  # same seed: same folds, same predictors, same metrics
     # fold 1 trains on document 1's samples and tests document 0's, and vice versa
     assert sorted(f["n_train"] for f in a["cv"]["per_fold"]) == sorted(f["n_test"] for f in a["cv"]["per_fold"])
-    # 16k never memorizes 16 tokens: said in one line, before any training
+    # 16k never memorizes 16 tokens; 37k memorizes 16 tokens in few documents, so one of 3 folds
+    # holds them all and has none to train on: both said in one line, before any training
     with pytest.raises(MemdynError, match="memorized samples in the samples of 16k"):
         cross_validate(family, model="16k", mode="context", scores=micro_scores, context=16, continuation=16, folds=2)
+    with pytest.raises(MemdynError, match=r"memorized samples in the training rows of cross-validation fold \d of 3.*fewer --folds"):
+        cross_validate(family, model="37k", mode="context", scores=micro_scores, context=16, continuation=16, folds=3)
 
 
 def test_saved_predictor_reloads_with_identical_predictions(trained, micro_family):
