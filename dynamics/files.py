@@ -6,6 +6,7 @@ import contextlib
 import errno
 import glob
 import json
+import hashlib
 import os
 import shutil
 import sys
@@ -138,6 +139,14 @@ def read_json(path: str | os.PathLike):
 
 
 SETTINGS_FORMAT = 1  # raised whenever an output directory's format changes
+
+
+def settings_fingerprint(directory, settings_file: str = "_settings.json") -> str | None:
+    """What an output directory holds, independent of where it lies: the sha256 of its settings
+    file (its parts are fixed by them); None when there is no such directory or file."""
+    if directory is None or not (Path(directory) / settings_file).is_file():
+        return None
+    return hashlib.sha256((Path(directory) / settings_file).read_bytes()).hexdigest()
 
 
 def settings_record(settings: dict) -> dict:

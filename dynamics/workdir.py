@@ -160,15 +160,14 @@ class Workdir:
     def predictor(self) -> dict[str, dict]:
         """'<size>-<mode>' -> cv.json (cross-validated), else metrics.json (one split); skipped ones ->
         {'skipped': reason}."""
-        from dynamics import manifest
-        from predictor.store import trained_on
+        from predictor.store import trained_on, verify_predictor
 
         root = self.predictor_root
         out = {}
         for p in sorted(root.iterdir()):
             if not (p / "metrics.json").is_file():
                 continue
-            manifest.verify(p, ["*", "tokenizer/*"], f"memdyn run --workdir {self.root}", "predictor")
+            verify_predictor(p, f"memdyn run --workdir {self.root}")
             if not trained_on(p, scores=self.scores_dir, dynamics=self.dynamics_dir):
                 raise MemdynError(f"{p} was trained on other scores or dynamics than {self.root} holds (settings "
                                   f"fingerprints differ); remove it and rerun `memdyn run --workdir {self.root}`")

@@ -13,7 +13,7 @@ from dynamics import manifest
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_tokenizer
 from dynamics.family.spec import FamilySpec, load_family
-from dynamics.files import atomic_path, check_replaceable, read_json
+from dynamics.files import atomic_path, check_replaceable, read_json, settings_fingerprint
 from predictor.estimator import MemorizationPredictor
 
 
@@ -45,11 +45,17 @@ def save_predictor(out: Path, est: MemorizationPredictor, config: dict, tokenize
         manifest.record_tree(tmp, "")  # inside the new directory, so it is replaced with it
 
 
+def verify_predictor(model_dir: str | Path, rebuild: str | None = None) -> None:
+    """Refuse a predictor directory whose files do not match its manifest; `rebuild`: the
+    command the message names (default `memdyn predictor train ... --out DIR`)."""
+    manifest.verify(model_dir, ["*", "tokenizer/*"], rebuild or f"memdyn predictor train ... --out {model_dir}", "predictor")
+
+
 def load_predictor(model_dir: str | Path) -> tuple[MemorizationPredictor, dict]:
     """The fitted estimator of a predictor directory and its config (its files checked against
     its manifest first)."""
     if is_predictor_dir(Path(model_dir)):
-        manifest.verify(model_dir, ["*", "tokenizer/*"], f"memdyn predictor train ... --out {model_dir}", "predictor")
+        verify_predictor(model_dir)
     est = MemorizationPredictor.from_pretrained(model_dir)
     return est, est.metadata_
 
@@ -88,15 +94,10 @@ def trained_on(model_dir: str | Path, *, scores, dynamics) -> bool:
     """Was the predictor in `model_dir` trained on these scores and dynamics directories (the
     settings fingerprints its config records)?"""
     config = read_json(Path(model_dir) / "config.json")
-    return all(config.get(name) in (None, fingerprint(directory, "_settings.json"))
+    return all(config.get(name) in (None, settings_fingerprint(directory))
                for name, directory in (("scores", scores), ("dynamics", dynamics)))
 
 
-def fingerprint(directory, settings_file: str) -> str | None:
-    """sha256 of an input directory's settings file (None when no such input was given)."""
-    if directory is None or not (Path(directory) / settings_file).is_file():
-        return None
-    return hashlib.sha256((Path(directory) / settings_file).read_bytes()).hexdigest()
 
 
 def is_metrics_json(path: Path) -> bool:

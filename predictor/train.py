@@ -27,7 +27,7 @@ import numpy as np
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_tokenizer
 from dynamics.family.spec import FamilySpec
-from dynamics.files import read_json
+from dynamics.files import read_json, settings_fingerprint
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from predictor.baselines import full_proba, make_baselines
@@ -38,7 +38,7 @@ from predictor.data import (
 from predictor.estimator import MemorizationPredictor
 from predictor.metrics import classification_metrics, token_metrics
 from predictor.store import (
-    check_predictor_out, fingerprint, is_metrics_json, load_predictor, predictor_family, save_predictor, vocab_hash,
+    check_predictor_out, is_metrics_json, load_predictor, predictor_family, save_predictor, vocab_hash,
 )
 
 MODES = ("context", "hidden")
@@ -246,7 +246,7 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
         "context_len": data.context_len, "continuation_len": data.continuation_len, "layer": data.extra.get("layer"),
         "hidden_dtype": data.extra.get("hidden_dtype"), "train": {k: v for k, v in s.__dict__.items() if k not in ("device", "checkpoint")},
         # what the labels and inputs came from: content fingerprints of the scores and dynamics settings
-        "scores": fingerprint(scores, "_settings.json"), "dynamics": fingerprint(dynamics, "_settings.json"),
+        "scores": settings_fingerprint(scores), "dynamics": settings_fingerprint(dynamics),
     }
     save_predictor(Path(out), est, config, tokenizer, owned, metrics, cv)
     shutil.rmtree(resume, ignore_errors=True)

@@ -29,13 +29,13 @@ from tqdm.auto import tqdm
 from dynamics.decoding.entropy import LN2, forward_pass
 from dynamics.errors import MemdynError
 from dynamics.family.load import check_data_vocab, load_model, model_location, resolve_device, resolve_dtype
-from dynamics.decoding.store import HIDDEN_DTYPES, NGRAM_ORDERS, SETTINGS, DynamicsSettings, scores_fingerprint
+from dynamics.decoding.store import HIDDEN_DTYPES, NGRAM_ORDERS, SETTINGS, DynamicsSettings
 from dynamics import seeds
 from dynamics.family.data import TrainingData, training_data
 from dynamics.family.spec import FamilySpec
 from dynamics.scoring.table import SETTINGS as SCORE_SETTINGS
 from dynamics import manifest
-from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
+from dynamics.files import atomic_path, check_output_dir, read_json, settings_fingerprint, settings_record, write_json
 from dynamics.scoring.table import read_generations, read_scores
 from dynamics.scoring.grid import last_revisions, pick_cell
 
@@ -189,7 +189,7 @@ def run_collection(
     model_layer_ids = {m: model_layers(layers, _num_layers(family, family.size(m), r), m) for m, r in revisions.items()}
     train.ngrams  # opened (or built) now: an index built over other data is refused before any output
     settings = DynamicsSettings(
-        family=family.name, corpus_hash=family.corpus.get("hash"), scores=scores_fingerprint(scores),
+        family=family.name, corpus_hash=family.corpus.get("hash"), scores=settings_fingerprint(scores),
         data=ds.fingerprint(), context_len=k, continuation_len=c, models=revisions,
         per_group=per_group, layers=layers if isinstance(layers, str) else ",".join(map(str, layers)), seed=seed,
         dtype=dtype, hidden_dtype=hidden_dtype,

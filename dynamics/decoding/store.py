@@ -31,7 +31,6 @@ A model's directory is written atomically; a rerun skips models already done and
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,6 @@ import pandas as pd
 from dynamics import manifest
 from dynamics.errors import MemdynError
 from dynamics.files import read_json
-from dynamics.scoring.table import SETTINGS as SCORE_SETTINGS
 
 SETTINGS = "_settings.json"
 NGRAM_ORDERS = (1, 2, 3, 4, 5)
@@ -63,12 +61,6 @@ class DynamicsSettings:
     seed: int
     dtype: str
     hidden_dtype: str
-
-
-def scores_fingerprint(scores: Path) -> str:
-    """What a scores directory holds, independent of where it lies: the hash of its settings (a
-    directory's chunks are fixed by them)."""
-    return hashlib.sha256((Path(scores) / SCORE_SETTINGS).read_bytes()).hexdigest()
 
 
 def read_settings(out: str | Path) -> dict:
