@@ -107,6 +107,26 @@ def test_ties_are_kept():
     assert scheme_logprob(logits, torch.tensor([2]), Scheme(top_p=(q[0] - 0.01).item())).item() == -math.inf
 
 
+def test_large_nuclei_with_ties_follow_the_documented_rule():
+    """Rows whose nucleus is larger than the 64 largest logits (the histogram path), many of them
+    with ties at the boundary: equal to the rule computed plainly in float64 from sorted rows."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(96, 2048, generator=g) * 0.8
+    logits[::2] = (logits[::2] * 8).round() / 8  # ties everywhere, at the boundary too
+    target = torch.randint(0, 2048, (96,), generator=g)
+    for p in (0.3, 0.9, 0.999):
+        got = scheme_logprob(logits, target, Scheme(top_p=p))
+        for row, y, value in zip(logits.double().numpy(), target.tolist(), got.tolist()):
+            q = np.exp(row - row.max())
+            q /= q.sum()
+            above = np.array([q[row > v].sum() for v in row])  # mass strictly above each token
+            kept = above < p
+            expected = math.log(q[y] / q[kept].sum()) if kept[y] else -math.inf
+            assert value == pytest.approx(expected, abs=1e-4), (p, y)
+        if p < 0.99:  # both cases exercised
+            assert torch.isfinite(got).any() and torch.isneginf(got).any()
+
+
 def test_draws_needed():
     logp = np.array([0.0, math.log(0.5), math.log(0.5), math.log(1e-10), -np.inf])
     n50 = draws_needed(logp, 0.5)
