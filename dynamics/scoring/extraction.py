@@ -154,15 +154,18 @@ def top_width(schemes: list[Scheme], V: int) -> int:
 
 
 def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Scheme], lse1: torch.Tensor,
-                   top: torch.Tensor | None = None) -> torch.Tensor:
+                   top: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Natural log of each scheme's probability of target [n] under logits [n, V] (fp32): [S, n],
     -inf where the target is outside the kept set. The schemes share top_k and top_p (and, with a
     top_p, the temperature), hence the kept-set test. lse1: logsumexp of the unscaled logits per
-    row (the scorer has it from its cross-entropy); top: the rows' top_width largest logits,
-    descending (selected here when not given)."""
-    n, V = logits.shape
+    row (the scorer has it from its cross-entropy); top: a top-k group's rows' top_width largest
+    logits, descending (selected here when not given). rows: the n rows of a larger logits [N, V] to
+    compute (target, lse1 and top are theirs), so that a top-k group copies none."""
+    n, V = len(target), logits.size(1)
     k = schemes[0].top_k if schemes[0].top_k is not None and schemes[0].top_k < V else None
-    y = logits.gather(1, target[:, None])  # [n, 1] true-token logit
+    if rows is not None and (k is None or top is None):
+        logits, rows = logits[rows], None  # a nucleus or the plain softmax reads whole rows: copy them once
+    y = (logits.gather(1, target[:, None]) if rows is None else logits[rows, target][:, None])  # [n, 1] true-token logit
     out = torch.full((len(schemes), n), -torch.inf, device=logits.device)
     if top is None and k is not None:
         top = topk_values(logits, top_width(schemes, V))
@@ -175,8 +178,8 @@ def group_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Sch
         # tokens tied with the k-th value beyond the k are kept too: count them into its weight
         tied = torch.nonzero(top[inside, k] == top[inside, k - 1])[:, 0]
         if len(tied):
-            rows = logits[inside[tied]]
-            weight[tied, -1] += (V - k) - _count_greater(-rows, -values[tied, -1:])
+            tied_logits = logits[inside[tied] if rows is None else rows[inside[tied]]]
+            weight[tied, -1] += (V - k) - _count_greater(-tied_logits, -values[tied, -1:])
         for i, scheme in enumerate(schemes):
             scaled = values / scheme.temperature
             lse = (scaled[:, :1] + ((scaled - scaled[:, :1]).exp() * weight).sum(-1, keepdim=True).log())  # [m, 1]
@@ -220,8 +223,11 @@ def _nucleus_logprob(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, 
     cum = q.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, q).cumsum(1)
     edge = (cum < p).sum(1, keepdim=True).clamp_(max=_BUCKETS - 1)  # [n, 1] the boundary's bucket
     before = torch.where(edge > 0, cum.gather(1, (edge - 1).clamp(min=0)), 0.0)[:, 0]  # mass of the buckets before it
-    rows, cols = torch.nonzero(bucket == edge, as_tuple=True)
-    values, mass = logits[rows, cols], q[rows, cols]
+    if logits.device.type == "cpu":  # numpy's flatnonzero is several times faster than torch's nonzero
+        at = torch.from_numpy(np.flatnonzero((bucket == edge).numpy()))
+    else:
+        at = torch.nonzero((bucket == edge).view(-1))[:, 0]
+    rows, values, mass = at // logits.size(1), logits.view(-1)[at], q.view(-1)[at]
     order = torch.sort(-values, stable=True).indices
     order = order[torch.sort(rows[order], stable=True).indices]  # by row, then descending logit
     rows, values, mass = rows[order], values[order], mass[order].double()
@@ -281,15 +287,13 @@ class Extraction:
         flat_logits, flat_targets = logits.reshape(B * P, V), targets.reshape(-1)
         lse1 = (nll + logits.gather(2, targets[..., None])[..., 0]).reshape(-1)
         # the rows each group needs (while a cell covering them lives), and one selection of the
-        # largest logits on the union of the top-k groups' rows, shared by them
+        # largest logits, shared by the top-k groups
         need = {sig: ((pos <= dead[:, :, None]) & covers).any(1).view(-1) for sig, dead in self.dead_at.items()}
         ranked = [sig for sig in self.groups if sig[0] is not None]
-        top = where = None
-        if ranked:
-            union = torch.stack([need[sig] for sig in ranked]).any(0)
-            where = torch.cumsum(union, 0) - 1  # row -> its place among the union's rows
-            if union.any():
-                top = topk_values(flat_logits[union], top_width([s for s in self.schemes if s.top_k], V))
+        top = None
+        if ranked and torch.stack([need[sig] for sig in ranked]).any():
+            # over every row: most are needed, and selecting the few others costs less than copying the rest
+            top = topk_values(flat_logits, top_width([s for s in self.schemes if s.top_k], V))
         for sig, members in self.groups.items():
             schemes = [self.schemes[i] for i in members]
             if sig == (None, None, None):  # temperature only: never 0, every position computed
@@ -300,8 +304,8 @@ class Extraction:
             if not len(rows):
                 continue
             block = torch.full((len(members), B * P), torch.nan, device=logits.device)
-            block[:, rows] = group_logprobs(flat_logits[rows], flat_targets[rows], schemes, lse1[rows],
-                                            top[where[rows]] if sig[0] is not None else None)
+            block[:, rows] = group_logprobs(flat_logits, flat_targets[rows], schemes, lse1[rows],
+                                            top[rows] if sig[0] is not None else None, rows=rows)
             block = block.view(-1, B, P)
             self.values[members, :, a : a + P] = block
             zero = torch.isneginf(block[0])[:, None, :] & covers  # [B, K, P]
