@@ -47,6 +47,7 @@ class Preset:
     members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
     scored_samples: int | None = None  # training samples `memdyn run` scores (a seeded subset); None: all
     predictor_epochs: int = 20  # `memdyn run` trains each predictor (and each fold) for so many epochs
+    predictor_folds: int = 5  # `memdyn run` cross-validates each predictor over so many folds by document
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
@@ -74,6 +75,9 @@ PRESETS: dict[str, Preset] = {
         duplication=Duplication(share=0.2, max_copies=100, doc_tokens=400),
         canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48),
         reference_shape=ModelShape(4, 256, 8, lr=3e-3), reference_samples=3200, members=512, scored_samples=2000,
+        # 3 folds of 10 epochs: 617k's context predictor cross-validates as well as with 5 of 20 (macro-F1
+        # 0.54 against 0.55, AUROC 0.85 against 0.83) in 70 s instead of 151
+        predictor_epochs=10, predictor_folds=3,
     ),
     "small": Preset(
         name="small", vocab_size=16384, seq_length=256, corpus_chars=None, max_doc_chars=None,
