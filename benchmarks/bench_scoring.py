@@ -88,11 +88,11 @@ def compare(model, data: np.ndarray, contexts, continuations, batch_size, device
     differ = unexplained = ours_positions = 0
     for start in range(0, len(data), batch_size):
         x = torch.from_numpy(data[start : start + batch_size].astype(np.int64)).to(device)
+        runs = (lambda: memdyn_batch(model, x, contexts, continuations),
+                lambda: memdyn_batch(model, x, contexts, continuations, schemes, columns=True),
+                lambda: reference_batch(model, x, contexts, continuations))
         best = [np.inf] * 3
         for _ in range(repeats):
-            runs = (lambda: memdyn_batch(model, x, contexts, continuations),
-                    lambda: memdyn_batch(model, x, contexts, continuations, schemes, columns=True),
-                    lambda: reference_batch(model, x, contexts, continuations))
             (t0, _), (t1, (ours, ties, positions)), (t2, ref) = (_timed(run) for run in runs)
             best = [min(b, t) for b, t in zip(best, (t0, t1, t2))]
         t_greedy, t_ours, t_ref = t_greedy + best[0], t_ours + best[1], t_ref + best[2]
@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--schemes", default=DEFAULT_SCHEMES, help="sampling schemes of the extraction columns ('' for none)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each batch per scorer; the fastest counts (3 on a shared machine)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     contexts = [int(v) for v in args.contexts.split(",")]
     continuations = [int(v) for v in args.continuations.split(",")]
     batch_sizes = [int(v) for v in args.batch_size.split(",")]
