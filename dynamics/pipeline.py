@@ -7,7 +7,6 @@ rerunning after a crash continues where it stopped.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,14 @@ def _scores(r: _Run) -> None:
 
     # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
     score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
-          sample=r.preset.scored_samples, seed=r.seed)
+          sample=r.preset.scored_samples, seed=r.seed, workers=_cores())
+
+
+def _cores() -> int:
+    # the small models score faster one chunk per core, single-threaded (dynamics.workers)
+    import os
+
+    return os.cpu_count() or 1
 
 
 def _checkpoints(r: _Run) -> None:
@@ -56,7 +62,7 @@ def _checkpoints(r: _Run) -> None:
 
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
-          sample=r.preset.scored_samples, seed=r.seed)
+          sample=r.preset.scored_samples, seed=r.seed, workers=_cores())
 
 
 def _dynamics(r: _Run) -> None:
@@ -79,7 +85,7 @@ def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
     run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
-                   progress=False)
+                   progress=False, workers=_cores())
 
 
 def _analyses(r: _Run) -> None:
@@ -147,12 +153,11 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
                    epochs: int = 20) -> None:
     """One predictor per (size, input mode), cross-validated by document over `folds` folds (one
     split leaves too few test samples on a small family); a size whose labels lack a class is
-    skipped and said so. The predictors train in single-threaded worker processes, one per core:
-    their small tensors leave a second thread mostly idle (a context predictor on the tiny family
-    took 55 s on one thread and 46 s on two, so two workers finish the stage 1.7x sooner)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    skipped and said so. They train in single-threaded workers, one per core (dynamics.workers):
+    on the tiny family the stage took 184 s instead of 312 s on one process with two threads."""
+    from functools import partial
 
+    from dynamics.workers import run_jobs
     from predictor.store import trained_on
 
     todo = [(size, mode) for size in family.size_names for mode in ("context", "hidden")
@@ -160,51 +165,31 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
             if not ((w.predictor_dir(size, mode) / "cv.json").is_file()
                     and trained_on(w.predictor_dir(size, mode), scores=w.scores_dir, dynamics=w.dynamics_dir))]
     skipped = {}  # (a skipped predictor is tried again: it has no cv.json)
-    job = dict(family=family, scores=w.scores_dir, dynamics=w.dynamics_dir, context=context,
-               continuation=continuation, seed=seed, epochs=epochs, folds=folds)
-    workers = min(len(todo), os.cpu_count() or 1)
-    # spawned, not forked: a fork of a process whose OpenMP pool has run can hang in the child
-    with ProcessPoolExecutor(max(workers, 1), multiprocessing.get_context("spawn"), initializer=_single_threaded_child,
-                             initargs=(os.getpid(),)) as pool:
-        running = {pool.submit(_train_one, w.predictor_dir(size, mode), size, mode, **job): (size, mode)
-                   for size, mode in todo}
-        for done in as_completed(running):
-            size, mode = running[done]
-            error, seconds = done.result()
-            if error is None:
-                print(f"      {size} {mode}: trained with {folds}-fold cross-validation ({seconds:.0f} s)", flush=True)
-            else:
-                skipped[f"{size}-{mode}"] = error
-                print(f"      {size} {mode}: skipped ({error})", flush=True)
+
+    def report(result: tuple) -> None:
+        size, mode, error, seconds = result
+        if error is None:
+            print(f"      {size} {mode}: trained with {folds}-fold cross-validation ({seconds:.0f} s)", flush=True)
+        else:
+            skipped[f"{size}-{mode}"] = error
+            print(f"      {size} {mode}: skipped ({error})", flush=True)
+
+    train = partial(_train_one, w, family=family, context=context, continuation=continuation, seed=seed, epochs=epochs,
+                    folds=folds)
+    run_jobs(train, todo, device="cpu", workers=_cores(), done=report)
     write_json(w.predictor_root / "skipped.json", dict(sorted(skipped.items())))
 
 
-def _single_threaded_child(parent: int) -> None:
-    """A worker of `memdyn run`: one thread, and killed with its parent (a SIGKILLed run must not
-    leave predictors training on, holding their output locks)."""
-    import sys
-
-    import torch
-
-    torch.set_num_threads(1)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _train_one(out: Path, size: str, mode: str, *, family, scores, dynamics, context, continuation, seed, epochs,
-               folds) -> tuple[str | None, float]:
-    """(None, seconds) once `out` holds the trained predictor, or (the reason, seconds) it was skipped."""
+def _train_one(w: Workdir, size: str, mode: str, device: str, *, family, context, continuation, seed, epochs,
+               folds) -> tuple[str, str, str | None, float]:
+    """(size, mode, None, seconds) once the predictor is trained, or with the reason it was skipped."""
     from predictor.train import TrainSettings, train_predictor
 
     start = time.monotonic()
     try:
-        train_predictor(family, out, model=size, mode=mode, scores=scores, dynamics=dynamics, context=context,
-                        continuation=continuation, settings=TrainSettings(seed=seed, epochs=epochs), folds=folds)
+        train_predictor(family, w.predictor_dir(size, mode), model=size, mode=mode, scores=w.scores_dir,
+                        dynamics=w.dynamics_dir, context=context, continuation=continuation,
+                        settings=TrainSettings(seed=seed, epochs=epochs, device=device), folds=folds)
     except MemdynError as e:
-        return str(e), time.monotonic() - start
-    return None, time.monotonic() - start
+        return size, mode, str(e), time.monotonic() - start
+    return size, mode, None, time.monotonic() - start

@@ -18,6 +18,7 @@ Under `accelerate launch` each process takes every world_size-th job (dynamics/s
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, save_figure
 from dynamics.lock import locks_output
+from dynamics.workers import run_jobs
 from dynamics.capacity.mia_plan import SETTINGS, MembershipPlan, plan_membership
 
 PARTS = "_parts"
@@ -74,14 +76,26 @@ def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device
     return pd.DataFrame(head | scores)
 
 
-def _models_of(job, plan, device):
-    """(cache key, loader) of the model a job runs."""
-    from dynamics.family.load import load_model
+_last: dict = {}  # this process's model of the last job (reused by the next job of that model) and tokenizer
+
+
+def _write_job(family: FamilySpec, out: Path, plan: MembershipPlan, job, device) -> None:
+    """Run one job and write its part atomically."""
+    from dynamics.family.load import load_model, load_tokenizer
 
     kind, who, rev = job[:3]
-    if kind == "target":
-        return (who.name, rev), lambda fam: load_model(fam, who, rev, device=device, dtype=plan.settings.dtype)
-    return ("reference", rev), lambda fam: _load_reference(rev, device, plan.settings.dtype)
+    key = (kind, who.name if kind == "target" else who, rev, str(device))
+    if _last.get("key") != key:
+        _last.pop("model", None)  # free the previous model before loading the next
+        _last["model"] = (load_model(family, who, rev, device=device, dtype=plan.settings.dtype) if kind == "target"
+                          else _load_reference(rev, device, plan.settings.dtype))
+        _last["key"] = key
+    if "tokenizer" not in _last:
+        _last["tokenizer"] = load_tokenizer(family)
+    datasets = {s: IndexedDataset(p) for s, p in plan.prefixes.items()}
+    table = _run_job(job, _last["model"], plan, datasets, _last["tokenizer"], device)
+    with atomic_path(out / PARTS / _part_name(job)) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 @locks_output()
@@ -89,16 +103,17 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
                    revisions: list[str] | str | None = None,
                    reference: str | None = None, samples: int | None = None, length: int | None = None, seed: int = 0,
                    dtype: str = "fp32", device: str | None = None, batch_size: int = 32, chunk_size: int = 256,
-                   progress: bool = True) -> pd.DataFrame | None:
+                   progress: bool = True, workers: int = 1) -> pd.DataFrame | None:
     """Every missing job (this process's share), then, on the main process, the attacks table,
     the metrics and the ROC figures; returns the metrics (None on other processes). members and
     nonmembers: Megatron prefixes, or "train" / "heldout" (the family's own); revisions: checkpoint
-    names (default each size's last), or "all"."""
+    names (default each size's last), or "all"; workers > 1 on a CPU, outside a launcher: the jobs
+    run in so many single-threaded processes (dynamics.workers)."""
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
     from tqdm.auto import tqdm
 
-    from dynamics.family.load import load_tokenizer, resolve_device
+    from dynamics.family.load import resolve_device
     from dynamics.scoring.table import claim_jobs, process_state, start_output
 
     out = Path(out)
@@ -108,19 +123,10 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     start_output(state, out, SETTINGS, asdict(plan.settings), (PARTS,))
     todo = claim_jobs(state, plan.jobs, lambda j: (out / PARTS / _part_name(j)).is_file())
     dev = state.device if device in (None, "auto") else resolve_device(device)
-    datasets = {s: IndexedDataset(p) for s, p in plan.prefixes.items()}
-    tokenizer = load_tokenizer(family)
     bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress)
-    loaded = (None, None)
-    for job in todo:
-        key, load = _models_of(job, plan, dev)
-        if loaded[0] != key:
-            loaded = (None, None)  # free the previous model before loading the next
-            loaded = (key, load(family))
-        table = _run_job(job, loaded[1], plan, datasets, tokenizer, dev)
-        with atomic_path(out / PARTS / _part_name(job)) as tmp:
-            table.to_parquet(tmp, index=False)
-        bar.update(1)
+    run_jobs(partial(_write_job, family, out, plan), [(job,) for job in todo], device=dev, workers=workers,
+             launched=state.num_processes, done=lambda _: bar.update(1))
+    _last.clear()
     bar.close()
     state.wait_for_everyone()
     result = finish(out, plan) if state.is_main_process else None

@@ -50,11 +50,10 @@ class Preset:
     predictor_folds: int = 5  # `memdyn run` cross-validates each predictor over so many folds by document
 
     def checkpoint_steps(self) -> list[int]:
-        """Pythia-like: step0, log-spaced early steps (powers of 4), quarters, and the final step."""
-        steps = {0, self.steps}
-        steps.update(4**i for i in range(16) if 4**i < self.steps)
-        steps.update(self.steps * q // 4 for q in (1, 2, 3))
-        return sorted(steps)
+        """Pythia-like: step0, log-spaced early steps (powers of 4) before the first quarter, the
+        quarters and the final step (as Pythia's log-spaced steps precede its evenly spaced ones)."""
+        quarters = [self.steps * q // 4 for q in (1, 2, 3, 4)]
+        return sorted({0, *quarters, *(4**i for i in range(16) if 4**i < quarters[0])})
 
 
 PRESETS: dict[str, Preset] = {

@@ -22,6 +22,7 @@ takes every world_size-th chunk; a chunk's result does not depend on which proce
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from dynamics.family.load import check_data_vocab, load_model, resolve_device, r
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
 from dynamics.lock import locks_output
+from dynamics.workers import run_jobs
 from dynamics.files import read_json
 from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
 from dynamics.scoring.extraction import DEFAULT_SCHEMES, Scheme, cell_logprobs, extraction_columns, parse_schemes, scheme_from_name
@@ -203,10 +205,11 @@ def claim_jobs(state, jobs: list, is_done) -> list:
 @locks_output()
 def run_scoring(
     family: FamilySpec, out: str | Path, settings: ScoreSettings, data: str | Path, models: list[str] | None,
-    revisions: list[str] | None, device: str | None = None, progress: bool = True,
+    revisions: list[str] | None, device: str | None = None, progress: bool = True, workers: int = 1,
 ) -> Path:
     """Compute every missing chunk (this process's share of them) and write the table.
-    data: the Megatron prefix that `settings` were made from."""
+    data: the Megatron prefix that `settings` were made from. workers > 1 on a CPU, outside a
+    launcher: the chunks are scored by so many single-threaded processes (dynamics.workers)."""
     state = process_state(device)
     out = Path(out)
     sizes = family.select(models)
@@ -222,7 +225,6 @@ def run_scoring(
     start_output(state, out, SETTINGS, asdict(settings), (GENERATIONS,))
 
     idx = sample_indices(settings)
-    ds = IndexedDataset(data)
     n_chunks = -(-len(idx) // settings.chunk_size)
     jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
     if state.is_main_process:  # the manifest's list of parts makes an unfinished table visible to readers
@@ -230,24 +232,10 @@ def run_scoring(
     todo = claim_jobs(state, jobs, lambda j: _chunk_done(out, settings, len(idx), *j))
     work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
     bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
-    loaded = (None, None, None)
-    for size, rev, chunk in todo:
-        if loaded[:2] != (size.name, rev):
-            model = load_model(family, size, rev, device=dev, dtype=settings.dtype)
-            loaded = (size.name, rev, model)
-        model = loaded[2]
-        chunk_idx = idx[chunk * settings.chunk_size : (chunk + 1) * settings.chunk_size]
-        tokens = np.asarray(ds.batch(0, len(ds))[chunk_idx])
-        check_data_vocab(int(tokens.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), size.name)
-        scores, gens = score_chunk(model, size.name, rev, tokens, chunk_idx, settings, dev)
-        name = _chunk_name(size.name, rev, chunk)
-        with atomic_path(out / GENERATIONS / name) as tmp:
-            gens.to_parquet(tmp, index=False)
-        manifest.record_part(out, f"{GENERATIONS}/{name}", len(gens))
-        with atomic_path(out / name) as tmp:
-            scores.to_parquet(tmp, index=False)
-        manifest.record_part(out, name, len(scores))  # last: the chunk is done once both parts are recorded
-        bar.update(len(chunk_idx))
+    chunks = [(size, rev, chunk, idx[chunk * settings.chunk_size : (chunk + 1) * settings.chunk_size]) for size, rev, chunk in todo]
+    run_jobs(partial(_write_chunk, family, out, settings, data), chunks, device=dev, workers=workers,
+             launched=state.num_processes, done=bar.update)
+    _last_model.clear()
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process and len({rev for _, rev in plan}) > 1:
@@ -259,17 +247,42 @@ def run_scoring(
     return out
 
 
+_last_model: dict = {}  # this process's model of the last chunk, reused by the next chunk of that checkpoint
+
+
+def _write_chunk(family: FamilySpec, out: Path, settings: ScoreSettings, data, size, rev: str, chunk: int,
+                 chunk_idx: np.ndarray, dev) -> int:
+    """Score one chunk of samples and write both its parts; returns its number of samples."""
+    key = (size.name, rev, str(dev))
+    if key not in _last_model:
+        _last_model.clear()  # free the previous model before loading the next
+        _last_model[key] = load_model(family, size, rev, device=dev, dtype=settings.dtype)
+    model = _last_model[key]
+    ds = IndexedDataset(data)
+    tokens = np.asarray(ds.batch(0, len(ds))[chunk_idx])
+    check_data_vocab(int(tokens.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), size.name)
+    scores, gens = score_chunk(model, size.name, rev, tokens, chunk_idx, settings, dev)
+    name = _chunk_name(size.name, rev, chunk)
+    with atomic_path(out / GENERATIONS / name) as tmp:
+        gens.to_parquet(tmp, index=False)
+    manifest.record_part(out, f"{GENERATIONS}/{name}", len(gens))
+    with atomic_path(out / name) as tmp:
+        scores.to_parquet(tmp, index=False)
+    manifest.record_part(out, name, len(scores))  # last: the chunk is done once both parts are recorded
+    return len(chunk_idx)
+
+
 def score(
     family: FamilySpec, out: str | Path, *, contexts: list[int], continuations: list[int],
     models: list[str] | None = None, revisions: list[str] | str | None = None, data: str | None = None,
     samples: tuple[int, int | None] | None = None, sample: int | None = None, seed: int = 0, dtype: str = "fp32",
     chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None, approx_bleu: float = APPROX_BLEU,
-    device: str | None = "auto", progress: bool = True,
+    device: str | None = "auto", progress: bool = True, workers: int = 1,
 ) -> Path:
     """Memorization scores of `family` over the contexts x continuations grid, into the scores
     directory `out` (created, or resumed). models: size names (default all); revisions: checkpoint
     names (default each size's last), or "all"; data: a Megatron prefix (default the family's
-    training data); samples / sample: see `make_settings`."""
+    training data); samples / sample: see `make_settings`; workers: see `run_scoring`."""
     prefix = data or (family.data.prefix if family.data else None)
     if not prefix:
         raise MemdynError(f"family {family.name!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
@@ -278,7 +291,7 @@ def score(
                              schemes=schemes, approx_bleu=approx_bleu)
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
-    return run_scoring(family, out, settings, prefix, models, revisions, device=device, progress=progress)
+    return run_scoring(family, out, settings, prefix, models, revisions, device=device, progress=progress, workers=workers)
 
 
 def read_scores(scores: str | Path) -> pd.DataFrame:
