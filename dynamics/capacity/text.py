@@ -64,9 +64,7 @@ def _check_reference_tokenizer(family: FamilySpec, reference: str) -> None:
                           "give a reference trained with the family's tokenizer")
 
 
-def _reference_model(family: FamilySpec, size: str, reference: str | None, device, dtype: str):
-    from transformers import AutoModelForCausalLM
-
+def _reference_location(family: FamilySpec, size: str, reference: str | None) -> str:
     if reference is None:
         paths = family.references.get("sizes", {})
         if size not in paths:
@@ -74,10 +72,14 @@ def _reference_model(family: FamilySpec, size: str, reference: str | None, devic
                 f"family {family.name!r} has no reference model for {size!r}: train them with "
                 f"`memdyn family references {family.root}`, or pass --reference PATH"
             )
-        location = str(family.root / paths[size])
-    else:
-        location = reference
-        _check_reference_tokenizer(family, reference)
+        return str(family.root / paths[size])
+    _check_reference_tokenizer(family, reference)
+    return reference
+
+
+def _reference_model(location: str, device, dtype: str):
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
     except OSError:
@@ -134,13 +136,20 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
     per_token = unigram_bits_per_token(train.tokens(), len(load_tokenizer(family)))
     baseline = per_token[member_samples[:, 1:]].sum(1)
     rows, per_sample = [], []
+    references = {}  # location -> (vocabulary size, bits of the members): one reference often serves every size
     for size in sizes:
         target = load_model(family, size, device=dev, dtype=dtype)
-        ref = _reference_model(family, size.name, reference, dev, dtype)
-        if ref.get_input_embeddings().num_embeddings != target.get_input_embeddings().num_embeddings:
+        location = _reference_location(family, size.name, reference)
+        if location not in references:
+            ref = _reference_model(location, dev, dtype)
+            references[location] = [ref.get_input_embeddings().num_embeddings, None]
+        if references[location][0] != target.get_input_embeddings().num_embeddings:
             raise MemdynError(f"reference model for {size.name} has another vocabulary size than the target")
+        if references[location][1] is None:
+            references[location][1] = _sample_bits(ref, member_samples, batch_size, dev)
+            del ref
+        bits_r = references[location][1]
         bits_t = _sample_bits(target, member_samples, batch_size, dev)
-        bits_r = _sample_bits(ref, member_samples, batch_size, dev)
         attack = loss_threshold_attack(bits_t, _sample_bits(target, heldout, batch_size, dev), seed=seed)
         params = size.params or sum(p.numel() for p in target.parameters())
         per_sample.append(pd.DataFrame({
@@ -149,7 +158,7 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
             "generalization_bits": np.maximum(0.0, baseline - bits_r),
         }))
         rows.append(_size_row(size.name, params, per_sample[-1], len(heldout), train, attack))
-        del target, ref
+        del target
     table = pd.DataFrame(rows)
     _write(out, table, pd.concat(per_sample, ignore_index=True), capacity_inputs(family, sizes, reference), family.name)
     return table
