@@ -17,6 +17,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterator
 
 
+def check_workers(workers) -> None:
+    from dynamics.errors import MemdynError
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise MemdynError(f"workers must be an integer >= 1, got {workers!r}")
+
+
 def cpu_workers(jobs: int) -> int:
     """How many workers `jobs` jobs use: one per core, at most one per job (0 for no jobs)."""
     return min(jobs, os.cpu_count() or 1)

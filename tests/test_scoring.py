@@ -250,3 +250,26 @@ def test_other_settings_are_refused(micro_family, micro_scores):
                            "--continuations", "4", "--device", "cpu")
     assert code == 2 and "other settings" in err
     assert len(list(micro_scores.glob("part-*.parquet"))) > 0
+
+
+def test_worker_processes_write_the_same_table(micro_family, tmp_path):
+    """score(workers=2) spreads the chunks over two single-threaded processes: the same table as
+    one single-threaded process; workers < 1 is refused before anything is written."""
+    from dynamics.scoring.table import score
+
+    family = load_family(micro_family)
+    kw = dict(contexts=[8, 16], continuations=[4, 16], models=family.size_names[:2], revisions=["step100", "step200"],
+              samples=(0, 64), chunk_size=16, device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        score(family, tmp_path / "one", **kw)
+    finally:
+        torch.set_num_threads(threads)
+    score(family, tmp_path / "two", workers=2, **kw)
+    keys = ["model", "revision", "seq_idx", "context_len", "continuation_len"]
+    one, two = (read_scores(tmp_path / d).sort_values(keys).reset_index(drop=True) for d in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two)
+    with pytest.raises(MemdynError, match="workers must be an integer >= 1, got 0"):
+        score(family, tmp_path / "zero", workers=0, **kw)
+    assert not (tmp_path / "zero").exists()

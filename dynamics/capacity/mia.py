@@ -31,7 +31,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, save_figure
 from dynamics.lock import locks_output
-from dynamics.workers import run_jobs
+from dynamics.workers import check_workers, run_jobs
 from dynamics.capacity.mia_plan import SETTINGS, MembershipPlan, plan_membership
 
 PARTS = "_parts"
@@ -109,6 +109,7 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     nonmembers: Megatron prefixes, or "train" / "heldout" (the family's own); revisions: checkpoint
     names (default each size's last), or "all"; workers > 1 on a CPU, outside a launcher: the jobs
     run in so many single-threaded processes (dynamics.workers)."""
+    check_workers(workers)
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
     from tqdm.auto import tqdm

@@ -37,7 +37,7 @@ from dynamics.family.load import check_data_vocab, load_model, resolve_device, r
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
 from dynamics.lock import locks_output
-from dynamics.workers import run_jobs
+from dynamics.workers import check_workers, run_jobs
 from dynamics.files import read_json
 from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
 from dynamics.scoring.extraction import DEFAULT_SCHEMES, Scheme, cell_logprobs, extraction_columns, parse_schemes, scheme_from_name
@@ -283,6 +283,7 @@ def score(
     directory `out` (created, or resumed). models: size names (default all); revisions: checkpoint
     names (default each size's last), or "all"; data: a Megatron prefix (default the family's
     training data); samples / sample: see `make_settings`; workers: see `run_scoring`."""
+    check_workers(workers)
     prefix = data or (family.data.prefix if family.data else None)
     if not prefix:
         raise MemdynError(f"family {family.name!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
