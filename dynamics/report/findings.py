@@ -202,7 +202,8 @@ def capacity(cap: pd.DataFrame) -> str:
             f"{small.bits_memorized:.4g} for the {small.model} model; "
             f"bits memorized {trend(cap.bits_memorized)} with size")
     if "bits_per_param" in cap:
-        text += f"; bits per parameter from {cap.bits_per_param.min():.3g} to {cap.bits_per_param.max():.3g}"
+        text += (f"; bits per parameter {small.bits_per_param:.3g} ({small.model}) to {large.bits_per_param:.3g} "
+                 f"({large.model}), {trend(cap.bits_per_param)} with size")
     return text + "."
 
 
