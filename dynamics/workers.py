@@ -9,12 +9,10 @@ whichever worker it runs.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, Iterator
+from typing import Callable
 
 
 def check_workers(workers) -> None:
@@ -29,44 +27,58 @@ def cpu_workers(jobs: int) -> int:
     return min(jobs, os.cpu_count() or 1)
 
 
-@contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A pool of `workers` single-threaded processes that die with this one (a SIGKILLed run must
-    not leave jobs running on, holding their output locks). Spawned, not forked: a fork of a
-    process whose OpenMP pool has run can hang in the child."""
-    pool = ProcessPoolExecutor(max(workers, 1), multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(os.getpid(),))
-    try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # a failed job stops the rest
-        raise
-    pool.shutdown()
-
-
-def _start_worker(parent: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def run_jobs(fn: Callable, jobs: list[tuple], *, device, workers: int = 1, launched: int = 1,
              done: Callable = lambda result: None) -> None:
     """fn(*job, device) for every job, then done(its result): in this process, or, with workers > 1
     on a CPU outside a launcher (`launched`: the launch's number of processes), in that many
     single-threaded workers, finishing in any order. fn must be picklable (module level, or a
-    functools.partial of one)."""
-    if workers > 1 and launched == 1 and str(device).startswith("cpu"):
-        with worker_pool(min(workers, cpu_workers(len(jobs)))) as pool:
-            for future in as_completed([pool.submit(fn, *job, "cpu") for job in jobs]):
-                done(future.result())
-    else:
+    functools.partial of one).
+
+    The workers are spawned, not forked (a fork of a process whose OpenMP pool has run can hang in
+    the child), and die with this process: a failed job or an interrupt stops the others at once,
+    and a SIGKILLed run leaves no job running on, holding its output lock."""
+    if not (workers > 1 and launched == 1 and str(device).startswith("cpu")):
         for job in jobs:
             done(fn(*job, device))
+        return
+    if not jobs:
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dynamics.errors import MemdynError
+
+    before, ours = set(multiprocessing.active_children()), set()
+    pool = ProcessPoolExecutor(min(workers, cpu_workers(len(jobs))), multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(fn, *job, "cpu") for job in jobs]  # (the workers start here)
+        ours = set(multiprocessing.active_children()) - before
+        for future in as_completed(futures):
+            done(future.result())
+    except BrokenProcessPool:
+        raise MemdynError("a worker process died (killed, or out of memory); finished work is kept, and "
+                          "rerunning the same command resumes") from None
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in ours:  # stop the running jobs now, not after they finish
+            process.kill()
+        raise
+    pool.shutdown()
+
+
+def _start_worker(parent: int) -> None:
+    import signal
+
+    import torch
+
+    torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent reports it in one line and stops its
+    # workers, instead of each of them printing a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
