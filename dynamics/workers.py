@@ -63,6 +63,8 @@ def run_jobs(fn: Callable, jobs: list[tuple], *, device, workers: int = 1, launc
         pool.shutdown(wait=False, cancel_futures=True)
         for process in ours:  # stop the running jobs now, not after they finish
             process.kill()
+        for process in ours:
+            process.join()
         raise
     pool.shutdown()
 
