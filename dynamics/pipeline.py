@@ -52,9 +52,9 @@ def _scores(r: _Run) -> None:
 
 def _cores() -> int:
     # the small models score faster one chunk per core, single-threaded (dynamics.workers)
-    import os
+    from dynamics.workers import cores
 
-    return os.cpu_count() or 1
+    return cores()
 
 
 def _checkpoints(r: _Run) -> None:

@@ -22,9 +22,17 @@ def check_workers(workers) -> None:
         raise MemdynError(f"workers must be an integer >= 1, got {workers!r}")
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or `taskset` may allow
+    fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def cpu_workers(jobs: int) -> int:
     """How many workers `jobs` jobs use: one per core, at most one per job (0 for no jobs)."""
-    return min(jobs, os.cpu_count() or 1)
+    return min(jobs, cores())
 
 
 def run_jobs(fn: Callable, jobs: list[tuple], *, device, workers: int = 1, launched: int = 1,

@@ -1,15 +1,14 @@
 """dynamics.workers: jobs in single-threaded worker processes that stop with their parent."""
 
 import multiprocessing
-import os
 import time
 
 import pytest
 
 from dynamics.errors import MemdynError
-from dynamics.workers import check_workers, run_jobs
+from dynamics.workers import check_workers, cores, run_jobs
 
-two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+two_cores = pytest.mark.skipif(cores() < 2, reason="needs two cores for two workers")
 
 
 def _no_children_left(within: float = 10.0) -> bool:
