@@ -18,6 +18,7 @@ from dynamics.files import check_output_folder, check_output_location, read_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
+from dynamics.workers import cores  # (the small models run faster one single-threaded job per core)
 
 
 @dataclass
@@ -47,14 +48,7 @@ def _scores(r: _Run) -> None:
 
     # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
     score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
-          sample=r.preset.scored_samples, seed=r.seed, workers=_cores())
-
-
-def _cores() -> int:
-    # the small models score faster one chunk per core, single-threaded (dynamics.workers)
-    from dynamics.workers import cores
-
-    return cores()
+          sample=r.preset.scored_samples, seed=r.seed, workers=cores())
 
 
 def _checkpoints(r: _Run) -> None:
@@ -62,7 +56,7 @@ def _checkpoints(r: _Run) -> None:
 
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
-          sample=r.preset.scored_samples, seed=r.seed, workers=_cores())
+          sample=r.preset.scored_samples, seed=r.seed, workers=cores())
 
 
 def _dynamics(r: _Run) -> None:
@@ -85,7 +79,7 @@ def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
     run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
-                   progress=False, workers=_cores())
+                   progress=False, workers=cores())
 
 
 def _analyses(r: _Run) -> None:
@@ -176,7 +170,7 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
 
     train = partial(_train_one, w, family=family, context=context, continuation=continuation, seed=seed, epochs=epochs,
                     folds=folds)
-    run_jobs(train, todo, device="cpu", workers=_cores(), done=report)
+    run_jobs(train, todo, device="cpu", workers=cores(), done=report)
     write_json(w.predictor_root / "skipped.json", dict(sorted(skipped.items())))
 
 

@@ -15,6 +15,20 @@ import sys
 from typing import Callable
 
 
+# what this process's jobs reuse from one job to the next: slot -> (key, object)
+_kept: dict = {}
+
+
+def kept(slot: str, key, make: Callable):
+    """The object in `slot` made for `key`, made now if the slot holds another key (the old one is
+    freed first: a process keeps one model, not every model it scored). For the jobs of run_jobs,
+    which frees them all when its jobs are done."""
+    if slot not in _kept or _kept[slot][0] != key:
+        _kept.pop(slot, None)
+        _kept[slot] = (key, make())
+    return _kept[slot][1]
+
+
 def check_workers(workers) -> None:
     from dynamics.errors import MemdynError
 
@@ -46,8 +60,11 @@ def run_jobs(fn: Callable, jobs: list[tuple], *, device, workers: int = 1, launc
     the child), and die with this process: a failed job or an interrupt stops the others at once,
     and a SIGKILLed run leaves no job running on, holding its output lock."""
     if not (workers > 1 and launched == 1 and str(device).startswith("cpu")):
-        for job in jobs:
-            done(fn(*job, device))
+        try:
+            for job in jobs:
+                done(fn(*job, device))
+        finally:
+            _kept.clear()  # (in a worker they end with the worker)
         return
     if not jobs:
         return

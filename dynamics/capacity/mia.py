@@ -31,7 +31,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, save_figure
 from dynamics.lock import locks_output
-from dynamics.workers import check_workers, run_jobs
+from dynamics.workers import check_workers, kept, run_jobs
 from dynamics.capacity.mia_plan import SETTINGS, MembershipPlan, plan_membership
 
 PARTS = "_parts"
@@ -76,24 +76,18 @@ def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device
     return pd.DataFrame(head | scores)
 
 
-_last: dict = {}  # this process's model of the last job (reused by the next job of that model) and tokenizer
-
-
 def _write_job(family: FamilySpec, out: Path, plan: MembershipPlan, job, device) -> None:
     """Run one job and write its part atomically."""
     from dynamics.family.load import load_model, load_tokenizer
 
     kind, who, rev = job[:3]
-    key = (kind, who.name if kind == "target" else who, rev, str(device))
-    if _last.get("key") != key:
-        _last.pop("model", None)  # free the previous model before loading the next
-        _last["model"] = (load_model(family, who, rev, device=device, dtype=plan.settings.dtype) if kind == "target"
-                          else _load_reference(rev, device, plan.settings.dtype))
-        _last["key"] = key
-    if "tokenizer" not in _last:
-        _last["tokenizer"] = load_tokenizer(family)
-    datasets = {s: IndexedDataset(p) for s, p in plan.prefixes.items()}
-    table = _run_job(job, _last["model"], plan, datasets, _last["tokenizer"], device)
+    key = (family.root, kind, who.name if kind == "target" else who, rev, str(device), plan.settings.dtype)
+    model = kept("model", key, lambda: load_model(family, who, rev, device=device, dtype=plan.settings.dtype)
+                 if kind == "target" else _load_reference(rev, device, plan.settings.dtype))
+    tokenizer = kept("tokenizer", (family.name, family.root), lambda: load_tokenizer(family))
+    datasets = kept("data", tuple(sorted(plan.prefixes.items())),
+                    lambda: {s: IndexedDataset(p) for s, p in plan.prefixes.items()})
+    table = _run_job(job, model, plan, datasets, tokenizer, device)
     with atomic_path(out / PARTS / _part_name(job)) as tmp:
         table.to_parquet(tmp, index=False)
 
@@ -127,7 +121,6 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress)
     run_jobs(partial(_write_job, family, out, plan), [(job,) for job in todo], device=dev, workers=workers,
              launched=state.num_processes, done=lambda _: bar.update(1))
-    _last.clear()
     bar.close()
     state.wait_for_everyone()
     result = finish(out, plan) if state.is_main_process else None

@@ -37,7 +37,7 @@ from dynamics.family.load import check_data_vocab, load_model, resolve_device, r
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
 from dynamics.lock import locks_output
-from dynamics.workers import check_workers, run_jobs
+from dynamics.workers import check_workers, kept, run_jobs
 from dynamics.files import read_json
 from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
 from dynamics.scoring.extraction import DEFAULT_SCHEMES, Scheme, cell_logprobs, extraction_columns, parse_schemes, scheme_from_name
@@ -235,7 +235,6 @@ def run_scoring(
     chunks = [(size, rev, chunk, idx[chunk * settings.chunk_size : (chunk + 1) * settings.chunk_size]) for size, rev, chunk in todo]
     run_jobs(partial(_write_chunk, family, out, settings, data), chunks, device=dev, workers=workers,
              launched=state.num_processes, done=bar.update)
-    _last_model.clear()
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process and len({rev for _, rev in plan}) > 1:
@@ -247,18 +246,12 @@ def run_scoring(
     return out
 
 
-_last_model: dict = {}  # this process's model of the last chunk, reused by the next chunk of that checkpoint
-
-
 def _write_chunk(family: FamilySpec, out: Path, settings: ScoreSettings, data, size, rev: str, chunk: int,
                  chunk_idx: np.ndarray, dev) -> int:
     """Score one chunk of samples and write both its parts; returns its number of samples."""
-    key = (size.name, rev, str(dev))
-    if key not in _last_model:
-        _last_model.clear()  # free the previous model before loading the next
-        _last_model[key] = load_model(family, size, rev, device=dev, dtype=settings.dtype)
-    model = _last_model[key]
-    ds = IndexedDataset(data)
+    model = kept("model", (family.root, size.name, rev, str(dev), settings.dtype),
+                 lambda: load_model(family, size, rev, device=dev, dtype=settings.dtype))
+    ds = kept("data", str(data), lambda: IndexedDataset(data))
     tokens = np.asarray(ds.batch(0, len(ds))[chunk_idx])
     check_data_vocab(int(tokens.max()), model.get_input_embeddings().num_embeddings, str(ds.bin_path), size.name)
     scores, gens = score_chunk(model, size.name, rev, tokens, chunk_idx, settings, dev)
