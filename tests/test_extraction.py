@@ -63,6 +63,8 @@ def test_topk_values_are_torch_topk():
         for k in (1, 40, 64, 300):
             for x in (logits, logits.round()):  # .round(): many ties
                 assert torch.equal(topk_values(x, k), x.topk(k, -1).values)
+                rows = torch.tensor([30, 3, 7, 7])  # some rows, in any order
+                assert torch.equal(topk_values(x, k, rows), x[rows].topk(k, -1).values)
 
 
 def test_logprobs_equal_full_logits_processors(micro_family):
@@ -108,11 +110,14 @@ def test_ties_are_kept():
 
 
 def test_large_nuclei_with_ties_follow_the_documented_rule():
-    """Rows whose nucleus is larger than the 64 largest logits (the histogram path), many of them
-    with ties at the boundary: equal to the rule computed plainly in float64 from sorted rows."""
+    """Nuclei of hundreds of tokens, many with ties at the boundary, and nuclei that reach more
+    than 8 logits below the maximum (the second histogram pass): equal to the rule computed
+    plainly in float64 from sorted rows."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(96, 2048, generator=g) * 0.8
     logits[::2] = (logits[::2] * 8).round() / 8  # ties everywhere, at the boundary too
+    # one token far above a flat rest: the nucleus reaches more than 8 logits below the maximum
+    logits[1::4, 0] = 10.0
     target = torch.randint(0, 2048, (96,), generator=g)
     for p in (0.3, 0.9, 0.999):
         got = scheme_logprob(logits, target, Scheme(top_p=p))
