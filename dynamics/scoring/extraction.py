@@ -17,9 +17,9 @@ The (n, p)-discoverable count: the smallest n with 1 - (1 - p_z)^n >= p, i.e.
 n = ceil(log(1 - p) / log(1 - p_z)); 1 when p_z = 1, inf when p_z = 0.
 
 Cost: the scorer's teacher-forced pass already makes the logits, a few positions at a time; the
-reductions here run on those chunks. One selection of the k + 1 largest logits per position (over
-block maxima, 2.7x cheaper than torch.topk over the vocabulary on a CPU) serves the top-k test and
-normaliser of every top-k scheme; a nucleus is found from a histogram of its row's mass over logit
+reductions here run on those chunks. One selection of the k + 1 largest logits per position that a
+live top-k cell needs (over block maxima, 2.7x cheaper than torch.topk over the vocabulary on a CPU)
+serves the top-k test and normaliser of every top-k scheme; a nucleus is found from a histogram of its row's mass over logit
 buckets, only the boundary bucket sorted. `Extraction` skips every position no live cell needs: a cell's p_z is 0 from its first true token outside the kept set on, so later positions
 are not computed for it (stored as NaN).
 """
