@@ -63,7 +63,8 @@ def _dynamics(r: _Run) -> None:
     from dynamics.decoding.analyze import run_dynamics
 
     k, c = r.cell
-    run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=200, context=k, continuation=c)
+    run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=200, context=k, continuation=c,
+                 use_umap=r.preset.umap)
 
 
 def _capacity(r: _Run) -> None:

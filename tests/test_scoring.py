@@ -47,26 +47,24 @@ def test_table_contract(micro_family, micro_scores):
 
 
 def test_scores_agree_with_plain_generate(micro_family, micro_scores):
-    """Every cell equals transformers `generate` (greedy, one sample at a time, fp32), except
-    near-ties, which are counted and reported."""
+    """Every cell equals transformers `generate` (greedy, fp32, one call per cell over all samples),
+    except near-ties, which are counted and reported."""
     family = load_family(micro_family)
-    data = IndexedDataset(family.data.prefix)
-    table = read_scores(micro_scores).set_index(["model", "seq_idx", "context_len", "continuation_len"])
+    ds = IndexedDataset(family.data.prefix)
+    data = ds.batch(0, len(ds))
+    table = read_scores(micro_scores).set_index(["model", "context_len", "continuation_len", "seq_idx"]).sort_index()
     cells = disagree = near_ties = 0
     for size in family.sizes:
         model = load_model(family, size, device="cpu")
-        for seq in range(len(data)):
-            for k in map(int, MICRO_CONTEXTS.split(",")):
-                for c in map(int, MICRO_CONTINUATIONS.split(",")):
-                    generated, gap = reference_scores(model, data[seq], k, c)
-                    matches = int((generated == data[seq][k : k + c]).sum())
-                    row = table.loc[(size.name, seq, k, c)]
-                    cells += 1
-                    if matches != row.matches:
-                        if row.near_tie or gap < NEAR_TIE:
-                            near_ties += 1
-                        else:
-                            disagree += 1
+        for k in map(int, MICRO_CONTEXTS.split(",")):
+            for c in map(int, MICRO_CONTINUATIONS.split(",")):
+                generated, gap = reference_scores(model, data, k, c)
+                matches = (generated == data[:, k : k + c]).sum(1)
+                rows = table.loc[(size.name, k, c)].reindex(range(len(data)))
+                wrong = matches != rows.matches.to_numpy()
+                cells += len(data)
+                near_ties += int((wrong & (rows.near_tie.to_numpy() | (gap < NEAR_TIE))).sum())
+                disagree += int((wrong & ~(rows.near_tie.to_numpy() | (gap < NEAR_TIE))).sum())
     print(f"{cells} cells compared, {near_ties} near-ties, {disagree} disagreements")
     assert disagree == 0 and cells == len(family.sizes) * len(data) * 6
 

@@ -48,6 +48,9 @@ class Preset:
     scored_samples: int | None = None  # training samples `memdyn run` scores (a seeded subset); None: all
     predictor_epochs: int = 20  # `memdyn run` trains each predictor (and each fold) for so many epochs
     predictor_folds: int = 5  # `memdyn run` cross-validates each predictor over so many folds by document
+    # `memdyn run` adds UMAP maps to the PCA ones (numba compiles UMAP's kernels in every process,
+    # about 40 s on 2 cores, whatever its cache: the test preset goes without)
+    umap: bool = True
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4) before the first quarter, the
@@ -65,6 +68,7 @@ PRESETS: dict[str, Preset] = {
         duplication=Duplication(share=0.4, max_copies=64, doc_tokens=96),
         canaries=CanarySettings(counts=(1, 4, 16), length=12),
         reference_shape=ModelShape(2, 64, 4), reference_samples=800, members=128, predictor_epochs=6,
+        predictor_folds=2, umap=False,
     ),
     "tiny": Preset(
         name="tiny", vocab_size=2048, seq_length=160, corpus_chars=1_500_000, max_doc_chars=12_000,

@@ -294,17 +294,17 @@ def cell_scores(generated: np.ndarray, true: np.ndarray, continuations: list[int
 
 
 @torch.inference_mode()
-def reference_scores(model, sample: np.ndarray, k: int, c: int) -> tuple[np.ndarray, float]:
-    """The plain reference: transformers `generate`, greedy, one sample, one (k, c) cell.
+def reference_scores(model, samples: np.ndarray, k: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The plain reference: transformers `generate`, greedy, for one (k, c) cell of samples [n, >= k]
+    (all contexts have length k: no padding).
 
-    Returns (generated tokens [c], smallest top-2 logit gap over the generated positions).
+    Returns (generated tokens [n, c], smallest top-2 logit gap over each row's generated positions [n]).
     """
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(sample[:k], dtype=np.int64), device=device)[None]
+    x = torch.as_tensor(np.asarray(samples, dtype=np.int64)[:, :k], device=device)
     out = model.generate(
         input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=c, min_new_tokens=0, do_sample=False,
         eos_token_id=None, pad_token_id=model.config.pad_token_id, output_scores=True, return_dict_in_generate=True,
     )
-    scores = torch.stack(out.scores, 1)[0].float()  # [c, V]
-    top2 = scores.topk(2, -1).values
-    return out.sequences[0, k:].cpu().numpy(), float((top2[:, 0] - top2[:, 1]).min())
+    top2 = torch.stack(out.scores, 1).float().topk(2, -1).values  # [n, c, 2]
+    return out.sequences[:, k:].cpu().numpy(), (top2[..., 0] - top2[..., 1]).amin(1).cpu().numpy()
