@@ -23,7 +23,8 @@ def hidden_inputs(model, context: np.ndarray, continuation: int, layer: int,
     """(features [k + c, d + 2], greedy continuation [c]) of one context, as `memdyn dynamics` collects
     them: greedy decoding (the scorer's reference), then one pass over context + continuation for the
     layer's hidden states (rounded to the dtype the dynamics stored), the entropies and surprisals."""
-    generated = reference_scores(model, context[None], len(context), continuation)[0][0]
+    generated, _ = reference_scores(model, context[None], len(context), continuation)
+    generated = generated[0]  # [c]
     fed = np.concatenate([context, generated])[None]  # [1, k + c]
     r = forward_pass(model, torch.as_tensor(fed, device=next(model.parameters()).device), [layer])
     hidden = r.hidden[layer][0].astype(HIDDEN_DTYPES[hidden_dtype]).astype(np.float32)
