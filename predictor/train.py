@@ -9,7 +9,9 @@ A predictor directory (save_pretrained style):
   model.safetensors  weights
   tokenizer/         copy of the family's tokenizer (predict reads text with it)
   split.json         the training documents: every evaluation uses samples touching none of them
-  metrics.json       test metrics of the predictor and the baselines, natural and balanced
+  metrics.json       test metrics of the predictor and the baselines, natural and balanced, on the
+                     held-out documents ("split": a split by document of test_size, or with folds
+                     the first fold holding every class: that fold's predictor is the saved one)
   cv.json            (folds K) the same metrics of K-fold cross-validation by document: out-of-fold
                      predictions of K fresh predictors and baselines, pooled
 """
@@ -33,7 +35,7 @@ from dynamics.scoring.grid import CLASS_EDGES, CLASSES
 from predictor.baselines import full_proba, make_baselines
 from predictor.data import (
     MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, document_columns, fold_splits,
-    hidden_dataset, scalar_features, split_by_document, touches,
+    hidden_dataset, owned_documents, scalar_features, split_by_document, touches,
 )
 from predictor.estimator import MemorizationPredictor
 from predictor.metrics import classification_metrics, token_metrics
@@ -119,14 +121,14 @@ def systems(family: FamilySpec, data: Dataset, s: TrainSettings, arch: dict | No
 
 
 def cross_validated_proba(systems: dict[str, System], y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-                          n: int) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+                          n: int) -> tuple[dict[str, dict[str, np.ndarray]], list[dict]]:
     """Every system fitted on each split's training rows and applied to its held-out rows; returns
-    the pooled held-out outputs {system: {output: [n, ...]}} and the last split's fitted estimators."""
-    pooled, fitted = {name: {} for name in systems}, {}
+    the pooled held-out outputs {system: {output: [n, ...]}} and each split's fitted estimators."""
+    pooled, fitted = {name: {} for name in systems}, []
     for train, held in splits:
+        fitted.append({name: system.fit(y, train) for name, system in systems.items()})
         for name, system in systems.items():
-            fitted[name] = system.fit(y, train)
-            scatter(pooled[name], system.outputs(fitted[name], held), held, n)
+            scatter(pooled[name], system.outputs(fitted[-1][name], held), held, n)
     return pooled, fitted
 
 
@@ -184,14 +186,28 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
     """K-fold cross-validation by document (predictor.data.fold_splits): per fold, a fresh predictor
     and the baselines fitted on the (balanced) samples touching none of the fold's documents predict
     the fold's samples; the metrics are those of the pooled out-of-fold predictions."""
+    return _cross_validation(family, data, s, folds, arch, baselines).result
+
+
+@dataclass
+class _CrossValidation:
+    result: dict  # cv.json
+    splits: list[tuple[np.ndarray, np.ndarray]]  # (training rows before balancing, test rows) per fold
+    pooled: dict  # out-of-fold outputs, as cross_validated_proba's
+    fitted: list[dict]  # each fold's fitted systems
+    names: list | None  # the baselines' feature names
+
+
+def _cross_validation(family: FamilySpec, data: Dataset, s: TrainSettings, folds: int, arch: dict | None,
+                      baselines: bool) -> _CrossValidation:
     if folds < 2:
         raise MemdynError(f"--folds must be >= 2 for cross-validation, got {folds}")
     labels, n = data.rows["label"].to_numpy(), len(data.rows)
     check_classes(labels, f"samples of {data.model}", MIN_TRAIN_PER_CLASS)  # before blaming the folds
     matches = data.rows["matches"].to_numpy()
-    splits = fold_splits(data.rows[document_columns(data.rows)], folds, s.seed)
     # folds whose documents' samples all straddle into another fold test nothing
-    splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in splits if len(test)]
+    raw = [(train, test) for train, test in fold_splits(data.rows[document_columns(data.rows)], folds, s.seed) if len(test)]
+    splits = [(train[balance(matches[train], s.max_per_class, s.seed)], test) for train, test in raw]
     for i, (train, _) in enumerate(splits):  # every fold is checked before any is trained
         check_classes(labels[train], f"training rows of cross-validation fold {i + 1} of {len(splits)}",
                       MIN_TRAIN_PER_CLASS, "use fewer --folds (this fold's documents hold most of the class), "
@@ -199,12 +215,12 @@ def cross_validate_data(family: FamilySpec, data: Dataset, s: TrainSettings, fol
     test = np.sort(np.concatenate([test for _, test in splits]))
     check_classes(labels[test], "cross-validated samples", 1)
     compared, names = systems(family, data, s, arch, baselines)
-    pooled, _ = cross_validated_proba(compared, labels, splits, n)
+    pooled, fitted = cross_validated_proba(compared, labels, splits, n)
     per_fold = [{"n_train": int(len(train)), "n_test": int(len(held))} for train, held in splits]
     result = heldout_results(data, test, round(np.mean([f["n_train"] for f in per_fold])), pooled, names, s.seed)
     result["cv"] = {"folds": len(splits), "by": "document", "n_evaluated": int(len(test)),
                     "n_straddling": int(n - len(test)), "per_fold": per_fold}
-    return result
+    return _CrossValidation(result, raw, pooled, fitted, names)
 
 
 # ---------------------------------------------------------------------------- save / load
@@ -220,24 +236,36 @@ def train_predictor(family: FamilySpec, out: str | Path, *, model: str, mode: st
                     folds: int = 0) -> dict:
     """Train a predictor of `model`'s memorization on the training documents, evaluate it on the
     held-out ones, save it to `out`; with folds (>= 2) also cross-validate by document (cv.json; the
-    saved predictor is the main split's). arch: MemorizationPredictor architecture arguments."""
+    saved predictor is then a fold's, see metrics.json "split"). arch: MemorizationPredictor
+    architecture arguments."""
     s = settings or TrainSettings()
     check_predictor_out(Path(out))
     resume = Path(out).parent / f".{Path(out).name}.resume"  # every fit's checkpoints, removed once saved
     s = replace(s, checkpoint=str(resume)) if s.checkpoint is None else s
     data = load_dataset(family, mode, model, scores, dynamics, edges, context, continuation)
     docs = data.rows[document_columns(data.rows)]
-    train, test, owned = split_by_document(docs, s.seed, s.test_size, data.rows["label"].to_numpy())
-    train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
     labels = data.rows["label"].to_numpy()
-    check_classes(labels[train], "training split", MIN_TRAIN_PER_CLASS)
-    check_classes(labels[test], "test split", 1)
-    compared, names = systems(family, data, s, arch, baselines)
-    pooled, fitted = cross_validated_proba(compared, labels, [(train, test)], len(labels))
-    est = fitted["predictor"]
+    cv = _cross_validation(family, data, s, folds, arch, baselines) if folds else None
+    # with folds, the saved predictor is the first fold's whose held-out documents hold every class:
+    # no extra fit (the main split's was a quarter of `memdyn run`'s predictor stage)
+    fold = next((i for i, (_, held) in enumerate(cv.splits) if set(labels) <= set(labels[held])), None) if cv else None
+    if fold is None:
+        train, test, owned = split_by_document(docs, s.seed, s.test_size, labels)
+        train = train[balance(data.rows["matches"].to_numpy()[train], s.max_per_class, s.seed)]
+        check_classes(labels[train], "training split", MIN_TRAIN_PER_CLASS)
+        check_classes(labels[test], "test split", 1)
+        compared, names = systems(family, data, s, arch, baselines)
+        pooled, fitted = cross_validated_proba(compared, labels, [(train, test)], len(labels))
+        est, split = fitted[0]["predictor"], {"kind": "documents", "test_size": s.test_size}
+    else:
+        unbalanced, test = cv.splits[fold]
+        train = unbalanced[balance(data.rows["matches"].to_numpy()[unbalanced], s.max_per_class, s.seed)]
+        owned, pooled, names = owned_documents(docs.iloc[unbalanced]), cv.pooled, cv.names
+        est, split = cv.fitted[fold]["predictor"], {"kind": "fold", "fold": fold + 1, "folds": len(cv.splits)}
     metrics = heldout_results(data, test, len(train), pooled, names, s.seed)
+    metrics["split"] = split
     metrics["loss_history"] = est.loss_history_
-    cv = cross_validate_data(family, data, s, folds, arch, baselines) if folds else None
+    cv = cv.result if cv else None
     tokenizer = load_tokenizer(family)
     config = {
         "mode": mode, "classes": list(CLASSES), "edges": list(edges),

@@ -237,6 +237,18 @@ def test_estimator_has_scikit_learn_shape(tmp_path):
         MemorizationPredictor().predict(X)
 
 
+def test_saved_fold_predictor_is_evaluated_on_documents_it_never_saw(trained, micro_family, micro_scores):
+    """With folds the saved predictor is a fold's (no extra fit): its metrics.json equals a fresh
+    evaluation on the samples touching none of the training documents that split.json records."""
+    from dynamics.family.spec import load_family
+    from predictor.train import evaluate_predictor
+
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["split"]["kind"] == "fold" and 1 <= m["split"]["fold"] <= m["split"]["folds"]
+    again = evaluate_predictor(trained, scores=micro_scores, family=load_family(micro_family), baselines=False)
+    assert again["predictor"] == m["predictor"]
+
+
 def test_eval_and_cross_size_transfer(trained, micro_scores):
     r = invoke("eval", "--model-dir", trained, "--scores", micro_scores)
     assert r.exit_code == 0, r.output + repr(r.exception)
