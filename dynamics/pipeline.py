@@ -56,7 +56,7 @@ def _checkpoints(r: _Run) -> None:
 
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
-          sample=r.preset.scored_samples, seed=r.seed, workers=cores())
+          sample=r.preset.checkpoint_samples or r.preset.scored_samples, seed=r.seed, workers=cores())
 
 
 def _dynamics(r: _Run) -> None:
