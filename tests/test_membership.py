@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.capacity.attacks import ATTACKS, attack_metrics, rank_auroc, score_samples
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, bootstrap_auroc, score_samples
 from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
@@ -100,12 +100,14 @@ def test_metrics_equal_sklearn(micro_family, membership_run):
         assert row.members_seen == seen
 
 
-def test_rank_auroc_equals_sklearn_with_ties():
+def test_bootstrap_auroc_equals_sklearn_on_every_resample_with_ties():
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
     m, n = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 30).astype(float)
-    assert rank_auroc(m, n) == pytest.approx(roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m, n]), abs=1e-12)
+    im, jn = rng.integers(0, 40, (25, 40)), rng.integers(0, 30, (25, 30))
+    expected = [roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m[a], n[b]]) for a, b in zip(im, jn)]
+    assert bootstrap_auroc(m, n, im, jn) == pytest.approx(expected, abs=1e-12)
     metrics, _ = attack_metrics(m, n, seed=1)
     assert metrics == attack_metrics(m, n, seed=1)[0]  # the bootstrap is seeded
     assert metrics["auroc_lo"] < metrics["auroc"] < metrics["auroc_hi"]

