@@ -121,10 +121,10 @@ def bootstrap_auroc(member: np.ndarray, nonmember: np.ndarray, member_draws: np.
     ranked = nonmember[order]
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
-    B, M, N = len(member_draws), member_draws.shape[1], nonmember_draws.shape[1]
+    B, M, N = len(member_draws), member_draws.shape[1], nonmember_draws.shape[1]  # (N: draws per resample)
     counts = np.bincount((np.arange(B)[:, None] * len(order) + position[nonmember_draws]).ravel(),
-                         minlength=B * len(order)).reshape(B, len(order))
-    cum = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.cumsum(counts, 1)], 1)  # [B, n + 1]
+                         minlength=B * len(order)).reshape(B, len(order))  # draws of each non-member, in sorted order
+    cum = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.cumsum(counts, 1)], 1)  # [B, len(nonmember) + 1]
     below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
     below = np.take_along_axis(cum, below_at[member_draws], 1)
     tied = np.take_along_axis(cum, tied_at[member_draws], 1) - below
