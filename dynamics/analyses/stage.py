@@ -4,6 +4,7 @@
                                     per-sample duplication and category beside the scores
   WORKDIR/canaries/                 `memdyn canaries` output (per canary, size and checkpoint)
   WORKDIR/analyses/dose_bins.parquet     memorized share per (measure, model, step, count bin), 95% CIs
+                                         (the final step from scores/, the others from scores_checkpoints/)
   WORKDIR/analyses/dose_fits.parquet     logistic fit on log2 count per (measure, model, step), slope CI
   WORKDIR/analyses/taxonomy_shares.parquet       memorized share per (category, model, step)
   WORKDIR/analyses/taxonomy_transitions.parquet  kept / gained per category between sizes and checkpoints
@@ -33,18 +34,21 @@ def _write(out: Path, name: str, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
-def checkpoint_table(family: FamilySpec, scores: Path, k: int, c: int) -> pd.DataFrame:
-    """Score rows of every checkpoint at (k, c) joined with the duplication columns."""
+def scores_with_duplication(family: FamilySpec, scores: Path, k: int, c: int) -> pd.DataFrame:
+    """Score rows of every checkpoint of a scores directory at (k, c), joined with the duplication
+    columns (annotated first)."""
     from dynamics.scoring.table import read_scores
 
     D.annotate_scores(family, scores)
     return D.joined(read_scores(scores), D.read_duplication(scores), k, c)
 
 
-def dose_tables(scored: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Dose-response on span_count at every checkpoint, and on max_doc_copies at the final ones."""
-    bins, fits = D.dose_response(scored, seed, "span_count")
-    final = scored[scored["step"] == scored.groupby("model")["step"].transform("max")]
+def dose_tables(scored: pd.DataFrame, final: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dose-response on span_count at every checkpoint, and on max_doc_copies at the final ones.
+    The checkpoints before the last come from the checkpoint table (`scored`), the last from the
+    final scores (`final`), which `memdyn run` computes on more samples (tiny: 2000 against 1000)."""
+    earlier = scored[scored["step"] < scored.groupby("model")["step"].transform("max")]
+    bins, fits = D.dose_response(pd.concat([earlier, final], ignore_index=True), seed, "span_count")
     docs_bins, docs_fits = D.dose_response(final, seed, "max_doc_copies")
     return (pd.concat([bins.assign(measure="span_count"), docs_bins.assign(measure="max_doc_copies")], ignore_index=True),
             pd.concat([fits, docs_fits], ignore_index=True))
@@ -69,18 +73,19 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
 
     w = Path(workdir)
     out = w / "analyses"
-    settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates}
+    settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates,
+                "final_dose_from": "scores"}
     if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
     tables, skipped = {}, {}
     try:
-        D.annotate_scores(family, w / "scores")
-        scored = checkpoint_table(family, w / "scores_checkpoints", k, c)
+        final = scores_with_duplication(family, w / "scores", k, c)
+        scored = scores_with_duplication(family, w / "scores_checkpoints", k, c)
     except MemdynError as e:
         skipped["duplication"] = skipped["canaries"] = str(e)
     else:
         sizes = sorted(family.size_names, key=lambda s: family.size(s).params or 0)
-        tables.update(zip(("dose_bins", "dose_fits"), dose_tables(scored, seed)))
+        tables.update(zip(("dose_bins", "dose_fits"), dose_tables(scored, final, seed)))
         tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
         try:
             C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress)
