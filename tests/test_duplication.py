@@ -129,3 +129,15 @@ def test_analyses_stage_skips_what_an_old_family_cannot_support(micro_family, mi
     why = skipped(w)
     assert set(why) == {"duplication", "canaries"} and "memdyn family train --preset micro" in why["duplication"]
     assert not (w / "scores" / "_duplication.parquet").exists() and not (w / "canaries").exists()
+
+
+def test_dose_caption_skips_a_top_bin_of_one_sample():
+    """The caption's most duplicated bin is the highest one holding enough samples to say something."""
+    from dynamics.report.world import dose_caption
+
+    bins = pd.DataFrame({"model": "m", "bin": ["1", "32-63", "64-127"], "bin_lo": [1, 32, 64], "n": [1164, 230, 1],
+                         "share": [0.0163, 0.152, 0.0]})
+    fits = pd.DataFrame({"model": ["m"], "slope": [0.43], "slope_lo": [0.29], "slope_hi": [0.62], "memorized": [60],
+                         "n": [2000], "spearman": [0.47]})
+    text = dose_caption(bins, fits, "m")
+    assert "15.2% of those occurring 32-63 times (n=230)" in text and "64-127" not in text

@@ -36,12 +36,16 @@ def _ci(lo: float, hi: float, fmt: str = "{:+.2f}") -> str:
     return f"95% CI {fmt.format(lo)} to {fmt.format(hi)}" if np.isfinite(lo) and np.isfinite(hi) else "no CI: one class"
 
 
+CAPTION_MIN_BIN = 20  # the caption's most duplicated bin holds at least so many samples (tiny's top bin can hold one)
+
+
 def dose_caption(bins: pd.DataFrame, fits: pd.DataFrame, model: str) -> str:
     b = bins[bins["model"] == model].sort_values("bin_lo")
     f = fits[fits["model"] == model]
     if b.empty or f.empty:
         return f"No dose-response for {model}."
-    lo, hi = b.iloc[0], b.iloc[-1]
+    full = b[b["n"] >= CAPTION_MIN_BIN]
+    lo, hi = b.iloc[0], (full if len(full) else b).iloc[-1]
     r = f.iloc[0]
     up = int(((fits["slope_lo"] > 0)).sum())
     if not np.isfinite(r.slope):
