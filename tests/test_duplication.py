@@ -141,3 +141,15 @@ def test_dose_caption_skips_a_top_bin_of_one_sample():
                          "n": [2000], "spearman": [0.47]})
     text = dose_caption(bins, fits, "m")
     assert "15.2% of those occurring 32-63 times (n=230)" in text and "64-127" not in text
+
+
+def test_separated_outcomes_have_no_slope():
+    """Memorized samples all at the smallest count: no finite fit, so no slope (not Newton's last step)."""
+    from dynamics.analyses.stats import logistic_slope_ci
+
+    x = np.r_[np.zeros(10), np.zeros(500), np.arange(1, 7).repeat(80)]
+    y = np.r_[np.ones(10), np.zeros(500 + 480)]
+    assert np.isnan(logistic_slope_ci(x, y, seed=0)).all()
+    y[-3:] = 1  # three memorized samples at the largest count break the separation
+    a, slope, lo, hi = logistic_slope_ci(x, y, seed=0)
+    assert np.isfinite([a, slope, lo, hi]).all() and slope > -21

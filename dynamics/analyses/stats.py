@@ -64,12 +64,21 @@ def _logistic_batch(x: np.ndarray, y: np.ndarray, weights: np.ndarray, iters: in
     return w
 
 
+def separated(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether one outcome lies wholly at or beyond the other's extreme x (ties included): then the
+    likelihood keeps rising as the slope runs off to -inf or +inf (quasi-complete separation; e.g.
+    tiny's 10 memorized samples at step 200, all with a span occurring once, gave a slope of -21.5
+    where Newton stopped)."""
+    pos, neg = x[y == 1], x[y == 0]
+    return bool(pos.max() <= neg.min() or pos.min() >= neg.max())
+
+
 def logistic_slope_ci(x, y, seed: int, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> tuple[float, float, float, float]:
     """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs
     (a resample's cell counts are multinomial, which is the same as resampling the pairs)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if min(y.sum(), len(y) - y.sum()) < MIN_CLASS or np.ptp(x) == 0:
-        return (float("nan"),) * 4  # a class too rare (the fit runs off to the clip), or one x: no slope
+    if min(y.sum(), len(y) - y.sum()) < MIN_CLASS or np.ptp(x) == 0 or separated(x, y):
+        return (float("nan"),) * 4  # a class too rare, one x, or no finite maximum: no slope
     a, b = logistic_fit(x, y)
     cx, cy, counts = _cells(x, y)
     weights = np.random.default_rng(seed).multinomial(len(x), counts / len(x), size=n_resamples).astype(float)
