@@ -135,3 +135,15 @@ def test_notebook_executes(name, micro_workdir, monkeypatch):
         assert any("bits" in o.get("text", "") for o in outputs)
     else:
         assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_boundary_caption_counts_the_published_direction():
+    """Entropy's unmemorized jump is counted when positive, an n-gram count's when negative (a drop)."""
+    from dynamics.report import findings as F
+
+    rows = [{"model": m, "params": p, "metric": metric, "align": "boundary", "grouping": "class", "group": "unmemorized",
+             "m": 4, "n": 50, "jump": jump, "ci_lo": jump - 1, "ci_hi": jump + 1}
+            for metric, sign in (("entropy_nats", 1), ("orig_n1", -1)) for m, p, jump in (("a", 1, 0.3 * sign), ("b", 2, 0.2 * sign))]
+    jumps = pd.DataFrame(rows)
+    assert "positive in 2 of 2 sizes" in F.boundary(jumps, "entropy_nats")
+    assert "negative (a drop) in 2 of 2 sizes" in F.boundary(jumps, "orig_n1")

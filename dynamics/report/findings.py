@@ -109,8 +109,10 @@ def boundary(jumps: pd.DataFrame, metric: str = "entropy_nats", model: str | Non
              f"n={int(own.loc[g, 'n'])})" for g in ("unmemorized", "partial", "memorized") if g in own.index]
     unmem = j[j["group"] == "unmemorized"]
     text = f"{what} at the boundary in the {model} model changes by: {'; '.join(parts)}."
-    if len(unmem) > 1 and model is not None:
-        text += f" The unmemorized jump is positive in {int((unmem['jump'] > 0).sum())} of {len(unmem)} sizes."
+    if len(unmem) > 1 and model is not None:  # the published direction: entropy up, n-gram counts down
+        up = metric == "entropy_nats"
+        n = int(((unmem["jump"] > 0) if up else (unmem["jump"] < 0)).sum())
+        text += f" The unmemorized jump is {'positive' if up else 'negative (a drop)'} in {n} of {len(unmem)} sizes."
     return text
 
 
