@@ -75,9 +75,9 @@ def duplication_section(run: Workdir, model: str | None = None) -> Section:
         first = own[np.isfinite(own["slope"])].sort_values("step")
         mine = first[first["model"] == shown]
         text = (f"Dose-response slope of the {shown} model over training: {mine.slope.iloc[0]:+.2f} at step "
-                f"{mine.step.iloc[0]} (the first checkpoint with memorized samples) and {mine.slope.iloc[-1]:+.2f} at "
+                f"{mine.step.iloc[0]} (the first checkpoint with a slope: at least 5 memorized samples, not all at one count) and {mine.slope.iloc[-1]:+.2f} at "
                 f"step {mine.step.iloc[-1]} ({_ci(mine.slope_lo.iloc[-1], mine.slope_hi.iloc[-1])})."
-                if len(mine) else f"The {shown} model memorizes no sample at any checkpoint: no slope to fit.")
+                if len(mine) else f"No checkpoint of the {shown} model has a slope: too few memorized samples, or all at one count.")
         section.blocks.append(Figure.of("dose_slopes", plots.plot_slopes(own, sizes), text))
     docs = _final(fits[fits["measure"] == "max_doc_copies"])
     rows = pd.concat([ff, docs])
