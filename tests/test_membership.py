@@ -144,6 +144,21 @@ def test_rerun_after_a_kill_gives_the_same_tables(membership_run, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(copy / name), pd.read_parquet(out / name))
 
 
+def test_rerun_recomputes_a_truncated_part(membership_run, tmp_path):
+    """A damaged part is recomputed rather than read (it was a pyarrow stack trace); a part whose
+    record is missing (killed between the two writes) is adopted when it reads whole."""
+    out, args = membership_run
+    copy = tmp_path / "mia"
+    shutil.copytree(out, copy)
+    parts = sorted((copy / "_parts").glob("*.parquet"))
+    parts[0].write_bytes(parts[0].read_bytes()[:500])
+    (copy / "_manifest" / "parts" / "_parts" / f"{parts[1].name}.json").unlink()
+    code, _, err = run_cli(*[copy if a == out else a for a in args])
+    assert code == 0, err
+    for name in ("attacks.parquet", "metrics.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(copy / name), pd.read_parquet(out / name))
+
+
 def _write(prefix, rows):
     megatron.write(prefix, [np.asarray(r) for r in rows], np.uint16)
     return str(prefix)

@@ -5,6 +5,8 @@ A membership directory holds:
   _parts/              one Parquet file per finished job: target-<model>-<revision>-<split>-<chunk>
                        (attack scores of a chunk of samples) and reference-<key>-<split>-<chunk>
                        (a reference model's loss on them), each written atomically when done
+  _manifest/           a record per finished part (dynamics/manifest.py): a rerun recomputes a
+                       part that is truncated or altered instead of reading it
   attacks.parquet      one row per (model, revision, split, sample_idx): loss, zlib, min_k_10,
                        min_k_20, min_k_pp_20 and, with a reference, reference_loss and reference
   metrics.parquet/.csv one row per (model, revision, attack): AUROC with its 95% bootstrap interval,
@@ -26,6 +28,7 @@ import pandas as pd
 
 from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples
 from dynamics.corpus.megatron import IndexedDataset
+from dynamics import manifest
 from dynamics.corpus.steps import sort_revisions
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
@@ -44,6 +47,18 @@ def _part_name(job) -> str:
     return f"{kind}-{name}{rev}-{split}-{chunk:05d}.parquet"
 
 
+def _job_rows(plan: MembershipPlan, job) -> np.ndarray:
+    """The sample indices of a job: one chunk of one split's drawn samples."""
+    split, chunk, size = job[3], job[4], plan.settings.chunk_size
+    return plan.indices[split][chunk * size : (chunk + 1) * size]
+
+
+def _job_done(out: Path, plan: MembershipPlan, job) -> bool:
+    """The job's part is finished and intact (manifest.settle: a truncated or altered part is
+    removed, so the job runs again)."""
+    return manifest.settle(out, f"{PARTS}/{_part_name(job)}", len(_job_rows(plan, job)), manifest.parquet_rows)
+
+
 def _load_reference(location: str, device, dtype: str):
     from transformers import AutoModelForCausalLM
 
@@ -60,9 +75,9 @@ def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device
     from dynamics.corpus.steps import revision_step
     from dynamics.family.load import check_data_vocab
 
-    kind, who, rev, split, chunk = job
+    kind, who, rev, split, _ = job
     s = plan.settings
-    idx = plan.indices[split][chunk * s.chunk_size : (chunk + 1) * s.chunk_size]
+    idx = _job_rows(plan, job)
     ds = datasets[split]
     tokens = np.asarray(ds.batch(0, len(ds))[idx])[:, : s.length]
     name = who.name if kind == "target" else f"reference for {who}"
@@ -90,6 +105,7 @@ def _write_job(family: FamilySpec, out: Path, plan: MembershipPlan, job, device)
     table = _run_job(job, model, plan, datasets, tokenizer, device)
     with atomic_path(out / PARTS / _part_name(job)) as tmp:
         table.to_parquet(tmp, index=False)
+    manifest.record_part(out, f"{PARTS}/{_part_name(job)}", len(table))
 
 
 @locks_output()
@@ -116,7 +132,7 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     plan = plan_membership(family, out, members, nonmembers, models, revisions, reference, samples, length, seed,
                            dtype, device, batch_size, chunk_size)
     start_output(state, out, SETTINGS, asdict(plan.settings), (PARTS,))
-    todo = claim_jobs(state, plan.jobs, lambda j: (out / PARTS / _part_name(j)).is_file())
+    todo = claim_jobs(state, plan.jobs, lambda j: _job_done(out, plan, j))
     dev = state.device if device in (None, "auto") else resolve_device(device)
     bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress)
     run_jobs(partial(_write_job, family, out, plan), [(job,) for job in todo], device=dev, workers=workers,
