@@ -26,7 +26,6 @@ import zlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 MIN_K = (10, 20)
 MIN_K_PP = (20,)
@@ -55,13 +54,17 @@ def token_statistics(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     logp, mu, sigma = (torch.empty(B, T - 1, device=x.device) for _ in range(3))
     for a in range(0, T - 1, _LOGIT_CHUNK):
         b = min(a + _LOGIT_CHUNK, T - 1)
-        lsm = F.log_softmax(logits_at(a, b), dim=-1)  # [B, b - a, V]: position p predicts token p + 1
-        p = lsm.exp()
-        logp[:, a:b] = lsm.gather(-1, x[:, a + 1 : b + 1, None]).squeeze(-1)
-        # p = 0 where log p is -inf (a masked vocabulary entry) contributes 0, not 0 * -inf = NaN
-        m = torch.where(p > 0, p * lsm, 0.0).sum(-1)
-        mu[:, a:b] = m
-        sigma[:, a:b] = torch.where(p > 0, p * (lsm - m[..., None]) ** 2, 0.0).sum(-1).sqrt()
+        z = logits_at(a, b)  # [B, b - a, V]: position p predicts token p + 1
+        lse = z.logsumexp(-1, keepdim=True)
+        p = (z - lse).exp_()
+        logp[:, a:b] = (z.gather(-1, x[:, a + 1 : b + 1, None]) - lse).squeeze(-1)
+        if torch.isneginf(z.amin()):  # a masked vocabulary entry: p = 0 there, so any finite logit serves
+            z = torch.where(p > 0, z, 0.0)
+        # log p = z - lse, so its mean is the p-mean of the logits minus lse and its variance theirs:
+        # fewer passes over the vocabulary than with log p itself (a third of the attack's time)
+        zbar = torch.linalg.vecdot(p, z)
+        mu[:, a:b] = zbar - lse[..., 0]
+        sigma[:, a:b] = torch.linalg.vecdot(p, (z - zbar[..., None]).square_()).sqrt()
     return logp, mu, sigma
 
 
