@@ -39,9 +39,8 @@ class _Run:
 def _family(r: _Run) -> str:
     from dynamics.family.train import train_family
 
-    # the reference model of the capacity stage trains beside the sizes
-    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed, workers=cores(), reference=True)
-    return f"{', '.join(r.family.size_names)} and the reference model trained"
+    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed)
+    return f"{', '.join(r.family.size_names)} trained"
 
 
 def _scores(r: _Run) -> None:

@@ -42,34 +42,6 @@ def test_training_learned_something(micro_family):
         assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 1.0
 
 
-def test_training_in_workers_equals_one_single_threaded_process(tmp_path, capfd):
-    """workers=2 trains the sizes and the reference side by side in single-threaded processes:
-    the same weights as one single-threaded process training them one after the other, a line
-    per checkpoint instead of progress bars, and train_references then finds its model done."""
-    from safetensors.torch import load_file
-
-    from dynamics.family.train import train_references
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_family("micro", tmp_path / "one", seed=0, device="cpu")
-        one = train_references(load_family(tmp_path / "one"), device="cpu")
-    finally:
-        torch.set_num_threads(threads)
-    capfd.readouterr()
-    train_family("micro", tmp_path / "two", seed=0, device="cpu", workers=2, reference=True)
-    printed = capfd.readouterr().out
-    assert "train reference: step 200/200" in printed and "it/s" not in printed
-    assert (tmp_path / "two" / "references" / "reference" / "step200" / "model.safetensors").is_file()
-    two = train_references(load_family(tmp_path / "two"), device="cpu")
-    assert one.references == two.references
-    paths = [f"{s.path}/{s.final}" for s in one.sizes] + [one.references["sizes"][one.sizes[0].name]]
-    for path in paths:
-        a, b = (load_file(tmp_path / run / path / "model.safetensors") for run in ("one", "two"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
-
-
 def test_family_info_cli(micro_family):
     code, out, _ = run_cli("family", "info", micro_family)
     assert code == 0

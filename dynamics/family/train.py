@@ -33,7 +33,6 @@ from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
 from dynamics.family.world import CANARIES, build_text_world, check_world_settings
 from dynamics.files import atomic_path, canonical, read_json, write_json
 from dynamics.lock import locks_output
-from dynamics.workers import check_workers, run_jobs
 
 PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family.json when done
 
@@ -166,13 +165,9 @@ def _latest_checkpoint(size_dir: Path) -> int | None:
 
 def train_size(
     shape: ModelShape, name: str, preset: Preset, samples: megatron.IndexedDataset, vocab_size: int,
-    size_dir: Path, seed: int, device: torch.device, bar: bool = True,
+    size_dir: Path, seed: int, device: torch.device,
 ) -> list[str]:
-    """Train one size, resuming from its last checkpoint; returns its revision names. bar: a
-    progress bar, else a line per checkpoint (in a worker, whose bar would share the terminal
-    line with the other workers')."""
-    import time
-
+    """Train one size, resuming from its last checkpoint; returns its revision names."""
     from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -204,10 +199,8 @@ def train_size(
     if start == 0 and not (size_dir / "step0").is_dir():
         save(0)
     model.train()
-    began = time.monotonic()
-    steps = tqdm(range(start, preset.steps), desc=f"train {name}", initial=start, total=preset.steps, leave=False,
-                 disable=not bar)
-    for step in steps:
+    bar = tqdm(range(start, preset.steps), desc=f"train {name}", initial=start, total=preset.steps, leave=False)
+    for step in bar:
         rows = np.arange(step * preset.batch_size, (step + 1) * preset.batch_size) % len(batch)
         x = torch.from_numpy(batch[rows].astype(np.int64)).to(device)  # [B, seq_length + 1]
         lr = learning_rate(step, preset, shape.lr)
@@ -220,13 +213,10 @@ def train_size(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         log.append((step + 1, loss.item(), lr))
-        steps.set_postfix(loss=f"{log[-1][1]:.3f}")
+        bar.set_postfix(loss=f"{log[-1][1]:.3f}")
         if step + 1 in checkpoints:
             save(step + 1)
-            if not bar:
-                print(f"      train {name}: step {step + 1}/{preset.steps}, loss {log[-1][1]:.3f} "
-                      f"({time.monotonic() - began:.0f} s)", flush=True)
-    steps.close()
+    bar.close()
     import csv
 
     with atomic_path(size_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -243,17 +233,8 @@ def train_family(
     text_field: str = "text",
     tokenizer: str | None = None,
     device: str | None = None,
-    workers: int = 1,
-    reference: bool = False,
 ) -> FamilySpec:
-    """Build the corpus, tokenizer and data, train every size, and write family.json.
-
-    workers > 1 on a CPU: the sizes train at once, each in a single-threaded worker process
-    (dynamics.workers), the largest first. Training is compute-bound, yet a second thread speeds a
-    tiny-preset size up only 1.7-1.8x, so two sizes side by side finish sooner than one after the
-    other on two threads. reference: also train the reference model of unintended memorization
-    (train_references, which then finds it done) in the same pool."""
-    check_workers(workers)
+    """Build the corpus, tokenizer and data, train every size, and write family.json."""
     p = get_preset(preset)
     out = Path(out)
     plan = {"preset": p.name, "corpus": corpus, "seed": seed, "text_field": text_field, "tokenizer": tokenizer}
@@ -280,16 +261,12 @@ def train_family(
     train = megatron.IndexedDataset(out / "data" / "train")
     if train.fixed_length() > 2 * p.seq_length:
         raise MemdynError(f"samples of {train.fixed_length()} tokens are longer than the models' positions")
-    sizes, jobs = [], []
-    revisions = [revision_name(s) for s in p.checkpoint_steps()]
+    sizes = []
     for shape in p.shapes:
         params = _count_params(shape, vocab_size, p.seq_length)
         name = size_name(params)
-        jobs.append((params, (shape, name, p, str(out / "data" / "train"), vocab_size, str(out / "models" / name), seed)))
+        revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev)
         sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
-    if reference and (job := _reference_job(out, p, vocab_size, seed)):
-        jobs.append((_count_params(p.reference_shape, vocab_size, p.seq_length), job))
-    run_jobs(_train_job, [job for _, job in sorted(jobs, key=lambda j: -j[0])], device=dev, workers=workers)  # largest first
     family = FamilySpec(
         name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
         kind="local",
@@ -329,18 +306,18 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
 
     vocab_size = len(AutoTokenizer.from_pretrained(family_dir / "tokenizer"))
     dev = resolve_device(device)
-    job = _reference_job(family_dir, p, vocab_size, seed)
+    disjoint = (family_dir / "data" / "reference.json").is_file() and p.reference_shape is not None
+    record = read_json(family_dir / "data" / "reference.json") if disjoint else build_reference_data(family_dir / "data", seed)
+    reference = megatron.IndexedDataset(family_dir / "data" / "reference")
     extra = {}
-    if job:  # (trained with the family by train_family(reference=True): found done at once)
-        record = read_json(family_dir / "data" / "reference.json")
-        shape, _, one_pass = job[:3]
-        run_jobs(_train_job, [job], device=dev)
-        final = revision_name(one_pass.checkpoint_steps()[-1])
-        paths = {size.name: f"references/reference/{final}" for size in family.sizes}
-        extra = {"design": record["design"], "params": _count_params(shape, vocab_size, p.seq_length), "steps": one_pass.steps}
+    if disjoint:
+        one_pass = replace(p, steps=len(reference) // p.batch_size)
+        params = _count_params(p.reference_shape, vocab_size, p.seq_length)
+        revisions = train_size(p.reference_shape, "reference", one_pass, reference, vocab_size,
+                               family_dir / "references" / "reference", seed, dev)
+        paths = {size.name: f"references/reference/{revisions[-1]}" for size in family.sizes}
+        extra = {"design": record["design"], "params": params, "steps": one_pass.steps}
     else:
-        record = build_reference_data(family_dir / "data", seed)
-        reference = megatron.IndexedDataset(family_dir / "data" / "reference")
         for shape, size in zip(p.shapes, family.sizes):
             train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name, seed, dev)
         paths = {size.name: f"references/{size.name}/{size.final}" for size in family.sizes}
@@ -351,27 +328,6 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
     }
     write_json(family_dir / "family.json", manifest)
     return load_family(family_dir)
-
-
-def _reference_job(family_dir: Path, p: Preset, vocab_size: int, seed: int) -> tuple | None:
-    """The embedded world's reference model (family/world.py: one model of the preset's reference
-    shape, one pass over documents the world never uses) as a _train_job; None for a family
-    without such data."""
-    if not ((family_dir / "data" / "reference.json").is_file() and p.reference_shape is not None):
-        return None
-    data = family_dir / "data" / "reference"
-    one_pass = replace(p, steps=len(megatron.IndexedDataset(data)) // p.batch_size)
-    return p.reference_shape, "reference", one_pass, str(data), vocab_size, str(family_dir / "references" / "reference"), seed
-
-
-def _train_job(shape: ModelShape, name: str, preset: Preset, data: str, vocab_size: int, size_dir: str, seed: int,
-               device) -> str:
-    """train_size as a job of dynamics.workers.run_jobs (a worker prints lines instead of a bar)."""
-    import multiprocessing
-
-    train_size(shape, name, preset, megatron.IndexedDataset(data), vocab_size, Path(size_dir), seed, device,
-               bar=multiprocessing.parent_process() is None)
-    return name
 
 
 def build_reference_data(data_dir: Path, seed: int, fraction: float = 0.1) -> dict:
