@@ -36,6 +36,16 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(items):
+    """For pytest-xdist's loadgroup (pyproject.toml): the tests of one module run in one process
+    (their module fixtures are built once), except that every test using the micro run (a two-minute
+    session fixture) goes to one process, whatever its module."""
+    for item in items:
+        group = "micro_workdir" if "micro_workdir" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def micro_family(tmp_path_factory):
     from dynamics.family.train import train_family
