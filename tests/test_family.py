@@ -42,6 +42,44 @@ def test_training_learned_something(micro_family):
         assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 1.0
 
 
+def test_killed_or_refused_data_build_leaves_a_usable_directory(micro_family, tmp_path, monkeypatch):
+    """Killed after the tokenizer was written but before the data (corpus.json marks the build
+    done): the rerun builds again (it refused: 'tokenizer is a non-empty directory that memdyn did
+    not write'). A refused build over such leftovers empties the directory (it kept them, without
+    the plan, and every later command refused it). The finished family equals an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    import dynamics.family.train as train_module
+
+    out = tmp_path / "f"
+    out.mkdir()  # given empty, so a refused build leaves it empty rather than removing it
+    real = train_module.build_text_world
+
+    def fails(error):
+        def build(*args, **kwargs):
+            raise error
+        return build
+
+    monkeypatch.setattr(train_module, "build_text_world", fails(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_family("micro", out, seed=0, device="cpu")
+    assert (out / "tokenizer" / "tokenizer.json").is_file() and not (out / "data" / "corpus.json").exists()
+    monkeypatch.setattr(train_module, "build_text_world", fails(MemdynError("refused")))
+    with pytest.raises(MemdynError, match="refused"):
+        train_family("micro", out, seed=0, device="cpu")
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(train_module, "build_text_world", fails(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_family("micro", out, seed=0, device="cpu")
+    monkeypatch.setattr(train_module, "build_text_world", real)
+    family = train_family("micro", out, seed=0, device="cpu")
+    assert (out / "data" / "train.bin").read_bytes() == (micro_family / "data" / "train.bin").read_bytes()
+    size = family.sizes[-1]
+    a = load_file(out / size.path / size.final / "model.safetensors")
+    b = load_file(micro_family / size.path / size.final / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_family_info_cli(micro_family):
     code, out, _ = run_cli("family", "info", micro_family)
     assert code == 0

@@ -100,6 +100,9 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
     record_path = data_dir / "corpus.json"
     if record_path.is_file():
         return read_json(record_path)
+    # a build killed before corpus.json (its completion mark) is redone from scratch: what it left
+    # (a tokenizer, part of the data) would otherwise refuse to be replaced
+    _clear_unfinished(out, keep=(PLAN_FILE,))
     source = parse_source(corpus, text_field)
     if source.tokenized:
         if tokenizer is None:
@@ -144,6 +147,15 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
     print(f"      data: {record['documents']} documents, {record['train_samples']} training samples "
           f"({record['epochs']} passes), {record['heldout_samples']} held out", flush=True)
     return record
+
+
+def _clear_unfinished(out: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove what an unfinished data build left in `out`, but `keep`. Without data/corpus.json no
+    model has been trained, and _check_out_dir let only an empty directory or one holding this
+    family's plan through, so all of it is memdyn's own."""
+    for entry in out.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _prefix_count(docs: list, max_chars: int | None) -> int:
@@ -253,7 +265,7 @@ def train_family(
         if created:
             shutil.rmtree(out, ignore_errors=True)
         elif not (out / "data" / "corpus.json").is_file():
-            (out / PLAN_FILE).unlink(missing_ok=True)
+            _clear_unfinished(out)  # the directory is as empty as it was given
         raise
     from transformers import AutoTokenizer
 
