@@ -149,12 +149,16 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
     return record
 
 
+_WEIGHTS = ("models", "references")  # trained weights: never removed with an unfinished data build
+
+
 def _clear_unfinished(out: Path, keep: tuple[str, ...] = ()) -> None:
-    """Remove what an unfinished data build left in `out`, but `keep`. Without data/corpus.json no
-    model has been trained, and _check_out_dir let only an empty directory or one holding this
-    family's plan through, so all of it is memdyn's own."""
+    """Remove what an unfinished data build left in `out` (tokenizer, data, canaries), but `keep`.
+    _check_out_dir let only an empty directory or one holding this family's plan through, so all of
+    it is memdyn's own. Weights stay: none exist before corpus.json in a normal run, and should one
+    have lost its corpus.json, the same plan rebuilds the same data for them."""
     for entry in out.iterdir():
-        if entry.name not in keep:
+        if entry.name not in keep + _WEIGHTS:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
@@ -264,7 +268,7 @@ def train_family(
     except MemdynError:  # a refused corpus: leave nothing that would refuse the corrected command
         if created:
             shutil.rmtree(out, ignore_errors=True)
-        elif not (out / "data" / "corpus.json").is_file():
+        elif not (out / "data" / "corpus.json").is_file() and not any((out / w).exists() for w in _WEIGHTS):
             _clear_unfinished(out)  # the directory is as empty as it was given
         raise
     from transformers import AutoTokenizer
