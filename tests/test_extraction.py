@@ -17,6 +17,7 @@ from dynamics.family.load import load_model
 from dynamics.family.spec import load_family
 from dynamics.scoring.extraction import (DEFAULT_SCHEMES, Scheme, cell_logprobs, draws_needed, parse_schemes,
                                          scheme_logprob)
+from dynamics.scoring.kernel import score_batch
 from dynamics.scoring.near import bleu4, longest_common_substring, near_verbatim
 from dynamics.scoring.table import read_generations, read_scores
 from dynamics.scoring.transitions import DISCOVERY_DRAWS, summarize
@@ -325,3 +326,36 @@ def test_settings_record_schemes_and_refuse_others(micro_family, tmp_path):
     assert {"logp_k5", "n50_k5", "n90_k5"} <= set(pd.read_parquet(tmp_path / "s").columns)
     code, _, err = run_cli(*args, "--schemes", "t1")
     assert code == 2 and "other settings" in err
+
+
+def test_kernel_values_of_every_kind_of_scheme_group(micro_family):
+    """The scorer's per-position values for schemes beyond the default groups (a temperature-only
+    scheme other than t1, a top-k alone, top-k with top-p, top-p at another temperature) equal
+    transformers' processors on a plain pass, wherever a live cell needs them; a position whose
+    value flips with top-p +- 1e-4 (float rounding of batched logits) is left out."""
+    family = load_family(micro_family)
+    model = load_model(family, family.sizes[-1], device="cpu")
+    schemes = parse_schemes("t0.7,k3,k10p0.5,t1.3p0.8")
+    C = max(CONTINUATIONS)
+    x = torch.as_tensor(np.asarray(IndexedDataset(family.data.prefix).batch(0, 12), dtype=np.int64))[:, : max(CONTEXTS) + C]
+    result = score_batch(model, x, CONTEXTS, C, schemes)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[:, :-1].float()
+    compared = 0
+    for s, scheme in enumerate(schemes):
+        plain = torch.stack([plain_logprob(logits[b], x[b, 1:], scheme) for b in range(len(x))]).numpy()
+        sensitive = np.zeros_like(plain, dtype=bool)
+        if scheme.nucleus:
+            lo, hi = (torch.stack([plain_logprob(logits[b], x[b, 1:], Scheme(scheme.temperature, scheme.top_k, scheme.top_p + d))
+                                   for b in range(len(x))]).numpy() for d in (-1e-4, 1e-4))
+            sensitive = ~np.isclose(lo, hi, atol=1e-5) | (np.isneginf(lo) != np.isneginf(hi))
+        for j, k in enumerate(CONTEXTS):
+            ours, want, near = result.logp[s, :, j], plain[:, k - 1 : k - 1 + C], sensitive[:, k - 1 : k - 1 + C]
+            live = ~np.isnan(ours) & ~near
+            assert np.array_equal(np.isneginf(ours[live]), np.isneginf(want[live])), scheme.name
+            finite = live & np.isfinite(want)
+            assert np.allclose(ours[finite], want[finite], atol=1e-4), scheme.name
+            compared += int(live.sum())
+            if scheme.name == "t0.7":  # never 0: every position is computed
+                assert not np.isnan(ours).any()
+    assert compared > 500
