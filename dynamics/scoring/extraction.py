@@ -158,18 +158,19 @@ def _search_mass(q: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, to
     return before[:, 0], cum.gather(1, inside.clamp(max=width - 1))[:, 0]
 
 
-def _nucleus_logprob(ranked: torch.Tensor, rows: torch.Tensor | None, y: torch.Tensor, logp: torch.Tensor,
-                     lse: torch.Tensor, tau: float, p: float) -> torch.Tensor:
+def _nucleus_logprob(ranked: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float,
+                     p: float, needed: torch.Tensor | None = None) -> torch.Tensor:
     """Top-p log-probability of the target (logit y [n, 1], tempered log-probability logp [n]) from
-    rows `rows` (None: all) of the logits sorted descending and their tempered logsumexp lse [n, 1].
+    the logits sorted descending [n, V] and their tempered logsumexp lse [n, 1]. Rows outside
+    `needed` (a mask, None: all rows) may come out wrong: their whole rows are never read.
 
     Entry i is kept when the mass of the entries before it is < p, so the kept entries are the
     first w = 1 + #(inclusive cumulative mass < p) (a search in the cumulative sums, float64 so
     that the kept set does not hinge on the order of float32 additions near p), and the tokens
     tied with the last of them (their first one's mass above is < p)."""
-    n, V = len(y), ranked.size(1)
+    n, V = ranked.shape
     m = min(_NUCLEUS_FIRST, V)
-    top = ranked[:, :m] if rows is None else ranked[rows, :m]  # [n, m]
+    top = ranked[:, :m]
     bound = torch.full((n, 1), p, dtype=torch.float64, device=y.device)
     cum = _mass(top, lse, tau).cumsum(-1, dtype=torch.float64)  # [n, m]
     before = torch.searchsorted(cum, bound)  # [n, 1] entries whose inclusive mass is < p
@@ -177,16 +178,18 @@ def _nucleus_logprob(ranked: torch.Tensor, rows: torch.Tensor | None, y: torch.T
     lowest = top.gather(1, before.clamp(max=m - 1))[:, 0]  # the smallest kept logit
     following = top.gather(1, (before + 1).clamp(max=m - 1))[:, 0]  # the next one
     before = before[:, 0]
-    wide = torch.nonzero(before >= m - 1)[:, 0]  # the nucleus may reach past the first m entries
+    wide = before >= m - 1  # the nucleus may reach past the first m entries
+    wide = torch.nonzero(wide if needed is None else wide & needed)[:, 0]
     if len(wide):
-        whole = ranked[wide] if rows is None else ranked[rows[wide]]
+        whole = ranked[wide]
         before[wide], mass[wide] = _search_mass(_mass(whole, lse[wide], tau), bound[wide])
         last = before[wide, None].clamp(max=V - 1)
         lowest[wide] = whole.gather(1, last)[:, 0]
         following[wide] = whole.gather(1, (last + 1).clamp(max=V - 1))[:, 0]
-    tied = torch.nonzero((following == lowest) & (before < V - 1))[:, 0]
+    tied = (following == lowest) & (before < V - 1)
+    tied = torch.nonzero(tied if needed is None else tied & needed)[:, 0]
     if len(tied):  # tokens tied with the last kept one are kept too: sum the mass of all of them
-        whole = ranked[tied] if rows is None else ranked[rows[tied]]
+        whole = ranked[tied]
         mass[tied] = (_mass(whole, lse[tied], tau).double() * (whole >= lowest[tied, None])).sum(-1)
     return torch.where(y[:, 0] >= lowest, logp - mass.log().float(), -torch.inf)
 
@@ -205,11 +208,11 @@ def plain_logprobs(logits: torch.Tensor, target: torch.Tensor, schemes: list[Sch
 
 
 def ranked_logprobs(ranked: torch.Tensor, y: torch.Tensor, schemes: list[Scheme], lse1: torch.Tensor,
-                    rows: torch.Tensor | None = None) -> torch.Tensor:
+                    needed: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probabilities [S, n] of the true tokens (logits y [n]) for schemes that share a kept set
     (the same top_k and top_p and, with a top_p, temperature), -inf where the true token is
-    outside it, read off rows `rows` (None: all) of the logits sorted descending (`ranked`).
-    lse1: logsumexp of the unscaled logits per row."""
+    outside it, read off the logits sorted descending (`ranked` [n, V]). lse1: logsumexp of the
+    unscaled logits per row. Rows outside `needed` (a mask, None: all rows) may come out wrong."""
     n, V = len(y), ranked.size(1)
     k = schemes[0].top_k
     y = y[:, None]  # [n, 1]
@@ -220,18 +223,18 @@ def ranked_logprobs(ranked: torch.Tensor, y: torch.Tensor, schemes: list[Scheme]
             if tau == 1:
                 lse = lse1[:, None]
             else:
-                lse = ((ranked if rows is None else ranked[rows]) / tau).logsumexp(-1, keepdim=True)
+                lse = (ranked / tau).logsumexp(-1, keepdim=True)
             logp = (y / tau - lse)[:, 0]
-            out[i] = _nucleus_logprob(ranked, rows, y, logp, lse, tau, scheme.top_p) if scheme.nucleus else logp
+            out[i] = _nucleus_logprob(ranked, y, logp, lse, tau, scheme.top_p, needed) if scheme.nucleus else logp
         return out
-    top = ranked[:, : k + 1] if rows is None else ranked[rows, : k + 1]  # [n, k + 1]
+    top = ranked[:, : k + 1]  # [n, k + 1]
     values = top[:, :k]
     # tokens tied with the k-th value beyond the k are kept too: they count into its weight
     weight = None
     tied = torch.nonzero(top[:, k] == top[:, k - 1])[:, 0]
     if len(tied):
         weight = torch.ones_like(values)
-        beyond = ranked[tied if rows is None else rows[tied], k:]
+        beyond = ranked[tied, k:]
         weight[tied, -1] += (beyond == values[tied, -1:]).sum(-1)
     # every scheme at once: temperatures [S, 1, 1], probabilities relative to the largest logit
     tau = torch.tensor([s.temperature for s in schemes], device=y.device)[:, None, None]
@@ -286,14 +289,17 @@ class Extraction:
         for i, s in enumerate(schemes):
             if kept_set(s) is not None:
                 groups.setdefault(kept_set(s), []).append(i)
-        self.groups = {sig: torch.tensor(members, device=device) for sig, members in groups.items()}
+        self.groups = list(groups.values())
+        self.members = torch.tensor([i for members in self.groups for i in members], device=device)  # [S'] in group order
+        self.group_of = torch.tensor([g for g, members in enumerate(self.groups) for _ in members], device=device)  # [S']
+        self.first_of = torch.tensor([self.members.tolist().index(members[0]) for members in self.groups], device=device)
         self.values = torch.full((len(schemes), batch, length), torch.nan, device=device)  # [S, B, T]
         self.start = torch.tensor([k - 1 for k in contexts], device=device)  # [K] first position
         self.covered = (min(contexts) - 1, max(contexts) - 2 + continuation)  # first and last position any cell covers
         position = torch.arange(length, device=device)
         self.covers = (position >= self.start[:, None]) & (position < self.start[:, None] + continuation)  # [K, T]
-        # per kept-set group and context: the first position whose true token is outside the kept set
-        self.dead_at = {sig: torch.full((batch, len(contexts)), _NEVER, device=device) for sig in self.groups}
+        # per group, sample and context: the first position whose true token is outside the kept set
+        self.dead_at = torch.full((len(self.groups), batch, len(contexts)), _NEVER, device=device)  # [G, B, K]
 
     def add(self, a: int, logits: torch.Tensor, targets: torch.Tensor, nll: torch.Tensor) -> None:
         """logits [B, P, V] of positions a .. a+P-1, their true next tokens [B, P] and NLL [B, P]."""
@@ -312,33 +318,31 @@ class Extraction:
             return
         # the rows each group needs (while a cell covering them lives), sorted once for all groups
         covers, pos = self.covers[:, a : a + P], torch.arange(a, a + P, device=logits.device)  # [K, P], [P]
-        need = torch.stack([((pos <= dead[:, :, None]) & covers).any(1).view(-1) for dead in self.dead_at.values()])  # [G, B * P]
+        need = ((pos <= self.dead_at[..., None]) & covers).any(2).view(len(self.groups), -1)  # [G, B * P]
         rows = torch.nonzero(need.any(0))[:, 0]
         if not len(rows):
             return
         y = flat_logits.view(-1)[rows * V + flat_targets[rows]]  # true-token logits
         lse1 = flat_nll[rows] + y
         ranked = sort_descending(flat_logits, rows)
-        at_value = (rows // P) * self.values.size(2) + (a + rows % P)  # where each row goes in a scheme's [B, T]
-        for (sig, members), needed in zip(self.groups.items(), need[:, rows]):
-            at = torch.nonzero(needed)[:, 0]  # the rows of `ranked` this group needs
-            schemes = [self.schemes[i] for i in members.tolist()]
-            logp = ranked_logprobs(ranked, y[at], schemes, lse1[at], at if len(at) < len(rows) else None)
-            self.values.view(len(self.schemes), -1).index_put_((members[:, None], at_value[at][None]), logp)
-            out = at[torch.isneginf(logp[0])]  # the true token left the kept set: cells covering it die
-            if len(out):
-                zero = torch.zeros(B * P, dtype=torch.bool, device=logits.device)
-                zero[rows[out]] = True
-                zero = zero.view(B, 1, P) & covers  # [B, K, P]
-                dead = self.dead_at[sig]
-                torch.minimum(dead, torch.where(zero, pos, _NEVER).amin(-1), out=dead)
+        needed = need[:, rows]  # [G, n]
+        logp = torch.cat([ranked_logprobs(ranked, y, [self.schemes[i] for i in members], lse1, needed[g])
+                          for g, members in enumerate(self.groups)])  # [S', n]
+        logp = torch.where(needed[self.group_of], logp, torch.nan)
+        at = (rows // P) * self.values.size(2) + (a + rows % P)  # where each row goes in a scheme's [B, T]
+        self.values.view(len(self.schemes), -1).index_put_((self.members[:, None], at[None]), logp)
+        # a cell dies at the first position where its group's kept set leaves the true token out
+        zero = torch.zeros(len(self.groups), B * P, dtype=torch.bool, device=logits.device)
+        zero[:, rows] = torch.isneginf(logp[self.first_of])
+        zero = zero.view(-1, B, 1, P) & covers  # [G, B, K, P]
+        torch.minimum(self.dead_at, torch.where(zero, pos, _NEVER).amin(-1), out=self.dead_at)
 
     def result(self) -> np.ndarray:
         """[S, B, K, C] float32: per continuation position, NaN after each cell's first -inf."""
         idx = self.start[:, None] + torch.arange(self.C, device=self.values.device)[None, :]  # [K, C]
         out = self.values[:, :, idx]  # [S, B, K, C]
-        for sig, members in self.groups.items():
-            out[members] = out[members].masked_fill(idx > self.dead_at[sig][..., None], torch.nan)
+        for g, members in enumerate(self.groups):
+            out[members] = out[members].masked_fill(idx > self.dead_at[g][..., None], torch.nan)
         return out.cpu().numpy()
 
 
