@@ -177,9 +177,9 @@ def _decode(model, state: _SharedPrefixDecoding, first_tokens: torch.Tensor):
 
 # positions whose logits are reduced together: [B, 8, V] fp32 is 2 MiB at B=32, V=2048, small
 # enough to stay in a core's cache between the reductions. With sampling schemes, 16: the
-# extraction's fixed cost per chunk then counts half as often (its rows cost more, as cells that
-# die inside a chunk are still computed to its end); measured at 617k, batch 32 on a CPU, 8 / 12 /
-# 16 / 20 positions: +37 / +34 / +30-33 / +32 ms per batch over greedy scoring alone
+# extraction's fixed cost per chunk then counts half as often (more rows are computed, as cells
+# that die inside a chunk are computed to its end); 617k on a CPU, over greedy scoring alone:
+# batch 16, +22.5 ms per batch with 8 positions, +19.6 with 16; batch 32, +33.0 and +32.1
 _LOGIT_CHUNK = 8
 _EXTRACTION_CHUNK = 16
 _plain_head: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
