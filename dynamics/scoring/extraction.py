@@ -21,7 +21,7 @@ reductions here run on those chunks. `Extraction` skips every position no live c
 cell's p_z is 0 from its first true token outside the kept set on, so later positions are not
 computed for it (stored as NaN). The rows that some top-k or top-p scheme needs are sorted once
 (numpy's vectorised sort); every kept set and normaliser is then read off the sorted rows, a
-nucleus from their first 64 entries where it ends there.
+nucleus from their first 512 entries where it ends there.
 """
 
 from __future__ import annotations
@@ -129,9 +129,11 @@ def _nucleus_mass(q: torch.Tensor, weight: torch.Tensor | float, p: float) -> to
     return (mass * (strictly_above < p)).sum(-1)
 
 
-# entries of a sorted row a nucleus is first looked for in: half of the rows' 0.9-nuclei are
-# narrower (measured on the tiny family); the rest read their whole row
-_NUCLEUS_FIRST = 64
+# entries of a sorted row a nucleus is first looked for in: nearly every 0.9-nucleus of the tiny
+# family is narrower (99th percentile: 434 tokens at 617k, 572 at 4.2m); the rest are searched
+# in their whole row. Tried at 617k, batch 32: 64 / 256 / 512 / 1024 entries, 8.6 / 5.8 / 4.8 / 6.4
+# ms per batch for the nucleus
+_NUCLEUS_FIRST = 512
 
 
 def _mass(logits: torch.Tensor, lse: torch.Tensor, tau: float) -> torch.Tensor:
