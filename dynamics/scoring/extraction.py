@@ -103,16 +103,22 @@ def scheme_from_name(name: str) -> Scheme:
 # exact per-position probabilities of the true token, on rows of logits
 
 
-def sort_descending(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row of logits [N, V] (or its rows `rows`) sorted in descending order. On a CPU numpy's
+def sort_descending(logits: torch.Tensor, rows: torch.Tensor | None = None, width: int | None = None) -> torch.Tensor:
+    """Each row of logits [N, V] (or its rows `rows`) in descending order in its first `width`
+    entries (None: all), the rest holding its smaller logits in no order. On a CPU numpy's
     vectorised sort (x86-simd-sort) is 10x faster than torch.sort and 2x faster than torch.topk
-    of only 41 values (measured on 2048-wide rows)."""
+    of only 41 values, and its partition of the 512 largest, then their sort, 1.5x faster than the
+    sort of a whole row (measured on 2048-wide rows)."""
     picked = logits if rows is None else logits.index_select(0, rows)
     if logits.device.type != "cpu":
         return picked.sort(-1, descending=True).values
     negated = picked.numpy().copy() if rows is None else picked.numpy()  # index_select copied already
     np.negative(negated, out=negated)  # numpy's ascending order is the logits' descending one
-    negated.sort(-1)
+    if width is not None and width < negated.shape[1]:
+        negated.partition(width - 1, axis=-1)  # the width largest logits first, in any order
+        negated[:, :width].sort(-1)
+    else:
+        negated.sort(-1)
     return torch.from_numpy(np.negative(negated, out=negated))
 
 
@@ -163,7 +169,8 @@ def _search_mass(q: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, to
 def _nucleus_logprob(ranked: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, lse: torch.Tensor, tau: float,
                      p: float, needed: torch.Tensor | None = None) -> torch.Tensor:
     """Top-p log-probability of the target (logit y [n, 1], tempered log-probability logp [n]) from
-    the logits sorted descending [n, V] and their tempered logsumexp lse [n, 1]. Rows outside
+    the logits [n, V] sorted descending in at least their first _NUCLEUS_FIRST entries
+    (sort_descending) and their tempered logsumexp lse [n, 1]. Rows outside
     `needed` (a mask, None: all rows) may come out wrong: their whole rows are never read.
 
     Entry i is kept when the mass of the entries before it is < p, so the kept entries are the
@@ -184,6 +191,7 @@ def _nucleus_logprob(ranked: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, 
     wide = torch.nonzero(wide if needed is None else wide & needed)[:, 0]
     if len(wide):
         whole = ranked[wide]
+        whole[:, m:] = whole[:, m:].sort(-1, descending=True).values  # sorted only as far as m (sort_descending)
         before[wide], mass[wide] = _search_mass(_mass(whole, lse[wide], tau), bound[wide])
         last = before[wide, None].clamp(max=V - 1)
         lowest[wide] = whole.gather(1, last)[:, 0]
@@ -213,8 +221,9 @@ def ranked_logprobs(ranked: torch.Tensor, y: torch.Tensor, schemes: list[Scheme]
                     needed: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probabilities [S, n] of the true tokens (logits y [n]) for schemes that share a kept set
     (the same top_k and top_p and, with a top_p, temperature), -inf where the true token is
-    outside it, read off the logits sorted descending (`ranked` [n, V]). lse1: logsumexp of the
-    unscaled logits per row. Rows outside `needed` (a mask, None: all rows) may come out wrong."""
+    outside it, read off the logits sorted descending (`ranked` [n, V], sort_descending) in at
+    least their first sorted_width(schemes) entries. lse1: logsumexp of the unscaled logits per
+    row. Rows outside `needed` (a mask, None: all rows) may come out wrong."""
     n, V = len(y), ranked.size(1)
     k = schemes[0].top_k
     y = y[:, None]  # [n, 1]
@@ -254,6 +263,11 @@ def ranked_logprobs(ranked: torch.Tensor, y: torch.Tensor, schemes: list[Scheme]
     return torch.where(inside, logp, -torch.inf)
 
 
+def sorted_width(schemes: list[Scheme]) -> int:
+    """How many largest logits of a row, in order, the kept sets of these schemes are read from."""
+    return max([_NUCLEUS_FIRST if any(s.nucleus for s in schemes) else 1] + [s.top_k + 1 for s in schemes if s.top_k])
+
+
 def kept_set(scheme: Scheme) -> tuple | None:
     """What decides which tokens a scheme keeps (None: every token): schemes with the same kept
     set form a group that a true token leaves together."""
@@ -267,7 +281,8 @@ def scheme_logprob(logits: torch.Tensor, target: torch.Tensor, scheme: Scheme, l
     lse1 = logits.logsumexp(-1) if lse1 is None else lse1
     if kept_set(scheme) is None:
         return plain_logprobs(logits, target, [scheme], lse1)[0]
-    return ranked_logprobs(sort_descending(logits), logits.gather(1, target[:, None])[:, 0], [scheme], lse1)[0]
+    ranked = sort_descending(logits, width=sorted_width([scheme]))
+    return ranked_logprobs(ranked, logits.gather(1, target[:, None])[:, 0], [scheme], lse1)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +309,7 @@ class Extraction:
         self.groups = list(groups.values())
         self.members = torch.tensor([i for members in self.groups for i in members], device=device)  # [S'] in group order
         self.group_of = torch.tensor([g for g, members in enumerate(self.groups) for _ in members], device=device)  # [S']
+        self.width = sorted_width([s for s in schemes if kept_set(s) is not None])  # sorted entries read of each row
         self.first_of = torch.tensor([self.members.tolist().index(members[0]) for members in self.groups], device=device)
         self.values = torch.full((len(schemes), batch, length), torch.nan, device=device)  # [S, B, T]
         self.start = torch.tensor([k - 1 for k in contexts], device=device)  # [K] first position
@@ -326,7 +342,7 @@ class Extraction:
             return
         y = flat_logits.view(-1)[rows * V + flat_targets[rows]]  # true-token logits
         lse1 = flat_nll[rows] + y
-        ranked = sort_descending(flat_logits, rows)
+        ranked = sort_descending(flat_logits, rows, self.width)
         needed = need[:, rows]  # [G, n]
         logp = torch.cat([ranked_logprobs(ranked, y, [self.schemes[i] for i in members], lse1, needed[g])
                           for g, members in enumerate(self.groups)])  # [S', n]
