@@ -59,7 +59,8 @@ def bleu4(generated: np.ndarray, true: np.ndarray, continuations: list[int]) -> 
 def longest_common_substring(generated: np.ndarray, true: np.ndarray, continuations: list[int]) -> dict[int, np.ndarray]:
     """Longest common contiguous run of tokens of generated[:, :c] and true[:, :c]: {c: [N] int}."""
     N, C = generated.shape
-    eq = generated[:, :, None] == true[:, None, :]
+    # token ids fit int32 (vocabularies are far smaller): half the bytes of int64 to compare
+    eq = generated.astype(np.int32)[:, :, None] == true.astype(np.int32)[:, None, :]
     run = np.zeros((N, C, C), dtype=np.int16)  # length of the common run ending at (i, j)
     run[:, 0] = eq[:, 0]
     for i in range(1, C):
