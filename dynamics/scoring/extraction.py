@@ -19,9 +19,10 @@ n = ceil(log(1 - p) / log(1 - p_z)); 1 when p_z = 1, inf when p_z = 0.
 Cost: the scorer's teacher-forced pass already makes the logits, a few positions at a time; the
 reductions here run on those chunks. `Extraction` skips every position no live cell needs: a
 cell's p_z is 0 from its first true token outside the kept set on, so later positions are not
-computed for it (stored as NaN). The rows that some top-k or top-p scheme needs are sorted once
-(numpy's vectorised sort); every kept set and normaliser is then read off the sorted rows, a
-nucleus from their first 512 entries where it ends there.
+computed for it (stored as NaN). Of the rows that some top-k or top-p scheme needs, the largest
+logits are partitioned out and sorted once for all schemes (numpy's vectorised partition and
+sort: 512 with a nucleus, else k + 1); every kept set and normaliser is read off them, a nucleus
+that reaches further off its whole row, sorted then.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def _nucleus_logprob(ranked: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, 
     wide = torch.nonzero(wide if needed is None else wide & needed)[:, 0]
     if len(wide):
         whole = ranked[wide]
-        whole[:, m:] = whole[:, m:].sort(-1, descending=True).values  # sorted only as far as m (sort_descending)
+        whole[:, m:] = sort_descending(whole[:, m:])  # sort_descending sorted only as far as m
         before[wide], mass[wide] = _search_mass(_mass(whole, lse[wide], tau), bound[wide])
         last = before[wide, None].clamp(max=V - 1)
         lowest[wide] = whole.gather(1, last)[:, 0]
@@ -390,10 +391,12 @@ def draws_needed(logp: np.ndarray, p: float) -> np.ndarray:
 def extraction_columns(schemes: list[Scheme], logp: np.ndarray) -> dict[str, np.ndarray]:
     """Score-table columns of one continuation length: logp_<scheme> (float32) and n50_/n90_<scheme>
     (float64) from log p_z [S, n]."""
+    stored = np.asarray(logp, dtype=np.float32)
+    # from the stored values, so that the table agrees with itself; every scheme at once
+    needed = {p: draws_needed(stored, p) for p in DISCOVERY_P}
     cols = {}
     for s, scheme in enumerate(schemes):
-        stored = logp[s].astype(np.float32)
-        cols[f"logp_{scheme.name}"] = stored
-        for p in DISCOVERY_P:  # from the stored value, so that the table agrees with itself
-            cols[f"n{round(100 * p)}_{scheme.name}"] = draws_needed(stored, p)
+        cols[f"logp_{scheme.name}"] = stored[s]
+        for p in DISCOVERY_P:
+            cols[f"n{round(100 * p)}_{scheme.name}"] = needed[p][s]
     return cols
