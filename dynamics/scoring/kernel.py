@@ -179,7 +179,7 @@ def _decode(model, state: _SharedPrefixDecoding, first_tokens: torch.Tensor):
 # enough to stay in a core's cache between the reductions. With sampling schemes, 16: the
 # extraction's fixed cost per chunk then counts half as often (more rows are computed, as cells
 # that die inside a chunk are computed to its end); 617k on a CPU, over greedy scoring alone:
-# batch 16, +22.5 ms per batch with 8 positions, +19.6 with 16; batch 32, +33.0 and +32.1
+# batch 16, +19.4 ms per batch with 8 positions, +15.8 with 16; batch 32, +29.6 and +26.2
 _LOGIT_CHUNK = 8
 _EXTRACTION_CHUNK = 16
 _plain_head: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
