@@ -312,7 +312,8 @@ class Extraction:
         self.members = torch.tensor([i for members in self.groups for i in members], device=device)  # [S'] in group order
         self.group_of = torch.tensor([g for g, members in enumerate(self.groups) for _ in members], device=device)  # [S']
         self.width = sorted_width([s for s in schemes if kept_set(s) is not None])  # sorted entries read of each row
-        self.first_of = torch.tensor([self.members.tolist().index(members[0]) for members in self.groups], device=device)
+        # where each group's first scheme sits in members: its -inf is the group's
+        self.first_of = torch.tensor(np.cumsum([0] + [len(m) for m in self.groups])[:-1], device=device)
         self.values = torch.full((len(schemes), batch, length), torch.nan, device=device)  # [S, B, T]
         self.start = torch.tensor([k - 1 for k in contexts], device=device)  # [K] first position
         self.covered = (min(contexts) - 1, max(contexts) - 2 + continuation)  # first and last position any cell covers
