@@ -89,7 +89,11 @@ def acquire(out: str | os.PathLike, option: str = "--out", kind: str = "dir") ->
         return None
     made = _make_parents(path.parent, out, option)
     try:
-        fd = _try_lock(path)
+        try:
+            fd = _try_lock(path)
+        except FileNotFoundError:  # the folder was made by another process, whose clean-up just removed it
+            made = _make_parents(path.parent, out, option)
+            fd = _try_lock(path)
     except _InUse as e:
         _remove_empty(made)
         raise MemdynError(
@@ -120,8 +124,10 @@ def release(path: Path | None) -> None:
 
 
 def _make_parents(parent: Path, out, option: str) -> list[Path]:
-    """Create the missing folders above the output (returned, so that a failed command that wrote
-    nothing removes them again)."""
+    """Create the missing folders above the output; returns those this process made, deepest
+    first, so that a failed command that wrote nothing removes them again. Another process may
+    make one of them at the same moment (the pipeline's workers lock sibling outputs in a folder
+    that does not exist yet): that one is used, not made, and never removed by this process."""
     missing = []
     p = parent
     while not p.exists():
@@ -129,9 +135,15 @@ def _make_parents(parent: Path, out, option: str) -> list[Path]:
         p = p.parent
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
         raise MemdynError(f"{option} {out}: {p} is not a writable directory; choose another location")
+    made = []
     for d in reversed(missing):
-        d.mkdir()
-    return missing
+        try:
+            d.mkdir()
+            made.append(d)
+        except FileExistsError:
+            if not d.is_dir():
+                raise MemdynError(f"{option} {out}: {d} is not a directory; choose another location") from None
+    return made[::-1]
 
 
 def _remove_empty(dirs: list[Path]) -> None:
