@@ -80,7 +80,7 @@ def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
     run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
-                   progress=False, workers=cores())
+                   workers=cores())
 
 
 def _analyses(r: _Run) -> None:

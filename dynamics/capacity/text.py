@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from dynamics.capacity.attacks import score_samples
 from dynamics.capacity.bits import LN2
@@ -123,7 +124,8 @@ def computed_from(out: str | Path, family: FamilySpec) -> bool:
 
 @locks_output()
 def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | None = None, reference: str | None = None,
-                  device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
+                  device: str | None = None, dtype: str = "fp32", batch_size: int = 32, seed: int = 0,
+                  progress: bool = True) -> pd.DataFrame:
     """Per-sample and per-size unintended memorization, membership inference and its sigmoid fit."""
     out = check_output_folder(out, "--out", _is_text_capacity)
     sizes = family.select(models)
@@ -137,7 +139,7 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
     baseline = per_token[member_samples[:, 1:]].sum(1)
     rows, per_sample = [], []
     references = {}  # location -> (vocabulary size, bits of the members): one reference often serves every size
-    for size in sizes:
+    for size in tqdm(sizes, desc="capacity", unit="model", disable=not progress):
         target = load_model(family, size, device=dev, dtype=dtype)
         location = _reference_location(family, size.name, reference)
         if location not in references:
