@@ -47,3 +47,26 @@ def test_workers_lock_siblings_in_a_missing_folder_at_once(tmp_path):
             w.join(60)
         assert [w.exitcode for w in workers] == [0] * 4
         assert sorted(p.name for p in folder.iterdir()) == [f"out{i}" for i in range(4)]  # no lock left
+
+
+def test_a_folder_removed_by_its_maker_meanwhile_is_made_again(tmp_path, monkeypatch):
+    # the other worker made runs/predictor, failed (a size without memorized samples) and removed
+    # it again, between this process's check and the creation of its lock file
+    import dynamics.lock as lock
+
+    shared = tmp_path / "runs" / "predictor"
+    shared.mkdir(parents=True)
+    real_try_lock = lock._try_lock
+    calls = []
+
+    def raced_try_lock(path):
+        calls.append(path)
+        if len(calls) == 1:
+            shared.rmdir()
+        return real_try_lock(path)
+
+    monkeypatch.setattr(lock, "_try_lock", raced_try_lock)
+    with output_lock(shared / "617k-context"):
+        assert (shared / ".617k-context.lock").is_file()
+    assert len(calls) == 2
+    assert not shared.exists()  # made by this process the second time, and empty: removed again
