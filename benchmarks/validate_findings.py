@@ -1,6 +1,6 @@
 """Check a work directory against the published trends (shared/REFERENCE.md sections 1-6).
 
-    python benchmarks/validate_findings.py --workdir runs [--strict] [--seed 0]
+    python benchmarks/validate_findings.py --workdir runs [--workdir runs-seed1 ...] [--strict] [--seed 0]
 
 Each check is printed with its numbers, the tested difference and its 95% bootstrap interval
 (dynamics/analyses/checks.py), and PASS / FAIL / NOT SHOWN:
@@ -19,6 +19,8 @@ trend is reversed or only not shown at 95%). NOT SHOWN: a stage or group is miss
 When a context trend fails, a diagnostic holds the continuation fixed (the tokens after the
 largest context) and grows the context backwards from it, separating the context's length from
 the continuation's position in the sample, which the sample-aligned grid moves together.
+With several work directories (other draws of the world, `memdyn run --seed N`), each is checked
+and a table gives every check's status per run and in how many it passes.
 --strict exits 1 on FAIL.
 """
 
@@ -81,27 +83,56 @@ def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]
     return out
 
 
-def main() -> int:
+def validate(workdir: Path, seed: int) -> tuple[Workdir, list[tuple[str, str, str, str]]]:
     from dynamics.analyses.checks import all_checks
 
+    run = Workdir.open(workdir)
+    checks = all_checks(run, seed)
+    return run, checks + context_diagnostics(run, checks)
+
+
+def totals(checks) -> str:
+    counts = pd.Series([c[2] for c in checks]).value_counts()
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in ("PASS", "FAIL", "NOT SHOWN"))
+
+
+def across_worlds(runs: list[tuple[Workdir, list]]) -> pd.DataFrame:
+    """One row per check (in first-seen order), one status column per run, and how many pass: a
+    trend that passes in every draw of the world is a finding; one that passes in some is not decided
+    by a single run."""
+    table = pd.DataFrame([{"check": name, "run": i, "status": status} for i, (_, checks) in enumerate(runs)
+                          for name, _, status, _ in checks])
+    wide = table.pivot(index="check", columns="run", values="status").reindex(table["check"].unique()).fillna("-")
+    wide.columns = [f"run {i + 1}" for i in wide.columns]
+    wide["passes"] = [f"{(row == 'PASS').sum()} of {len(runs)}" for row in wide.to_numpy()]
+    return wide
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("runs"))
+    parser.add_argument("--workdir", type=Path, action="append",
+                        help="a `memdyn run` work directory (default runs); give it again for other draws of the "
+                             "world (`memdyn run --seed N`): each run is checked, then every check's status per run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a check FAILs")
     args = parser.parse_args()
     try:
-        run = Workdir.open(args.workdir)
-        checks = all_checks(run, args.seed)
-        checks += context_diagnostics(run, checks)
+        runs = [validate(w, args.seed) for w in args.workdir or [Path("runs")]]
     except MemdynError as e:
         print(f"validate_findings: error: {e}", file=sys.stderr)
         return 2
-    print(f"{run.family.name} ({run.preset} preset, sizes {', '.join(run.sizes)}) against REFERENCE.md sections 1-6\n")
-    for name, nums, status, why in checks:
-        print(f"[{status:>9}] {name}\n            {nums}" + (f"\n            why: {why}" if why else ""))
-    counts = pd.Series([c[2] for c in checks]).value_counts()
-    print("\n" + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("PASS", "FAIL", "NOT SHOWN")))
-    return 1 if args.strict and counts.get("FAIL", 0) else 0
+    for run, checks in runs:
+        print(f"{run.family.name} ({run.preset} preset, seed {run.family.seed}, sizes {', '.join(run.sizes)}) in {run.root} "
+              "against REFERENCE.md sections 1-6\n")
+        for name, nums, status, why in checks:
+            print(f"[{status:>9}] {name}\n            {nums}" + (f"\n            why: {why}" if why else ""))
+        print("\n" + totals(checks) + "\n")
+    if len(runs) > 1:
+        with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 110):
+            legend = "; ".join(f"run {i + 1}: {run.root} (seed {run.family.seed})" for i, (run, _) in enumerate(runs))
+            print(f"every check in {len(runs)} runs ({legend}):\n{across_worlds(runs).to_string()}")
+    fails = sum(status == "FAIL" for _, checks in runs for _, _, status, _ in checks)
+    return 1 if args.strict and fails else 0
 
 
 if __name__ == "__main__":

@@ -95,9 +95,13 @@ def test_report_renders_in_headless_chromium(reports, tmp_path):
 
 
 def test_validate_findings_prints_checks(micro_workdir):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "validate_findings.py"), "--workdir", str(micro_workdir)],
-                            capture_output=True, text=True, timeout=120)
+    # (the same run twice stands for two draws of the world: each is checked, then one table of both)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "validate_findings.py"), "--workdir", str(micro_workdir),
+                             "--workdir", str(micro_workdir)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.count("against REFERENCE.md sections 1-6") == 2
+    table = result.stdout.split("every check in 2 runs (run 1: ")[1]
+    assert re.search(r"memorized share rises with model size\s+(PASS|FAIL|NOT SHOWN)\s+(PASS|FAIL|NOT SHOWN)\s+[0-2] of 2", table)
     assert "memorized share rises with model size" in result.stdout
     assert re.search(r"\[\s*(PASS|FAIL|NOT SHOWN)\] entropy jumps up at the boundary", result.stdout)
     assert re.search(r"\[\s*(PASS|FAIL|NOT SHOWN)\] bits memorized grow with model size", result.stdout)
