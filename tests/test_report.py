@@ -151,3 +151,22 @@ def test_boundary_caption_counts_the_published_direction():
     jumps = pd.DataFrame(rows)
     assert "positive in 2 of 2 sizes" in F.boundary(jumps, "entropy_nats")
     assert "negative (a drop) in 2 of 2 sizes" in F.boundary(jumps, "orig_n1")
+
+
+def test_duplicated_span_diagnostic(micro_workdir):
+    import importlib.util
+
+    from dynamics.workdir import Workdir
+
+    spec = importlib.util.spec_from_file_location("validate_findings", ROOT / "benchmarks" / "validate_findings.py")
+    vf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vf)
+    run = Workdir.open(micro_workdir)
+    name, nums, status, why = vf.duplicated_span_diagnostic(run, run.sizes[-1])
+    assert name.startswith(vf.DIAGNOSTIC) and status in ("PASS", "FAIL") and why
+    contexts = sorted(run.scores.context_len.unique())
+    assert "memorized among the " in nums and f"{contexts[-1] + run.cell[1]}-token span" in nums
+    assert re.search(r"95% CI [-+\d.e]+ to [-+\d.e]+", nums)
+    # the totals count checks; diagnostics apart
+    checks = [("a", "", "PASS", ""), ("b", "", "FAIL", ""), (vf.DIAGNOSTIC + "c", "", "FAIL", "")]
+    assert vf.totals(checks) == "1 PASS, 1 FAIL, 0 NOT SHOWN (diagnostics: 0 of 1 PASS)"
