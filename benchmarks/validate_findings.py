@@ -78,8 +78,12 @@ def duplicated_span_diagnostic(run: Workdir, model: str) -> tuple[str, str, str,
     from dynamics.analyses.checks import directional, fmt, memorized, paired_diff
     from dynamics.analyses.duplication import read_duplication
 
+    name = f"{DIAGNOSTIC}memorized share rises with context length on samples whose longest span is duplicated ({model})"
     c = run.cell[1]
-    dup = read_duplication(run.scores_dir)
+    try:
+        dup = read_duplication(run.scores_dir)
+    except MemdynError as e:  # a run whose analyses stage has not annotated its scores
+        return name, "-", "NOT SHOWN", str(e)
     dup = dup[dup.continuation_len == c].pivot(index="seq_idx", columns="context_len", values="span_count")
     contexts = sorted(dup.columns)
     kept = dup.index[dup[contexts[-1]] >= 2]
@@ -92,8 +96,7 @@ def duplicated_span_diagnostic(run: Workdir, model: str) -> tuple[str, str, str,
     status, why = directional(*d)
     if status == "PASS":
         why = "where the text stays duplicated a longer context helps; the grid's longer spans more often leave it"
-    return (f"{DIAGNOSTIC}memorized share rises with context length on samples whose longest span is duplicated ({model})",
-            nums, status, why)
+    return name, nums, status, why
 
 
 def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]:
@@ -115,12 +118,11 @@ def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]
     return out
 
 
-def validate(workdir: Path, seed: int) -> tuple[Workdir, list[tuple[str, str, str, str]]]:
+def validate(run: Workdir, seed: int) -> list[tuple[str, str, str, str]]:
     from dynamics.analyses.checks import all_checks
 
-    run = Workdir.open(workdir)
     checks = all_checks(run, seed)
-    return run, checks + context_diagnostics(run, checks)
+    return checks + context_diagnostics(run, checks)
 
 
 def totals(checks) -> str:
@@ -151,7 +153,8 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a check FAILs")
     args = parser.parse_args()
     try:
-        runs = [validate(w, args.seed) for w in args.workdir or [Path("runs")]]
+        opened = [Workdir.open(w) for w in args.workdir or [Path("runs")]]  # every directory checked before any work
+        runs = [(run, validate(run, args.seed)) for run in opened]
     except MemdynError as e:
         print(f"validate_findings: error: {e}", file=sys.stderr)
         return 2

@@ -153,7 +153,7 @@ def test_boundary_caption_counts_the_published_direction():
     assert "negative (a drop) in 2 of 2 sizes" in F.boundary(jumps, "orig_n1")
 
 
-def test_duplicated_span_diagnostic(micro_workdir):
+def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     import importlib.util
 
     from dynamics.workdir import Workdir
@@ -167,6 +167,14 @@ def test_duplicated_span_diagnostic(micro_workdir):
     contexts = sorted(run.scores.context_len.unique())
     assert "memorized among the " in nums and f"{contexts[-1] + run.cell[1]}-token span" in nums
     assert re.search(r"95% CI [-+\d.e]+ to [-+\d.e]+", nums)
+    # a run whose scores carry no duplication counts: the diagnostic is NOT SHOWN, with the reason
+    import dynamics.analyses.duplication as duplication
+
+    def missing(scores):
+        raise MemdynError(f"{scores} has no _duplication.parquet")
+
+    monkeypatch.setattr(duplication, "read_duplication", missing)
+    assert vf.duplicated_span_diagnostic(run, run.sizes[-1])[2:] == ("NOT SHOWN", f"{run.scores_dir} has no _duplication.parquet")
     # the totals count checks; diagnostics apart
     checks = [("a", "", "PASS", ""), ("b", "", "FAIL", ""), (vf.DIAGNOSTIC + "c", "", "FAIL", "")]
     assert vf.totals(checks) == "1 PASS, 1 FAIL, 0 NOT SHOWN (diagnostics: 0 of 1 PASS)"
