@@ -70,7 +70,7 @@ def fixed_continuation_shares(run: Workdir, model: str) -> dict[int, float]:
     return shares
 
 
-def duplicated_span_diagnostic(run: Workdir, model: str) -> tuple[str, str, str, str]:
+def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str, str, str, str]:
     """The context trend on the samples whose longest span (largest context + continuation) occurs
     twice or more in the training stream, beside the share of samples whose span does at each
     context: a longer span more often runs past the end of a duplicated copy (or into a canary),
@@ -88,7 +88,7 @@ def duplicated_span_diagnostic(run: Workdir, model: str) -> tuple[str, str, str,
     contexts = sorted(dup.columns)
     kept = dup.index[dup[contexts[-1]] >= 2]
     shares = {k: memorized(run.scores, model=model, context_len=k, continuation_len=c).loc[kept] for k in contexts}
-    d = paired_diff(shares[contexts[0]], shares[contexts[-1]], 0)
+    d = paired_diff(shares[contexts[0]], shares[contexts[-1]], seed)
     nums = (", ".join(f"context {k}: {F.pct((dup[k] >= 2).mean())}" for k in contexts) + " of the samples have a span "
             f"that occurs twice or more; memorized among the {len(kept)} whose {contexts[-1] + c}-token span does: "
             + ", ".join(f"context {k}: {F.pct(v.mean())}" for k, v in shares.items())
@@ -99,7 +99,7 @@ def duplicated_span_diagnostic(run: Workdir, model: str) -> tuple[str, str, str,
     return name, nums, status, why
 
 
-def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]:
+def context_diagnostics(run: Workdir, checks, seed: int) -> list[tuple[str, str, str, str]]:
     """For sizes failing the context trend: the same comparison with the continuation held fixed."""
     out = []
     for name, _, status, _ in checks:
@@ -114,7 +114,7 @@ def context_diagnostics(run: Workdir, checks) -> list[tuple[str, str, str, str]]
         status, why = ("PASS", why) if shares[K] > shares[min(shares)] else ("FAIL", "longer contexts do not help even with the continuation fixed")
         out.append((f"{DIAGNOSTIC}memorized share rises with context length, continuation fixed at tokens {K}..{K + run.cell[1]} ({model})",
                     nums, status, why))
-        out.append(duplicated_span_diagnostic(run, model))
+        out.append(duplicated_span_diagnostic(run, model, seed))
     return out
 
 
@@ -122,7 +122,7 @@ def validate(run: Workdir, seed: int) -> list[tuple[str, str, str, str]]:
     from dynamics.analyses.checks import all_checks
 
     checks = all_checks(run, seed)
-    return checks + context_diagnostics(run, checks)
+    return checks + context_diagnostics(run, checks, seed)
 
 
 def totals(checks) -> str:

@@ -162,7 +162,7 @@ def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     vf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vf)
     run = Workdir.open(micro_workdir)
-    name, nums, status, why = vf.duplicated_span_diagnostic(run, run.sizes[-1])
+    name, nums, status, why = vf.duplicated_span_diagnostic(run, run.sizes[-1], 0)
     assert name.startswith(vf.DIAGNOSTIC) and status in ("PASS", "FAIL") and why
     contexts = sorted(run.scores.context_len.unique())
     assert "memorized among the " in nums and f"{contexts[-1] + run.cell[1]}-token span" in nums
@@ -174,7 +174,7 @@ def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
         raise MemdynError(f"{scores} has no _duplication.parquet")
 
     monkeypatch.setattr(duplication, "read_duplication", missing)
-    assert vf.duplicated_span_diagnostic(run, run.sizes[-1])[2:] == ("NOT SHOWN", f"{run.scores_dir} has no _duplication.parquet")
+    assert vf.duplicated_span_diagnostic(run, run.sizes[-1], 0)[2:] == ("NOT SHOWN", f"{run.scores_dir} has no _duplication.parquet")
     # the totals count checks; diagnostics apart
     checks = [("a", "", "PASS", ""), ("b", "", "FAIL", ""), (vf.DIAGNOSTIC + "c", "", "FAIL", "")]
     assert vf.totals(checks) == "1 PASS, 1 FAIL, 0 NOT SHOWN (diagnostics: 0 of 1 PASS)"
