@@ -79,6 +79,14 @@ def test_annotation_counts_spans_in_the_training_stream(micro_family, micro_scor
     mtime = (scores / DUPLICATION).stat().st_mtime_ns
     annotate_scores(family, scores)  # complete: kept
     assert (scores / DUPLICATION).stat().st_mtime_ns == mtime
+    # truncated: read_duplication says so in one line, and annotate_scores writes it again
+    from dynamics.analyses.duplication import read_duplication
+
+    (scores / DUPLICATION).write_bytes((scores / DUPLICATION).read_bytes()[:300])
+    with pytest.raises(MemdynError, match=r"_duplication.parquet is damaged .*annotate_scores"):
+        read_duplication(scores)
+    annotate_scores(family, scores)
+    assert read_duplication(scores).equals(dup)
 
 
 def test_old_family_is_refused_naming_the_rebuild_command(micro_family, micro_scores, tmp_path):

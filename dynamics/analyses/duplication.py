@@ -47,7 +47,10 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     settings, cells = _scored(scores)
     path = scores / DUPLICATION
     if path.is_file():
-        old = pd.read_parquet(path, columns=KEYS)
+        try:
+            old = pd.read_parquet(path, columns=KEYS)
+        except (OSError, ValueError):  # pyarrow's errors for a truncated or garbled file: written again below
+            old = cells.iloc[:0]
         if len(old) == len(cells) and old.merge(cells, on=KEYS).shape[0] == len(cells):
             return path
     meta = world.train_samples(family)  # an old-layout family fails here, before any work
@@ -83,7 +86,11 @@ def read_duplication(scores: str | Path) -> pd.DataFrame:
     if not path.is_file():
         hint = "`memdyn run` annotates its scores; for others call dynamics.analyses.duplication.annotate_scores"
         raise MemdynError(f"{scores} has no {DUPLICATION} (per-sample duplication counts); {hint}")
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError):  # pyarrow's errors for a truncated or garbled file
+        raise MemdynError(f"{path} is damaged (not a whole Parquet file); write it again with "
+                          "dynamics.analyses.duplication.annotate_scores(family, scores)") from None
 
 
 def joined(scores: pd.DataFrame, dup: pd.DataFrame, k: int, c: int) -> pd.DataFrame:
