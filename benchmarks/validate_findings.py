@@ -158,6 +158,9 @@ def main() -> int:
     except MemdynError as e:
         print(f"validate_findings: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # it writes nothing, so there is nothing to keep or clean up
+        print("validate_findings: interrupted; nothing was written", file=sys.stderr)
+        return 130
     for run, checks in runs:
         print(f"{run.family.name} ({run.preset} preset, seed {run.family.seed}, sizes {', '.join(run.sizes)}) in {run.root} "
               "against REFERENCE.md sections 1-6\n")
