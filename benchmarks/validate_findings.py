@@ -16,11 +16,13 @@ Each check is printed with its numbers, the tested difference and its 95% bootst
   bits memorized grow with model size                       (Morris et al. 2025)
 PASS: the interval excludes 0 on the published side. FAIL: it does not (the line says whether the
 trend is reversed or only not shown at 95%). NOT SHOWN: a stage or group is missing altogether.
-When a context trend fails, two diagnostics follow: one holds the continuation fixed (the tokens
+When a context trend fails, three diagnostics follow: one holds the continuation fixed (the tokens
 after the largest context) and grows the context backwards from it, separating the context's length
-from the continuation's position in the sample, which the sample-aligned grid moves together; the
-other repeats the trend on the samples whose longest span occurs twice or more in the training
-stream, beside the share of samples whose span does at each context length.
+from the continuation's position in the sample, which the sample-aligned grid moves together (paired
+over samples, with its interval); one measures how much that continuation's loss falls with the
+longer context, beside its fall within short contexts, i.e. how much of a long context the model
+uses at all; the last repeats the trend on the samples whose longest span occurs twice or more in
+the training stream, beside the share of samples whose span does at each context length.
 With several work directories (other draws of the world, `memdyn run --seed N`), each is checked
 and a table gives every check's status per run and in how many it passes.
 The totals count the checks; the diagnostics, which explain a failed check, are counted apart.
@@ -52,22 +54,25 @@ DIAGNOSTIC = "diagnostic: "  # explains a failed check; not a check itself
 
 
 @torch.no_grad()
-def fixed_continuation_shares(run: Workdir, model: str) -> dict[int, float]:
-    """Memorized share at the main continuation length with the continuation fixed at the tokens
-    after the largest context K and the context sample[K - k:K] for every context length k."""
-    contexts, c = sorted(run.scores.context_len.unique()), run.cell[1]
+def fixed_continuation(run: Workdir, model: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per context length k: for every scored sample, whether the continuation after the largest
+    context K (tokens K..K+c, c the main continuation) is reproduced greedily from the k tokens
+    before it (1.0 or 0.0), and its mean loss in nats given them. k runs over the grid's contexts and
+    a quarter and a half of the shortest, which give the loss's fall within short contexts for scale."""
+    contexts, c = sorted(int(k) for k in run.scores.context_len.unique()), run.cell[1]
     K = contexts[-1]
     ds = IndexedDataset(run.family.data.prefix)
     idx = np.sort(run.scores.seq_idx.unique())
     tokens = torch.from_numpy(np.asarray(ds.batch(0, len(ds)))[idx].astype(np.int64))
     net = load_model(run.family, model)
     true = tokens[:, K : K + c].numpy()
-    shares = {}
-    for k in contexts:
+    out = {}
+    for k in sorted({max(1, contexts[0] // 4), max(1, contexts[0] // 2), *contexts}):
         x = tokens[:, K - k : K + c]
-        gen = np.concatenate([score_batch(net, x[i : i + 64], [k], c).generated[:, 0] for i in range(0, len(x), 64)])
-        shares[int(k)] = float((gen == true).all(1).mean())
-    return shares
+        parts = [score_batch(net, x[i : i + 64], [k], c) for i in range(0, len(x), 64)]
+        generated = np.concatenate([p.generated[:, 0] for p in parts])
+        out[k] = ((generated == true).all(1).astype(float), np.concatenate([p.loss[:, 0] for p in parts]))
+    return out
 
 
 def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str, str, str, str]:
@@ -100,19 +105,38 @@ def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str
 
 
 def context_diagnostics(run: Workdir, checks, seed: int) -> list[tuple[str, str, str, str]]:
-    """For sizes failing the context trend: the same comparison with the continuation held fixed."""
+    """For sizes failing the context trend: the trend with the continuation held fixed, how much the
+    models' loss of that continuation falls with a longer context, and the trend on duplicated spans."""
+    from dynamics.analyses.checks import directional, fmt, paired_diff
+
     out = []
     for name, _, status, _ in checks:
         if status != "FAIL" or "context length" not in name:
             continue
         model = name[name.rindex("(") + 1 : -1]
-        shares = fixed_continuation_shares(run, model)
-        K = max(shares)
-        nums = ", ".join(f"context {k}: {F.pct(s)}" for k, s in shares.items())
-        why = ("in the sample-aligned grid a longer context also moves the continuation deeper into the sample; "
-               "with it fixed the trend holds (short contexts here start mid-sample, a position the model never saw them at)")
-        status, why = ("PASS", why) if shares[K] > shares[min(shares)] else ("FAIL", "longer contexts do not help even with the continuation fixed")
-        out.append((f"{DIAGNOSTIC}memorized share rises with context length, continuation fixed at tokens {K}..{K + run.cell[1]} ({model})",
+        fixed = fixed_continuation(run, model)
+        grid = sorted(int(k) for k in run.scores.context_len.unique())
+        k0, K, shortest, c = grid[0], grid[-1], min(fixed), run.cell[1]
+        d = paired_diff(fixed[k0][0], fixed[K][0], seed)
+        status, why = directional(*d)
+        if status == "PASS":
+            why = ("in the sample-aligned grid a longer context also moves the continuation deeper into the sample; "
+                   "with it fixed the trend holds")
+        nums = ", ".join(f"context {k}: {F.pct(fixed[k][0].mean())}" for k in grid) + f"; {K} - {k0}: {fmt(*d, ' pts', 100)}"
+        out.append((f"{DIAGNOSTIC}memorized share rises with context length, continuation fixed at tokens {K}..{K + c} ({model})",
+                    nums, status, why))
+        # how much of a longer context the model uses at all: the same continuation's loss
+        d, short = paired_diff(fixed[k0][1], fixed[K][1], seed), paired_diff(fixed[shortest][1], fixed[k0][1], seed)
+        nums = (f"mean loss of tokens {K}..{K + c} given the last k tokens: "
+                + ", ".join(f"k={k} {fixed[k][1].mean():.3f}" for k in sorted(fixed)) + " nats; "
+                f"{K} - {k0}: {fmt(*d, ' nats')}; {k0} - {shortest}: {fmt(*short, ' nats')}")
+        status, _ = directional(*d, rising=False)
+        # per doubling of the context: the two ranges differ in how many doublings they span
+        beyond, within = -d[0] / np.log2(K / k0), -short[0] / np.log2(k0 / shortest)
+        why = (f"the loss falls by {beyond:.3g} nats per doubling of the context beyond {k0} tokens, against {within:.3g} "
+               f"per doubling from {shortest} to {k0}: per doubling, context beyond {k0} tokens lowers the loss "
+               f"{beyond / within:.0%} as much as context within them")
+        out.append((f"{DIAGNOSTIC}longer contexts lower the loss of the continuation at tokens {K}..{K + c} ({model})",
                     nums, status, why))
         out.append(duplicated_span_diagnostic(run, model, seed))
     return out

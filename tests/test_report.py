@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -151,6 +152,39 @@ def test_boundary_caption_counts_the_published_direction():
     jumps = pd.DataFrame(rows)
     assert "positive in 2 of 2 sizes" in F.boundary(jumps, "entropy_nats")
     assert "negative (a drop) in 2 of 2 sizes" in F.boundary(jumps, "orig_n1")
+
+
+def test_context_diagnostics(micro_workdir):
+    """A failed context trend is followed by the fixed-continuation trend (paired interval), the
+    continuation's loss against context length and the duplicated-span trend."""
+    import importlib.util
+
+    from dynamics.workdir import Workdir
+
+    spec = importlib.util.spec_from_file_location("validate_findings", ROOT / "benchmarks" / "validate_findings.py")
+    vf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vf)
+    run = Workdir.open(micro_workdir)
+    model = run.sizes[-1]
+    grid = sorted(int(k) for k in run.scores.context_len.unique())
+    fixed = vf.fixed_continuation(run, model)
+    assert sorted(fixed) == sorted({grid[0] // 4, grid[0] // 2, *grid})
+    n = run.scores.seq_idx.nunique()
+    # the longest context with the continuation after it is the grid's own cell
+    assert all(len(m) == n and len(loss) == n and set(np.unique(m)) <= {0.0, 1.0} for m, loss in fixed.values())
+    cell = run.scores[(run.scores.model == model) & (run.scores.context_len == grid[-1]) & (run.scores.continuation_len == run.cell[1])]
+    # (up to a near-tie or two: the batches differ, so float rounding may)
+    assert abs(fixed[grid[-1]][0].mean() - (cell.score >= 1).mean()) <= 2 / n
+    failed = [(f"memorized share rises with context length ({model})", "", "FAIL", "")]
+    out = vf.context_diagnostics(run, failed, 0)
+    assert [o[0].split(" (")[0] for o in out] == [
+        f"{vf.DIAGNOSTIC}memorized share rises with context length, continuation fixed at tokens {grid[-1]}..{grid[-1] + run.cell[1]}",
+        f"{vf.DIAGNOSTIC}longer contexts lower the loss of the continuation at tokens {grid[-1]}..{grid[-1] + run.cell[1]}",
+        f"{vf.DIAGNOSTIC}memorized share rises with context length on samples whose longest span is duplicated"]
+    for name, nums, status, why in out[:2]:
+        assert status in ("PASS", "FAIL") and why and re.search(r"95% CI [-+\d.e]+ to [-+\d.e]+", nums), (name, nums)
+    assert re.search(rf"k={grid[0] // 4} [\d.]+, .*k={grid[-1]} [\d.]+ nats", out[1][1])
+    assert vf.context_diagnostics(run, [(failed[0][0], "", "PASS", "")], 0) == []  # only failed trends are explained
 
 
 def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
