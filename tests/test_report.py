@@ -187,6 +187,26 @@ def test_context_diagnostics(micro_workdir):
     assert vf.context_diagnostics(run, [(failed[0][0], "", "PASS", "")], 0) == []  # only failed trends are explained
 
 
+def test_probe_accuracies_beside_the_separation_check(micro_workdir, monkeypatch):
+    """A failed separation check names the linear probe's accuracy at each size's last layer: read
+    from the dynamics stage's table, and left out unless every size has one."""
+    from dynamics.analyses import checks
+    from dynamics.workdir import Workdir
+
+    run = Workdir.open(micro_workdir)
+    rows = [{"model": m, "layer": layer, "contrast": contrast, "probe_balanced_accuracy": 0.5 + i / 10 + layer / 100}
+            for i, m in enumerate(run.sizes) for layer in (1, 2) for contrast in ("memorized_vs_unmemorized", "levels")]
+    table = pd.DataFrame(rows)
+    monkeypatch.setattr(run, "dynamics_table", lambda name: table)
+    assert checks._probe_accuracies(run) == {m: 0.52 + i / 10 for i, m in enumerate(run.sizes)}
+    table.loc[0, "probe_balanced_accuracy"] = np.nan  # a size without both classes: layer 1 only, so still there
+    assert len(checks._probe_accuracies(run)) == len(run.sizes)
+    table.loc[(table.model == run.sizes[0]) & (table.layer == 2), "probe_balanced_accuracy"] = np.nan
+    assert checks._probe_accuracies(run) == {}
+    monkeypatch.setattr(run, "dynamics_table", lambda name: pd.DataFrame())
+    assert checks._probe_accuracies(run) == {}
+
+
 def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     import importlib.util
 

@@ -138,7 +138,24 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
     diff = boots[b] - boots[a]
     d = (sil[b] - sil[a], float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)))
     nums = ", ".join(f"{m} {v:.3f}" for m, v in sil.items())
-    return [(name, f"silhouette (last layer): {nums}; {b} - {a} = {fmt(*d)}", *directional(*d))]
+    status, why = directional(*d)
+    probe = _probe_accuracies(run)
+    if status == "FAIL" and probe:  # a second measure of the same states beside the failed one
+        why += "; the held-out balanced accuracy of a linear probe on the same states: " + ", ".join(
+            f"{m} {v:.3f}" for m, v in probe.items())
+    return [(name, f"silhouette (last layer): {nums}; {b} - {a} = {fmt(*d)}", status, why)]
+
+
+def _probe_accuracies(run: Workdir) -> dict[str, float]:
+    """Per size, the memorized-vs-unmemorized linear probe's held-out balanced accuracy at the last
+    layer (the dynamics stage's separation table); {} when a size lacks it."""
+    sep = run.dynamics_table("separation")
+    if sep.empty:
+        return {}
+    sep = sep[sep.contrast == "memorized_vs_unmemorized"]
+    last = sep[sep.layer == sep.groupby("model").layer.transform("max")].set_index("model")["probe_balanced_accuracy"]
+    out = {m: float(last[m]) for m in run.sizes if m in last.index}
+    return out if len(out) == len(run.sizes) and np.isfinite(list(out.values())).all() else {}
 
 
 def duplication_checks(run: Workdir) -> list[Check]:
