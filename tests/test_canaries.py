@@ -98,6 +98,34 @@ def test_run_canaries_scores_every_checkpoint_and_resumes(micro_family, tmp_path
     assert len(forget) and (forget["step"] > 0).all()
 
 
+def test_canaries_are_scored_after_the_end_of_document_token(micro_family, monkeypatch):
+    """Every training copy of a canary follows <|endoftext|>: the greedy score's context starts with
+    it, as the exposure's log-probabilities do; the matches equal transformers' greedy generate."""
+    import torch
+
+    from dynamics.analyses import canaries as C
+    from dynamics.corpus.tokenizer import EOD_ID
+    from dynamics.family.load import load_model
+    from dynamics.family.spec import load_family
+    from dynamics.scoring import kernel
+
+    family = load_family(micro_family)
+    model = load_model(family, family.size_names[-1], device="cpu")
+    table = pd.read_parquet(micro_family / "canaries.parquet").head(6)
+    fed = []
+    real = kernel.score_batch
+    monkeypatch.setattr(kernel, "score_batch", lambda m, x, contexts, c, *a: fed.append((x, contexts)) or real(m, x, contexts, c, *a))
+    part = C.score_checkpoint(model, table, {}, step=10**9, batch_size=4)
+    assert fed and all((x[:, 0] == EOD_ID).all() and contexts == [1 + C.split_lengths(x.shape[1] - 1)[0]] for x, contexts in fed)
+    for row, got in zip(table.itertuples(), part.itertuples()):
+        k, c = C.split_lengths(len(row.tokens))
+        assert got.context_len == k and got.continuation_len == c
+        x = torch.tensor([[EOD_ID, *row.tokens[:k]]])
+        generated = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=c, do_sample=False,
+                                   eos_token_id=None, pad_token_id=model.config.pad_token_id)[0, 1 + k :].numpy()
+        assert got.matches == (generated == np.asarray(row.tokens[k : k + c])).sum()
+
+
 def test_bad_input_and_old_family_fail_before_any_file(micro_family, tmp_path):
     from dynamics.analyses.canaries import run_canaries
     from dynamics.family.spec import load_family

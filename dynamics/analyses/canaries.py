@@ -2,8 +2,12 @@
 exposure of the canaries listed in the family's canaries.parquet (dynamics/corpus/world.py).
 
 Score: each canary is scored as its own sequence with the grid scorer (dynamics.scoring.kernel),
-continuation = its last c = min(16, L // 2) tokens, context = the L - c tokens before (48-token
-canaries: context 32 / continuation 16); memorized = score 1.
+continuation = its last c = min(16, L // 2) tokens, context = the L - c tokens before, after the
+`<|endoftext|>` that precedes every copy in training (48-token canaries: context 1 + 32 /
+continuation 16; context_len counts the canary's tokens); memorized = score 1. The exposure's
+log-probabilities are conditioned on that token too. (Scored from the canary's first token alone,
+the tiny family's 4.2m model (seed 0) reproduced 0 of its 48 canaries, and 6 with the token before
+them; 617k 4 and 5.)
 
 Exposure (dynamics.analyses.exposure): candidates are drawn the way world.py draws the canaries:
 token canaries, tokens uniform over the vocabulary without special tokens; word canaries, words
@@ -79,8 +83,9 @@ def _units(row) -> int:
 
 def settings_of(family: FamilySpec, table: pd.DataFrame, seed: int, n_candidates: int) -> dict:
     h = hashlib.sha256(str([list(map(int, t)) for t in table["tokens"]]).encode()).hexdigest()[:16]
+    # "after": what precedes the canary in its context; outputs scored without it are not mixed in
     return {"family": family.name, "corpus_hash": family.corpus.get("hash"), "canaries": h, "seed": seed,
-            "n_candidates": n_candidates}
+            "n_candidates": n_candidates, "after": "end-of-document"}
 
 
 def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_size: int) -> pd.DataFrame:
@@ -88,6 +93,7 @@ def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_s
     import torch
 
     from dynamics.analyses.exposure import exposure, fit_candidates, token_logprobs
+    from dynamics.corpus.tokenizer import EOD_ID
     from dynamics.scoring.kernel import score_batch
 
     device = next(model.parameters()).device
@@ -96,15 +102,15 @@ def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_s
     for n in np.unique(lengths):
         rows = np.flatnonzero(lengths == n)
         k, c = split_lengths(int(n))
-        x = torch.as_tensor(np.stack([np.asarray(table["tokens"].iloc[r], dtype=np.int64) for r in rows])).to(device)
+        x = torch.as_tensor(np.stack([np.r_[EOD_ID, table["tokens"].iloc[r]].astype(np.int64) for r in rows])).to(device)
         for i in range(0, len(rows), batch_size):
-            gen = score_batch(model, x[i : i + batch_size], [k], c).generated[:, 0]
-            matches[rows[i : i + batch_size]] = (gen == x[i : i + batch_size, k : k + c].cpu().numpy()).sum(1)
-    own = token_logprobs(model, [np.asarray(t) for t in table["tokens"]], batch_size)
+            gen = score_batch(model, x[i : i + batch_size], [1 + k], c).generated[:, 0]
+            matches[rows[i : i + batch_size]] = (gen == x[i : i + batch_size, 1 + k : 1 + k + c].cpu().numpy()).sum(1)
+    own = token_logprobs(model, [np.asarray(t) for t in table["tokens"]], batch_size, bos=EOD_ID)
     logp = np.array([lp.sum() for lp in own])
     expo, emp = np.full(len(table), np.nan), np.full(len(table), np.nan)
     for kind, (seqs, ends) in pools.items():
-        cum = [np.cumsum(lp) for lp in token_logprobs(model, seqs, batch_size)]
+        cum = [np.cumsum(lp) for lp in token_logprobs(model, seqs, batch_size, bos=EOD_ID)]
         mine = np.flatnonzero(table["kind"].to_numpy() == kind)
         units = table["units"].to_numpy()[mine]
         for u in np.unique(units):
