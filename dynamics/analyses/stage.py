@@ -73,8 +73,9 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
 
     w = Path(workdir)
     out = w / "analyses"
+    # (canaries_after: analyses of canaries scored without the <|endoftext|> before them are redone)
     settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates,
-                "final_dose_from": "scores"}
+                "final_dose_from": "scores", "canaries_after": "end-of-document"}
     if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
     tables, skipped = {}, {}
