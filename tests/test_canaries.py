@@ -92,6 +92,20 @@ def test_run_canaries_scores_every_checkpoint_and_resumes(micro_family, tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == first
     with pytest.raises(MemdynError, match="other settings"):
         C.run_canaries(family, out, n_candidates=128, models=[small], progress=False)
+    # scores an earlier memdyn made (no "after" in its settings): refused, or, in a work directory
+    # `memdyn run` owns, made again (the same table as the first run's)
+    settings = json.loads((out / C.SETTINGS).read_text())
+    (out / C.SETTINGS).write_text(json.dumps({k: v for k, v in settings.items() if k != "after"}))
+    with pytest.raises(MemdynError, match="other settings"):
+        C.run_canaries(family, out, n_candidates=64, models=[small], progress=False)
+    C.run_canaries(family, out, n_candidates=64, models=[small], progress=False, replace_stale=True)
+    assert json.loads((out / C.SETTINGS).read_text()) == settings
+    pd.testing.assert_frame_equal(C.read_canaries(out), t)
+    (out / C.SETTINGS).write_text("{")  # unreadable: never removed
+    with pytest.raises(MemdynError, match="unreadable or truncated"):
+        C.run_canaries(family, out, n_candidates=64, models=[small], progress=False, replace_stale=True)
+    assert (out / C.SETTINGS).read_text() == "{"
+    (out / C.SETTINGS).write_text(json.dumps(settings))
     by_count = C.by(t, "count", seed=0)
     assert set(by_count["count"]) == set(manifest["count"]) and (by_count["exposure_lo"] <= by_count["exposure_hi"]).all()
     forget = C.forgetting(t, seed=0)

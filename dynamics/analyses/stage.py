@@ -89,7 +89,8 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
         tables.update(zip(("dose_bins", "dose_fits"), dose_tables(scored, final, seed)))
         tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
         try:
-            C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress)
+            C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress,
+                           replace_stale=True)  # the work directory's own: an earlier memdyn's scores are redone
         except MemdynError as e:
             skipped["canaries"] = str(e)
         else:
