@@ -154,10 +154,12 @@ def settings_record(settings: dict) -> dict:
     return {"format": SETTINGS_FORMAT, **settings}
 
 
-def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -> None:
+def check_output_dir(out: Path, settings_file: str, settings: dict, what: str, replace_stale: bool = False) -> bool:
     """An output directory belongs to one set of settings and one format version: refuse a directory
     written with other settings or by another version, or one that holds something else, before
-    any work starts."""
+    any work starts. replace_stale: a directory of this format with other settings (an earlier
+    memdyn's outputs in a work directory `memdyn run` owns) is removed instead, and True returned;
+    anything else is still refused."""
     path = Path(out) / settings_file
     if path.is_file():
         try:
@@ -170,10 +172,14 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, what: str) -
                               f"recompute them into another --out")
         new = settings_record(settings)
         if old != new:
+            if replace_stale:
+                shutil.rmtree(out)
+                return True
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
             raise MemdynError(f"{out} holds {what} computed with other settings ({diff}); use another --out")
     elif Path(out).exists() and any(p for p in Path(out).iterdir() if not p.name.startswith(".")):
         raise MemdynError(f"{out} is not empty and holds no memdyn {what}; choose another --out")
+    return False
 
 
 def save_figure(fig, path: str | os.PathLike, fmt: str, **kwargs) -> None:

@@ -27,7 +27,6 @@ OUT/_settings.json                   settings; a rerun with others is refused
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from dynamics.analyses.stats import bootstrap_ci
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, read_json, settings_record, write_json
+from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
 from dynamics.lock import locks_output
 
 SETTINGS = "_settings.json"
@@ -131,15 +130,6 @@ def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_s
     })
 
 
-def _memdyn_scores(out: Path) -> bool:
-    """Whether `out` holds canary scores of this memdyn's settings format (whatever their settings)."""
-    try:
-        old = read_json(out / SETTINGS)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(old, dict) and old.get("format") == settings_record({})["format"]
-
-
 @locks_output()
 def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candidates: int = 256, batch_size: int = 64,
                  models: list[str] | None = None, device: str | None = None, progress: bool = True,
@@ -160,13 +150,8 @@ def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candid
         raise MemdynError(f"--batch-size must be >= 1, got {batch_size}")
     sizes = family.select(models)
     settings = settings_of(family, table, seed, n_candidates)
-    try:
-        check_output_dir(out, SETTINGS, settings, "canary scores")
-    except MemdynError:
-        if not (replace_stale and _memdyn_scores(out)):
-            raise  # anything but canary scores this memdyn can read is never removed
-        print(f"      {out} holds canary scores made with other settings: scored again", flush=True)
-        shutil.rmtree(out)
+    if check_output_dir(out, SETTINGS, settings, "canary scores", replace_stale=replace_stale):
+        print(f"      {out} held canary scores made with other settings: scored again", flush=True)
     tok = load_tokenizer(family)
     words = world.canary_words(family) if (table["kind"] == "words").any() else None
     table = table.assign(units=[_units(r) for r in table.itertuples()])
