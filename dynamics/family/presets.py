@@ -86,12 +86,11 @@ PRESETS: dict[str, Preset] = {
         # 4.2m diverges from its best loss at lr 1e-2 (3.2-3.7 nats at the end against 2.3 for 617k)
         shapes=(ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8, lr=3e-3)),
         duplication=Duplication(share=0.2, max_copies=100, doc_tokens=400),
-        # two canaries per (kind, count, insertion point), 84 in all (14% of the stream). With one (and
-        # two at 64: 48 canaries, 11% of the stream), canary memorization rose with size in four draws
-        # but was decided in one (4.2m - 617k +2.1 pts, 95% CI +0 to +6.25, seed 0): only a few
-        # late or 64-copy canaries tell the sizes apart. With two, +4.76 pts (CI +1.19 to +9.52) in
-        # seeds 0 and 3 (scratch runs of the family and canary stages, session 19)
-        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48, replicates=2),
+        # 64 twice: two canaries per (kind, insertion point) at the highest count. With one, canary
+        # memorization against repetitions was not decided (64x - 1x +22.2 pts, 95% CI +0 to +55.6, six
+        # canaries); with twelve, +19.4 pts (CI +5.6 to +38.9). Two at every count overwrote twice the
+        # stream (7%) and lost more checks than it gained (22 PASS / 11 FAIL against 24 / 9)
+        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64, 64), length=48),
         # the reference has the middle size's shape: 1.6m trained on 3200 disjoint samples costs a third of
         # 4.2m's training and still codes the members far below the unigram model (see README)
         reference_shape=ModelShape(3, 160, 5), reference_samples=3200, members=512, scored_samples=2000,
