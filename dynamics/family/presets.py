@@ -89,7 +89,10 @@ PRESETS: dict[str, Preset] = {
         # 64 twice: two canaries per (kind, insertion point) at the highest count. With one, canary
         # memorization against repetitions was not decided (64x - 1x +22.2 pts, 95% CI +0 to +55.6, six
         # canaries); with twelve, +19.4 pts (CI +5.6 to +38.9). Two at every count overwrote twice the
-        # stream (7%) and lost more checks than it gained (22 PASS / 11 FAIL against 24 / 9)
+        # stream (7%) and lost more checks than it gained (22 PASS / 11 FAIL against 24 / 9). Again with the
+        # canaries scored after <|endoftext|> (session 19: 84 canaries, 14% of the stream against 11%): canary
+        # memorization with size was decided in seeds 0 and 3 (+4.76 pts, CI +1.19 to +9.52) but not in 1, and
+        # whole runs passed 22 and 23 of 30 checks against 25 and 24 (seeds 0, 1; 617k memorized 3.25% not 5.15%)
         canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64, 64), length=48),
         # the reference has the middle size's shape: 1.6m trained on 3200 disjoint samples costs a third of
         # 4.2m's training and still codes the members far below the unigram model (see README)
