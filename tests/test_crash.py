@@ -89,15 +89,8 @@ def check_killed_then_rerun(cmd_for, reference: Path, out: Path, seed: int, skip
     assert_clean(out)
 
 
-def score_args(samples: str) -> list[str]:
-    return ["--models", "37k", "--contexts", MICRO_CONTEXTS, "--continuations", MICRO_CONTINUATIONS,
-            "--chunk-size", "24", "--batch-size", "8", "--samples", samples, "--device", "cpu"]
-
-
-SCORE = score_args("0:96")
-# a signal or a second process must meet the run while chunks remain: after SCORE's first chunk only
-# three remain (~0.3 s), which a loaded CI machine let pass (the run had finished: status 0); here 31
-LONG_SCORE = score_args("0:768")
+SCORE = ["--models", "37k", "--contexts", MICRO_CONTEXTS, "--continuations", MICRO_CONTINUATIONS,
+         "--chunk-size", "24", "--batch-size", "8", "--samples", "0:96", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +98,6 @@ def score_reference(micro_family, tmp_path_factory) -> tuple[Path, float]:
     """One uninterrupted `memdyn score` run of SCORE (its directory, its duration in seconds)."""
     out = tmp_path_factory.mktemp("crash") / "ref"
     return out, timed(memdyn("score", "--family", micro_family, "--out", out, *SCORE))
-
-
-@pytest.fixture(scope="module")
-def long_score_reference(micro_family, tmp_path_factory) -> Path:
-    """One uninterrupted `memdyn score` run of LONG_SCORE (its directory)."""
-    out = tmp_path_factory.mktemp("crash") / "long"
-    timed(memdyn("score", "--family", micro_family, "--out", out, *LONG_SCORE))
-    return out
 
 
 def test_scoring_killed_at_random_moments(micro_family, score_reference, tmp_path):
@@ -159,13 +144,13 @@ def test_capacity_sweep_killed_at_random_moments(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_during_score_is_one_line_and_resumes(micro_family, long_score_reference, tmp_path, signum):
+def test_interrupt_during_score_is_one_line_and_resumes(micro_family, score_reference, tmp_path, signum):
     out = tmp_path / "scores"
-    cmd = memdyn("score", "--family", micro_family, "--out", out, *LONG_SCORE)
+    cmd = memdyn("score", "--family", micro_family, "--out", out, *SCORE)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 120
     while not (out / "_manifest" / "parts").is_dir() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)  # wait until the first chunk is done: the signal lands mid-run
+        time.sleep(0.05)  # wait until the first chunk is done: the signal lands mid-run
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -174,12 +159,12 @@ def test_interrupt_during_score_is_one_line_and_resumes(micro_family, long_score
     assert "Traceback" not in err
     result = run(cmd)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert hashes(out) == hashes(long_score_reference)
+    assert hashes(out) == hashes(score_reference[0])
 
 
-def test_second_process_on_the_same_output_refuses(micro_family, long_score_reference, tmp_path):
+def test_second_process_on_the_same_output_refuses(micro_family, score_reference, tmp_path):
     out = tmp_path / "scores"
-    cmd = memdyn("score", "--family", micro_family, "--out", out, *LONG_SCORE)
+    cmd = memdyn("score", "--family", micro_family, "--out", out, *SCORE)
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     lock = tmp_path / ".scores.lock"
     deadline = time.monotonic() + 120
@@ -190,7 +175,7 @@ def test_second_process_on_the_same_output_refuses(micro_family, long_score_refe
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 2 and f"in use by memdyn process {first.pid}" in second.stderr, second.stderr
     assert second.stderr.count("\n") == 1
-    assert hashes(out) == hashes(long_score_reference)
+    assert hashes(out) == hashes(score_reference[0])
     lock.write_text('{"pid": 999999999, "host": "%s", "started": "1"}' % os.uname().nodename)  # a dead holder
     result = run(cmd)
     assert result.returncode == 0, result.stderr
