@@ -147,7 +147,10 @@ def test_capacity_sweep_killed_at_random_moments(tmp_path):
 def test_interrupt_during_score_is_one_line_and_resumes(micro_family, score_reference, tmp_path, signum):
     out = tmp_path / "scores"
     cmd = memdyn("score", "--family", micro_family, "--out", out, *SCORE)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no handler for it:
+    # give the command the default disposition a terminal's Ctrl-C meets, however pytest was started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "_manifest" / "parts").is_dir() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # wait until the first chunk is done: the signal lands mid-run
