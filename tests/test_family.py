@@ -3,7 +3,7 @@ import torch
 
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
-from dynamics.family.load import check_vocab, load_model, load_tokenizer, resolve_dtype
+from dynamics.family.load import check_vocab, load_model, load_reference_model, load_tokenizer, resolve_dtype
 from dynamics.family.presets import PRESETS
 from dynamics.family.spec import load_family
 from dynamics.family.train import train_family
@@ -158,6 +158,23 @@ def test_hub_family_offline_error_is_one_line(monkeypatch):
         load_model(family, "70m", "step1000", device="cpu")
     msg = str(e.value)
     assert "EleutherAI/pythia-70m-deduped" in msg and "offline" in msg and "\n" not in msg
+
+
+def test_reference_model_loads_a_directory_and_says_what_is_missing(micro_family, tmp_path, monkeypatch):
+    """Unintended memorization and the reference attack load their reference the way load_model
+    loads a target: the same one-line errors for a hub id offline and for a directory with no model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    family = load_family(micro_family)
+    path = micro_family / "models" / family.sizes[0].name / "step200"
+    model = load_reference_model(str(path), torch.device("cpu"))
+    assert not model.training and model.config.model_type == "gpt_neox"
+    with pytest.raises(MemdynError) as e:
+        load_reference_model("EleutherAI/pythia-70m-deduped", torch.device("cpu"))
+    msg = str(e.value)
+    assert msg.startswith("reference model 'EleutherAI/pythia-70m-deduped'") and "offline" in msg and "\n" not in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MemdynError, match="not a loadable model directory"):
+        load_reference_model(str(tmp_path / "empty"), torch.device("cpu"))
 
 
 def test_explicit_model_paths(micro_family):

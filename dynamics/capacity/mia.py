@@ -59,18 +59,6 @@ def _job_done(out: Path, plan: MembershipPlan, job) -> bool:
     return manifest.settle(out, f"{PARTS}/{_part_name(job)}", len(_job_rows(plan, job)), manifest.parquet_rows)
 
 
-def _load_reference(location: str, device, dtype: str):
-    from transformers import AutoModelForCausalLM
-
-    from dynamics.family.load import resolve_dtype
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
-    except OSError:
-        raise MemdynError(f"reference model {location} could not be loaded (not a model directory or hub id here)") from None
-    return model.to(device).eval()
-
-
 def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device) -> pd.DataFrame:
     from dynamics.corpus.steps import revision_step
     from dynamics.family.load import check_data_vocab
@@ -93,12 +81,12 @@ def _run_job(job, model, plan: MembershipPlan, datasets: dict, tokenizer, device
 
 def _write_job(family: FamilySpec, out: Path, plan: MembershipPlan, job, device) -> None:
     """Run one job and write its part atomically."""
-    from dynamics.family.load import load_model, load_tokenizer
+    from dynamics.family.load import load_model, load_reference_model, load_tokenizer
 
     kind, who, rev = job[:3]
     key = (family.root, kind, who.name if kind == "target" else who, rev, str(device), plan.settings.dtype)
     model = kept("model", key, lambda: load_model(family, who, rev, device=device, dtype=plan.settings.dtype)
-                 if kind == "target" else _load_reference(rev, device, plan.settings.dtype))
+                 if kind == "target" else load_reference_model(rev, device, plan.settings.dtype))
     tokenizer = kept("tokenizer", (family.name, family.root), lambda: load_tokenizer(family))
     datasets = kept("data", tuple(sorted(plan.prefixes.items())),
                     lambda: {s: IndexedDataset(p) for s, p in plan.prefixes.items()})

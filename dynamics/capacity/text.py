@@ -33,7 +33,7 @@ from dynamics.capacity.bits import LN2
 from dynamics.capacity.membership import fit_sigmoid, loss_threshold_attack, plot_sigmoid_fit
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
-from dynamics.family.load import load_model, load_tokenizer, resolve_device, resolve_dtype
+from dynamics.family.load import load_model, load_reference_model, load_tokenizer, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
 from dynamics.files import atomic_path, check_output_folder, read_json, settings_record, write_json
@@ -76,16 +76,6 @@ def _reference_location(family: FamilySpec, size: str, reference: str | None) ->
         return str(family.root / paths[size])
     _check_reference_tokenizer(family, reference)
     return reference
-
-
-def _reference_model(location: str, device, dtype: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
-    except OSError:
-        raise MemdynError(f"reference model {location} could not be loaded (not a model directory or hub id here)") from None
-    return model.to(device).eval()
 
 
 def members_and_nonmembers(family: FamilySpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +133,7 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
         target = load_model(family, size, device=dev, dtype=dtype)
         location = _reference_location(family, size.name, reference)
         if location not in references:
-            ref = _reference_model(location, dev, dtype)
+            ref = load_reference_model(location, dev, dtype)
             references[location] = [ref.get_input_embeddings().num_embeddings, None]
         if references[location][0] != target.get_input_embeddings().num_embeddings:
             raise MemdynError(f"reference model for {size.name} has another vocabulary size than the target")

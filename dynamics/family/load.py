@@ -118,8 +118,6 @@ def load_model(
 ):
     """An `AutoModelForCausalLM` in eval mode. On CUDA, models too large for one device are
     spread with accelerate's device placement (`device_map="auto"`)."""
-    from transformers import AutoModelForCausalLM
-
     size = family.size(size) if isinstance(size, str) else size
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -127,16 +125,32 @@ def load_model(
     kwargs = {"dtype": torch_dtype}
     if dev.type == "cuda" and torch.cuda.device_count() > 1 and family.kind != "local":
         kwargs["device_map"] = "auto"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(location, revision=hub_revision, **kwargs)
-    except OSError as e:
-        if _is_local(location):
-            raise MemdynError(f"{location}: not a loadable model directory ({str(e).splitlines()[0]})") from None
-        raise _hub_error("model", location, hub_revision, e) from None
+    model = _from_pretrained("model", location, hub_revision, **kwargs)
     if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
     return model
+
+
+def load_reference_model(location: str, device: torch.device, dtype: str = "fp32"):
+    """A reference model (a directory or a hub id), in eval mode on `device`: the model that did not
+    train on the samples, for unintended memorization and the reference attack."""
+    return _from_pretrained("reference model", location, None, dtype=resolve_dtype(dtype, device)).to(device).eval()
+
+
+def _from_pretrained(what: str, location: str, revision: str | None, **kwargs):
+    """AutoModelForCausalLM.from_pretrained, with a one-line error for a directory that holds no
+    model and for a hub model that is not available (offline or not found)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(location, revision=revision, **kwargs)
+    except (OSError, ValueError) as e:  # a directory without config.json or with one of no model type: ValueError
+        if _is_local(location):
+            raise MemdynError(f"{location}: not a loadable model directory ({str(e).splitlines()[0]})") from None
+        if isinstance(e, ValueError):
+            raise
+        raise _hub_error(what, location, revision, e) from None
 
 
 def load_tokenizer(family: FamilySpec):
