@@ -145,11 +145,12 @@ def _from_pretrained(what: str, location: str, revision: str | None, **kwargs):
 
     try:
         return AutoModelForCausalLM.from_pretrained(location, revision=revision, **kwargs)
-    except (OSError, ValueError) as e:  # a directory without config.json or with one of no model type: ValueError
+    except (OSError, ValueError) as e:  # a config.json missing or of no known model type: ValueError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if _is_local(location):
-            raise MemdynError(f"{location}: not a loadable model directory ({str(e).splitlines()[0]})") from None
+            raise MemdynError(f"{location}: not a loadable model directory ({first})") from None
         if isinstance(e, ValueError):
-            raise
+            raise MemdynError(f"{what} {location!r}: not a loadable model ({first})") from None
         raise _hub_error(what, location, revision, e) from None
 
 
