@@ -173,7 +173,12 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, what: str, r
         new = settings_record(settings)
         if old != new:
             if replace_stale:
-                shutil.rmtree(out)
+                # moved aside in one rename, then removed: a kill leaves the old directory whole or a
+                # temporary that the next holder of the output's lock clears (remove_temporaries);
+                # removed in place, it could lose its settings file first and then be refused as foreign
+                aside = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", suffix=".tmp", dir=Path(out).parent))
+                os.replace(out, aside / "stale")
+                shutil.rmtree(aside)
                 return True
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
             raise MemdynError(f"{out} holds {what} computed with other settings ({diff}); use another --out")

@@ -98,8 +98,10 @@ def test_run_canaries_scores_every_checkpoint_and_resumes(micro_family, tmp_path
     (out / C.SETTINGS).write_text(json.dumps({k: v for k, v in settings.items() if k != "after"}))
     with pytest.raises(MemdynError, match="other settings"):
         C.run_canaries(family, out, n_candidates=64, models=[small], progress=False)
+    (out.parent / f".{out.name}.killed.tmp" / "stale").mkdir(parents=True)  # a replacement killed mid-removal
     C.run_canaries(family, out, n_candidates=64, models=[small], progress=False, replace_stale=True)
     assert json.loads((out / C.SETTINGS).read_text()) == settings
+    assert not list(out.parent.glob(f".{out.name}.*.tmp"))  # the stale scores were moved aside, then removed
     pd.testing.assert_frame_equal(C.read_canaries(out), t)
     (out / C.SETTINGS).write_text("{")  # unreadable: never removed
     with pytest.raises(MemdynError, match="unreadable or truncated"):
