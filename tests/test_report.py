@@ -207,6 +207,24 @@ def test_probe_accuracies_beside_the_separation_check(micro_workdir, monkeypatch
     assert checks._probe_accuracies(run) == {}
 
 
+def test_mean_state_cosine_beside_the_separation_check(micro_workdir, monkeypatch):
+    """The second measure beside a failed separation check: the cosine distance between the
+    unmemorized (0 matches) and memorized (all match) mean states at each size's last layer,
+    averaged over decoding steps; left out unless every size has both levels."""
+    from dynamics.analyses import checks
+    from dynamics.workdir import Workdir
+
+    run = Workdir.open(micro_workdir)
+    rows = [{"model": m, "layer": layer, "step": step, "level_a": a, "level_b": b, "cosine": i + layer + step / 10 + b / 100}
+            for i, m in enumerate(run.sizes) for layer in (1, 2) for step in (0, 1) for a in (0, 1) for b in (0, 3, 4)]
+    table = pd.DataFrame(rows)
+    monkeypatch.setattr(run, "dynamics_table", lambda name: table)
+    assert checks._mean_state_cosine(run, 4) == pytest.approx({m: i + 2 + 0.05 + 0.04 for i, m in enumerate(run.sizes)})
+    assert checks._mean_state_cosine(run, 5) == {}  # no memorized level
+    monkeypatch.setattr(run, "dynamics_table", lambda name: table[(table.model != run.sizes[0]) | (table.level_b != 4)])
+    assert checks._mean_state_cosine(run, 4) == {}  # one size has no memorized sequence
+
+
 def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     import importlib.util
 

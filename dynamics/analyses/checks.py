@@ -139,23 +139,40 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
     d = (sil[b] - sil[a], float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)))
     nums = ", ".join(f"{m} {v:.3f}" for m, v in sil.items())
     status, why = directional(*d)
-    probe = _probe_accuracies(run)
-    if status == "FAIL" and probe:  # a second measure of the same states beside the failed one
-        why += "; the held-out balanced accuracy of a linear probe on the same states: " + ", ".join(
-            f"{m} {v:.3f}" for m, v in probe.items())
+    if status == "FAIL":  # other measures of the same states beside the failed one
+        for label, values in (("the held-out balanced accuracy of a linear probe on the same states", _probe_accuracies(run)),
+                              ("Chen et al.'s measure, the cosine distance between the memorized and unmemorized mean "
+                               "states (mean over decoding steps)", _mean_state_cosine(run, c))):
+            if values:
+                why += f"; {label}: " + ", ".join(f"{m} {v:.3f}" for m, v in values.items())
     return [(name, f"silhouette (last layer): {nums}; {b} - {a} = {fmt(*d)}", status, why)]
 
 
-def _probe_accuracies(run: Workdir) -> dict[str, float]:
-    """Per size, the memorized-vs-unmemorized linear probe's held-out balanced accuracy at the last
-    layer (the dynamics stage's separation table); {} when a size lacks it."""
-    sep = run.dynamics_table("separation")
-    if sep.empty:
+def _last_layer(run: Workdir, table: str, rows, column: str, how: str) -> dict[str, float]:
+    """Per size, `column` of the dynamics `table`'s `rows` at the size's last layer, reduced by
+    `how`; {} unless every size has a finite value."""
+    t = run.dynamics_table(table)
+    if t.empty:
         return {}
-    sep = sep[sep.contrast == "memorized_vs_unmemorized"]
-    last = sep[sep.layer == sep.groupby("model").layer.transform("max")].set_index("model")["probe_balanced_accuracy"]
+    t = t[rows(t)]
+    last = t[t.layer == t.groupby("model").layer.transform("max")].groupby("model")[column].agg(how)
     out = {m: float(last[m]) for m in run.sizes if m in last.index}
     return out if len(out) == len(run.sizes) and np.isfinite(list(out.values())).all() else {}
+
+
+def _probe_accuracies(run: Workdir) -> dict[str, float]:
+    """The memorized-vs-unmemorized linear probe's held-out balanced accuracy (the dynamics stage's
+    separation table)."""
+    return _last_layer(run, "separation", lambda t: t.contrast == "memorized_vs_unmemorized",
+                       "probe_balanced_accuracy", "first")
+
+
+def _mean_state_cosine(run: Workdir, continuation: int) -> dict[str, float]:
+    """The cosine distance between the mean states of the unmemorized (0 matches) and memorized
+    (`continuation` matches) levels, averaged over decoding steps (the dynamics stage's distances table: REFERENCE
+    section 2, the distance Chen et al. plot against size)."""
+    return _last_layer(run, "distances", lambda t: (t.level_a == 0) & (t.level_b == continuation),
+                       "cosine", "mean")
 
 
 def duplication_checks(run: Workdir) -> list[Check]:
