@@ -172,6 +172,21 @@ def test_canaries_are_placed_in_their_third_with_end_of_document_around():
             assert samples[row, off - 1] == 0 and (off + len(c["tokens"]) == 16 or samples[row, off + len(c["tokens"])] == 0)
 
 
+def test_extra_canaries_follow_the_grid_and_are_checked():
+    """`extra` adds canaries of every kind at chosen (insert, count) cells after the grid."""
+    settings = CanarySettings(counts=(1, 3), length=6, kinds=("tokens",), extra=(("late", 3), ("late", 3)))
+    canaries = make_canaries(settings, _Tok(), [], seed=0)
+    assert [(c["count"], c["insert"]) for c in canaries] == [
+        (1, "early"), (1, "middle"), (1, "late"), (3, "early"), (3, "middle"), (3, "late"), (3, "late"), (3, "late")]
+    assert len({tuple(c["tokens"]) for c in canaries}) == len(canaries) and [c["canary_id"] for c in canaries] == list(range(8))
+    with pytest.raises(MemdynError, match="canary inserts must be among"):
+        CanarySettings(counts=(1,), extra=(("last", 2),)).check(64)
+    with pytest.raises(MemdynError, match="counts and replicates must be >= 1"):
+        CanarySettings(counts=(1,), extra=(("late", 0),)).check(64)
+    with pytest.raises(MemdynError, match="canaries of 40 tokens do not fit"):
+        CanarySettings(extra=(("late", 2),), length=40).check(33)
+
+
 def test_bad_canaries_are_refused():
     with pytest.raises(MemdynError, match="canaries of 40 tokens do not fit samples of 33"):
         CanarySettings(counts=(1,), length=40).check(33)

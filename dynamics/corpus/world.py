@@ -59,13 +59,22 @@ class CanarySettings:
     kinds: tuple[str, ...] = KINDS
     length: int = 48  # tokens of a canary (word canaries: at least this many)
     replicates: int = 1
+    # more canaries of each kind at (insert, count), beyond that grid: more of them where the sizes differ
+    extra: tuple[tuple[str, int], ...] = ()
+
+    def cells(self) -> list[tuple[int, str]]:
+        """(count, insert) of each canary of one kind: the grid, then the extra ones."""
+        grid = [(c, w) for c in self.counts for w in self.inserts for _ in range(self.replicates)]
+        return grid + [(c, w) for w, c in self.extra]
 
     def check(self, sample_tokens: int) -> None:
-        if any(c < 1 for c in self.counts) or self.replicates < 1 or self.length < 2:
+        counts = [*self.counts, *(c for _, c in self.extra)]
+        if any(c < 1 for c in counts) or self.replicates < 1 or self.length < 2:
             raise MemdynError(f"canary counts and replicates must be >= 1 and the length >= 2, got {self}")
-        if set(self.inserts) - set(INSERTS) or set(self.kinds) - set(KINDS):
+        inserts = {*self.inserts, *(w for w, _ in self.extra)}
+        if inserts - set(INSERTS) or set(self.kinds) - set(KINDS):
             raise MemdynError(f"canary inserts must be among {INSERTS} and kinds among {KINDS}, got {self}")
-        if self.counts and self.length + 2 > sample_tokens:
+        if counts and self.length + 2 > sample_tokens:
             raise MemdynError(
                 f"canaries of {self.length} tokens do not fit samples of {sample_tokens} tokens with an "
                 f"end-of-document token on each side: use a canary length <= {sample_tokens - 2}"
@@ -128,18 +137,16 @@ def make_canaries(settings: CanarySettings, tokenizer, words: list[str], seed: i
         raise MemdynError("the corpus has fewer than 2 distinct words for word canaries; use token canaries only")
     out = []
     for kind in settings.kinds:
-        for count in settings.counts:
-            for insert in settings.inserts:
-                for _ in range(settings.replicates):
-                    if kind == "tokens":
-                        tokens = rng.choice(alphabet, size=settings.length).tolist()
-                        text, length, space = tokenizer.decode(tokens), settings.length, settings.length * math.log2(len(alphabet))
-                    else:
-                        text, tokens = _word_canary(rng, words, tokenizer, settings.length)
-                        length = len(text.split(" "))
-                        space = length * math.log2(len(words))
-                    out.append({"canary_id": len(out), "kind": kind, "text": text, "tokens": tokens, "count": int(count),
-                                "insert": insert, "length": int(length), "space_size_log2": float(space)})
+        for count, insert in settings.cells():
+            if kind == "tokens":
+                tokens = rng.choice(alphabet, size=settings.length).tolist()
+                text, length, space = tokenizer.decode(tokens), settings.length, settings.length * math.log2(len(alphabet))
+            else:
+                text, tokens = _word_canary(rng, words, tokenizer, settings.length)
+                length = len(text.split(" "))
+                space = length * math.log2(len(words))
+            out.append({"canary_id": len(out), "kind": kind, "text": text, "tokens": tokens, "count": int(count),
+                        "insert": insert, "length": int(length), "space_size_log2": float(space)})
     return out
 
 

@@ -43,10 +43,9 @@ def check_world_settings(p: Preset) -> None:
     """Bad world settings, refused before anything is written."""
     p.duplication.check()
     p.canaries.check(p.seq_length + 1)
-    if p.canaries.counts:
+    if p.canaries.cells():
         stub = [{"canary_id": i, "kind": k, "tokens": [0] * p.canaries.length, "count": c, "insert": w}
-                for i, (k, c, w) in enumerate((k, c, w) for k in p.canaries.kinds for c in p.canaries.counts
-                                             for w in p.canaries.inserts for _ in range(p.canaries.replicates))]
+                for i, (k, (c, w)) in enumerate((k, cell) for k in p.canaries.kinds for cell in p.canaries.cells())]
         check_capacity(stub, p.steps * p.batch_size, p.batch_size, p.seq_length + 1)
 
 
@@ -77,7 +76,7 @@ def build_text_world(out: Path, p: Preset, docs: list[Document], n_world: int, t
     world_docs = docs[:n_world]
     encoded = _encode(tok, world_docs)
     canaries = []
-    if p.canaries.counts:
+    if p.canaries.cells():
         words = corpus_words(d.text for d in world_docs)
         canaries = make_canaries(p.canaries, tok, words, seed)
         check_capacity(canaries, p.steps * p.batch_size, p.batch_size, p.seq_length + 1)
