@@ -86,14 +86,16 @@ PRESETS: dict[str, Preset] = {
         # 4.2m diverges from its best loss at lr 1e-2 (3.2-3.7 nats at the end against 2.3 for 617k)
         shapes=(ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8, lr=3e-3)),
         duplication=Duplication(share=0.2, max_copies=100, doc_tokens=400),
-        # 64 twice: two canaries per (kind, insertion point) at the highest count. With one, canary
-        # memorization against repetitions was not decided (64x - 1x +22.2 pts, 95% CI +0 to +55.6, six
-        # canaries); with twelve, +19.4 pts (CI +5.6 to +38.9). Two at every count overwrote twice the
-        # stream (7%) and lost more checks than it gained (22 PASS / 11 FAIL against 24 / 9). Again with the
-        # canaries scored after <|endoftext|> (session 19: 84 canaries, 14% of the stream against 11%): canary
-        # memorization with size was decided in seeds 0 and 3 (+4.76 pts, CI +1.19 to +9.52) but not in 1, and
-        # whole runs passed 22 and 23 of 30 checks against 25 and 24 (seeds 0, 1; 617k memorized 3.25% not 5.15%)
-        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64, 64), length=48),
+        # Canaries: one per (kind, count, insertion point), and five more of each kind late, two at 16 copies,
+        # two at 32 and one at 64, where the sizes differ (early and middle ones are forgotten by the end;
+        # 1-8 copies are reproduced by no size). With one per cell and a second at 64 everywhere (48
+        # canaries, 1146 copies), memorization rose with size in four draws of four but was decided in one
+        # (4.2m - 617k +2.1 to +12.5 pts, the interval's lower end 0 in three); with these (52, 1082
+        # copies; scratch worlds of seeds 0 and 1) +9.62 and +7.69 pts, CI +1.92 to +17.4 and +15.4. Twice
+        # the canaries everywhere (84, 14% of the stream) decided it in two of three draws and lost three
+        # other checks (22 and 23 of 30 PASS against 25 and 24; 617k memorized 3.25% instead of 5.15%).
+        canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48,
+                                extra=(("late", 16), ("late", 16), ("late", 32), ("late", 32), ("late", 64))),
         # the reference has the middle size's shape: 1.6m trained on 3200 disjoint samples costs a third of
         # 4.2m's training and still codes the members far below the unigram model (see README)
         reference_shape=ModelShape(3, 160, 5), reference_samples=3200, members=512, scored_samples=2000,
