@@ -91,9 +91,9 @@ PRESETS: dict[str, Preset] = {
         # 1-8 copies are reproduced by no size). With one per cell and a second at 64 everywhere (48
         # canaries, 1146 copies), memorization rose with size in four draws of four but was decided in one
         # (4.2m - 617k +2.1 to +12.5 pts, the interval's lower end 0 in three); with these (52, 1082
-        # copies; scratch worlds of seeds 0 and 1) +9.62 and +7.69 pts, CI +1.92 to +17.4 and +15.4. Twice
-        # the canaries everywhere (84, 14% of the stream) decided it in two of three draws and lost three
-        # other checks (22 and 23 of 30 PASS against 25 and 24; 617k memorized 3.25% instead of 5.15%).
+        # copies; whole runs of seeds 0-3) +9.62 / +7.69 / +3.85 / +7.69 pts, decided in three, and the four
+        # runs passed 100 of 120 checks against 98. Twice the canaries everywhere (84, 14% of the stream)
+        # decided it in two of three draws and lost three other checks (22 and 23 of 30 PASS against 25 and 24).
         canaries=CanarySettings(counts=(1, 2, 4, 8, 16, 32, 64), length=48,
                                 extra=(("late", 16), ("late", 16), ("late", 32), ("late", 32), ("late", 64))),
         # the reference has the middle size's shape: 1.6m trained on 3200 disjoint samples costs a third of
