@@ -259,7 +259,9 @@ def test_bad_world_settings_are_refused_before_anything_is_written(tmp_path, mon
     micro = PRESETS["micro"]
     for canaries, message in ((CanarySettings(counts=(1,), length=40), "canaries of 40 tokens do not fit samples of 33 tokens"),
                               (CanarySettings(counts=(64, 128), length=12),
-                               "the early canaries need 384 copies but the early third of training has only 264 samples")):
+                               "the early canaries need 384 copies but the early third of training has only 264 samples"),
+                              (CanarySettings(counts=(1,), length=12, extra=(("late", 300),)),
+                               "the late canaries need 602 copies but the late third of training has only 268 samples")):
         monkeypatch.setitem(presets.PRESETS, "micro", dataclasses.replace(micro, canaries=canaries))
         with pytest.raises(MemdynError, match=message):
             train_family("micro", tmp_path / "w")
