@@ -87,7 +87,7 @@ PRESETS: dict[str, Preset] = {
         shapes=(ModelShape(2, 96, 3), ModelShape(3, 160, 5), ModelShape(4, 256, 8, lr=3e-3)),
         duplication=Duplication(share=0.2, max_copies=100, doc_tokens=400),
         # Canaries: one per (kind, count, insertion point), and five more of each kind late, two at 16 copies,
-        # two at 32 and one at 64, where the sizes differ (early and middle ones are forgotten by the end;
+        # two at 32 and one at 64, where the sizes differ (early ones are forgotten by the end, middle ones nearly so;
         # 1-8 copies are reproduced by no size). With one per cell and a second at 64 everywhere (48
         # canaries, 1146 copies), memorization rose with size in four draws of four but was decided in one
         # (4.2m - 617k +2.1 to +12.5 pts, the interval's lower end 0 in three); with these (52, 1082
