@@ -46,9 +46,10 @@ def _family(r: _Run) -> str:
 def _scores(r: _Run) -> None:
     from dynamics.scoring.table import score
 
-    # the scored set: every training sample, or the preset's seeded subset (the same one in both tables)
+    # the scored set: every training sample without a canary copy, or the preset's seeded subset of
+    # them (the canaries are measured on their own, in the analyses stage)
     score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
-          sample=r.preset.scored_samples, seed=r.seed, workers=cores())
+          sample=r.preset.scored_samples, exclude_canaries=True, seed=r.seed, workers=cores())
 
 
 def _checkpoints(r: _Run) -> None:
@@ -56,7 +57,8 @@ def _checkpoints(r: _Run) -> None:
 
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
-          sample=r.preset.checkpoint_samples or r.preset.scored_samples, seed=r.seed, workers=cores())
+          sample=r.preset.checkpoint_samples or r.preset.scored_samples, exclude_canaries=True, seed=r.seed,
+          workers=cores())
 
 
 def _dynamics(r: _Run) -> None:

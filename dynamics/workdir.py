@@ -37,7 +37,7 @@ def _stages(w: "Workdir", preset: str) -> list[tuple[str, Path, str]]:
     rerun = f"memdyn run --workdir {w.root} --preset {preset}"
     return [
         ("family", w.family_dir / "family.json", f"memdyn family train --preset {preset} --out {w.family_dir}"),
-        ("scores", w.scores_dir / "_settings.json", f"memdyn score --family {w.family_dir} --out {w.scores_dir} {grid}"),
+        ("scores", w.scores_dir / "_settings.json", f"memdyn score --family {w.family_dir} --out {w.scores_dir} {grid} --exclude-canaries"),
         ("scores_checkpoints", w.checkpoints_dir / "_settings.json", rerun),
         ("dynamics", w.dynamics_dir / "tables" / "curves.parquet",
          f"memdyn dynamics --family {w.family_dir} --scores {w.scores_dir} --out {w.dynamics_dir}"),

@@ -15,6 +15,13 @@ def test_memdyn_run_end_to_end_and_resumes(micro_workdir):
     assert set(scores.model) == set(family.size_names)
     checkpoints = pd.read_parquet(workdir / "scores_checkpoints")
     assert checkpoints.revision.nunique() == len(family.sizes[0].revisions)
+    # the canaries are measured on their own: no scored sample holds a copy, every other one is scored
+    from dynamics.corpus.megatron import IndexedDataset
+    from dynamics.family.data import training_data
+
+    canary = set(training_data(family).canary_samples.tolist())
+    assert canary and set(scores.seq_idx) == set(range(len(IndexedDataset(family.data.prefix)))) - canary
+    assert set(checkpoints.seq_idx) == set(scores.seq_idx)
     assert (workdir / "dynamics" / "tables").is_dir()
     trained = {p.name for p in (workdir / "predictor").iterdir() if (p / "metrics.json").is_file()}
     skipped = set(json.loads((workdir / "predictor" / "skipped.json").read_text()))

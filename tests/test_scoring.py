@@ -273,3 +273,34 @@ def test_worker_processes_write_the_same_table(micro_family, tmp_path):
     with pytest.raises(MemdynError, match="workers must be an integer >= 1, got 0"):
         score(family, tmp_path / "zero", workers=0, **kw)
     assert not (tmp_path / "zero").exists()
+
+
+def test_exclude_canaries_scores_only_samples_without_a_copy(micro_family, tmp_path):
+    """--exclude-canaries draws among (or keeps of a range) the training samples that hold no canary
+    copy; asking for more of them than there are, a range of canary samples only, or other data than
+    the family's training data is one line before any file."""
+    from dynamics.family.data import training_data
+    from dynamics.scoring.table import score
+
+    family = load_family(micro_family)
+    canary = set(training_data(family).canary_samples.tolist())
+    n_data = len(IndexedDataset(family.data.prefix))
+    assert 0 < len(canary) < n_data
+    kw = dict(contexts=[8], continuations=[4], models=family.size_names[:1], device="cpu", progress=False)
+    score(family, tmp_path / "drawn", sample=100, exclude_canaries=True, seed=3, **kw)
+    drawn = set(read_scores(tmp_path / "drawn").seq_idx)
+    assert len(drawn) == 100 and not drawn & canary
+    score(family, tmp_path / "range", samples=(0, 64), exclude_canaries=True, **kw)
+    assert set(read_scores(tmp_path / "range").seq_idx) == set(range(64)) - canary
+
+    pool = n_data - len(canary)
+    first = min(canary)
+    for args, message in [
+        (["--sample", str(pool + 1)], f"between 1 and the {pool} samples in {family.data.prefix}.bin that hold no canary copy"),
+        (["--samples", f"{first}:{first + 1}"], "holds no sample without a canary copy"),
+        (["--data", f"{family.data.prefix.rsplit('/', 1)[0]}/reference"], "needs memdyn's per-sample table"),
+    ]:
+        code, _, err = run_cli("score", "--family", micro_family, "--out", tmp_path / "bad", "--contexts", "8",
+                               "--continuations", "4", "--exclude-canaries", "--device", "cpu", *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

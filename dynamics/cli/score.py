@@ -20,6 +20,8 @@ def score(
     data: Optional[str] = typer.Option(None, help="Megatron prefix of the training samples (default: the family's)."),
     samples: Optional[str] = typer.Option(None, help="START:END range of samples in training order."),
     sample: Optional[int] = typer.Option(None, min=1, help="Score N samples drawn at random (with --seed)."),
+    exclude_canaries: bool = typer.Option(False, "--exclude-canaries", help="Only samples that hold no canary copy "
+                                          "(a memdyn family's training data; its canaries are measured by `memdyn canaries`)."),
     batch_size: int = BATCH_SIZE,
     chunk_size: int = typer.Option(256, min=1, help="Samples per resumable chunk."),
     schemes: str = typer.Option("t1,k40,p0.9,t0.7k40", help="Sampling schemes of the extraction columns (p_z), comma-separated: "
@@ -41,7 +43,7 @@ def score(
         load_family(family, data), out, contexts=int_list(contexts, "--contexts"),
         continuations=int_list(continuations, "--continuations"), models=name_list(models),
         revisions="all" if revs == ["all"] else revs, data=data, samples=sample_range(samples), sample=sample,
-        seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, schemes=parse_schemes(schemes),
+        exclude_canaries=exclude_canaries, seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, schemes=parse_schemes(schemes),
         approx_bleu=approx_bleu, device=device,
     )
     print(f"scores written to {out}")

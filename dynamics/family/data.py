@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dynamics.corpus.megatron import IndexedDataset
@@ -27,13 +28,25 @@ class TrainingData:
 
     @cached_property
     def samples(self) -> pd.DataFrame | None:
-        """The training samples' rows of data/samples.parquet, indexed by sample_idx (None for data
+        """The rows of data/samples.parquet for these samples, indexed by sample_idx: memdyn packs
+        data/train and data/heldout beside one table, whose `split` names the prefix (None for data
         memdyn did not pack, e.g. the pre-shuffled Pile)."""
         path = Path(self.prefix).parent / "samples.parquet"
         if not path.is_file():
             return None
         table = pd.read_parquet(path)
-        return table[table["split"] == "train"].set_index("sample_idx", drop=False).rename_axis(None)
+        table = table[table["split"] == Path(self.prefix).name]
+        return table.set_index("sample_idx", drop=False).rename_axis(None) if len(table) else None
+
+    @cached_property
+    def canary_samples(self) -> np.ndarray | None:
+        """sample_idx of the training samples that hold a canary copy, sorted (empty for a world
+        without canaries); None for data memdyn did not pack."""
+        if self.samples is None:
+            return None
+        if "canary_ids" not in self.samples:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(self.samples.index[self.samples["canary_ids"].map(len) > 0].to_numpy(np.int64))
 
     def domains(self) -> pd.Series | None:
         """sample_idx -> domain (None when the samples table has no domains)."""

@@ -45,9 +45,10 @@ class Preset:
     reference_shape: ModelShape | None = None
     reference_samples: int = 0
     members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
-    scored_samples: int | None = None  # training samples `memdyn run` scores (a seeded subset); None: all
-    # training samples `memdyn run` scores at every checkpoint (a seeded subset; None: scored_samples):
-    # the checkpoint-wise table costs one forward pass per sample, size and checkpoint
+    # training samples `memdyn run` scores, among those that hold no canary copy (a seeded subset; None: all)
+    scored_samples: int | None = None
+    # training samples `memdyn run` scores at every checkpoint (a seeded subset of the same pool; None:
+    # scored_samples): the checkpoint-wise table costs one forward pass per sample, size and checkpoint
     checkpoint_samples: int | None = None
     predictor_epochs: int = 20  # `memdyn run` trains each predictor (and each fold) for so many epochs
     predictor_folds: int = 5  # `memdyn run` cross-validates each predictor over so many folds by document

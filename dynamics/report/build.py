@@ -9,7 +9,7 @@ import pandas as pd
 
 from dynamics import manifest
 from dynamics.decoding import plots
-from dynamics.files import check_output_folder, check_output_location
+from dynamics.files import check_output_folder, check_output_location, read_json
 from dynamics.lock import output_lock
 from dynamics.report import findings as F
 from dynamics.report.document import Document, Figure, Samples, Section, Table, Text
@@ -66,7 +66,9 @@ def family_report(run: Workdir) -> Document:
                                                          "continuation length", title=f"context {k}"),
                   F.share_by_axis(t, "continuation_len", "context_len", k)),
         Table(main[["model", "params", "n", "memorized", "memorized_share", "unmemorized_share", "mean_score"]].reset_index(drop=True),
-              f"Headline numbers at context {k} / continuation {c}."),
+              f"Headline numbers at context {k} / continuation {c}" + (
+                  ", over training samples that hold no canary copy (the canaries have a section of their own)."
+                  if read_json(run.scores_dir / "_settings.json").get("exclude_canaries") else ".")),
     ])
 
     trans = Section("Transitions between memorization levels")

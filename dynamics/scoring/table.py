@@ -59,8 +59,11 @@ class ScoreSettings:
     n_data: int
     contexts: list[int]
     continuations: list[int]
-    samples: list[int]  # [start, stop) or explicit indices, see `sample_indices`
+    samples: list[int]  # [start, stop) or [n], see `sample_indices`
     sample_mode: str  # range | random
+    # only samples that hold no canary copy (a memdyn world's canaries are measured on their own:
+    # inside the grid, where a copy sits in its sample decides a sample's score)
+    exclude_canaries: bool
     seed: int
     dtype: str
     chunk_size: int
@@ -69,22 +72,39 @@ class ScoreSettings:
     approx_bleu: float  # BLEU-4 from which a cell counts as approximately memorized (dynamics.scoring.near)
 
 
-def sample_indices(settings: ScoreSettings) -> np.ndarray:
+def _eligible(data: str, exclude_canaries: bool) -> np.ndarray | None:
+    """The samples that may be scored: None for all of them, else those of `data` (a memdyn
+    family's training data) that hold no canary copy."""
+    if not exclude_canaries:
+        return None
+    from dynamics.family.data import TrainingData
+
+    td = TrainingData(str(data))
+    return np.setdiff1d(np.arange(len(td.dataset), dtype=np.int64), td.canary_samples)
+
+
+def sample_indices(settings: ScoreSettings, data: str) -> np.ndarray:
+    """The scored samples' indices, sorted. data: the Megatron prefix the settings were made from."""
+    eligible = _eligible(data, settings.exclude_canaries)
     if settings.sample_mode == "range":
-        return np.arange(*settings.samples, dtype=np.int64)
+        idx = np.arange(*settings.samples, dtype=np.int64)
+        return idx if eligible is None else np.intersect1d(idx, eligible)
     n = settings.samples[0]
-    return np.sort(np.random.default_rng(settings.seed).choice(settings.n_data, size=n, replace=False))
+    pool = settings.n_data if eligible is None else eligible
+    return np.sort(np.random.default_rng(settings.seed).choice(pool, size=n, replace=False))
 
 
 def make_settings(
     family: FamilySpec, *, data: str, contexts: list[int], continuations: list[int],
-    samples: tuple[int, int | None] | None = None, sample: int | None = None, seed: int = 0, dtype: str = "fp32",
-    chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None, approx_bleu: float = APPROX_BLEU,
+    samples: tuple[int, int | None] | None = None, sample: int | None = None, exclude_canaries: bool = False,
+    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None,
+    approx_bleu: float = APPROX_BLEU,
 ) -> ScoreSettings:
     """Validate everything that can be checked before any model is loaded.
     samples: a (start, stop) range of samples in training order (stop None: to the end);
-    sample: score this many samples drawn with the seed instead; schemes: the sampling schemes of
-    the extraction columns (default DEFAULT_SCHEMES; [] for none)."""
+    sample: score this many samples drawn with the seed instead; exclude_canaries: of those, only
+    the ones that hold no canary copy (a memdyn family's training data); schemes: the sampling
+    schemes of the extraction columns (default DEFAULT_SCHEMES; [] for none)."""
     ds = IndexedDataset(data)
     length = ds.fixed_length()
     if not contexts or not continuations or min(contexts) < 1 or min(continuations) < 1:
@@ -98,9 +118,17 @@ def make_settings(
         )
     if samples is not None and sample is not None:
         raise MemdynError("give either --samples START:END or --sample N, not both")
+    if exclude_canaries:
+        from dynamics.family.data import TrainingData
+
+        if TrainingData(str(data)).samples is None:
+            raise MemdynError(f"--exclude-canaries needs memdyn's per-sample table of {data} (samples.parquet beside it, "
+                              "listing canary copies), and there is none: drop --exclude-canaries")
+    eligible = _eligible(data, exclude_canaries)
     if sample is not None:
-        if not 0 < sample <= len(ds):
-            raise MemdynError(f"--sample must be between 1 and the {len(ds)} samples in {ds.bin_path}, got {sample}")
+        pool, which = (len(ds), "") if eligible is None else (len(eligible), " that hold no canary copy")
+        if not 0 < sample <= pool:
+            raise MemdynError(f"--sample must be between 1 and the {pool} samples in {ds.bin_path}{which}, got {sample}")
         mode, spec = "random", [sample]
     else:
         start, stop = samples if samples is not None else (0, None)
@@ -110,6 +138,8 @@ def make_settings(
         if stop <= start:
             raise MemdynError(f"--samples {start}:{stop} selects no samples (the data has {len(ds)})")
         mode, spec = "range", [start, stop]
+        if eligible is not None and not np.any((eligible >= start) & (eligible < stop)):
+            raise MemdynError(f"--samples {start}:{stop} holds no sample without a canary copy: choose another range")
     if chunk_size < 1 or batch_size < 1:
         raise MemdynError("--chunk-size and --batch-size must be >= 1")
     if not 0 < approx_bleu <= 1:
@@ -118,7 +148,7 @@ def make_settings(
     return ScoreSettings(
         family=family.name, corpus_hash=family.corpus.get("hash"), data=ds.fingerprint(),
         n_data=len(ds), contexts=contexts, continuations=continuations, samples=spec, sample_mode=mode,
-        seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+        exclude_canaries=bool(exclude_canaries), seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
         schemes=[sc.name for sc in schemes], approx_bleu=float(approx_bleu),
     )
 
@@ -224,7 +254,7 @@ def run_scoring(
     check_settings(out, settings)
     start_output(state, out, SETTINGS, asdict(settings), (GENERATIONS,))
 
-    idx = sample_indices(settings)
+    idx = sample_indices(settings, data)
     n_chunks = -(-len(idx) // settings.chunk_size)
     jobs = [(size, rev, c) for size, rev in plan for c in range(n_chunks)]
     if state.is_main_process:  # the manifest's list of parts makes an unfinished table visible to readers
@@ -268,20 +298,20 @@ def _write_chunk(family: FamilySpec, out: Path, settings: ScoreSettings, data, s
 def score(
     family: FamilySpec, out: str | Path, *, contexts: list[int], continuations: list[int],
     models: list[str] | None = None, revisions: list[str] | str | None = None, data: str | None = None,
-    samples: tuple[int, int | None] | None = None, sample: int | None = None, seed: int = 0, dtype: str = "fp32",
-    chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None, approx_bleu: float = APPROX_BLEU,
-    device: str | None = "auto", progress: bool = True, workers: int = 1,
+    samples: tuple[int, int | None] | None = None, sample: int | None = None, exclude_canaries: bool = False,
+    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None,
+    approx_bleu: float = APPROX_BLEU, device: str | None = "auto", progress: bool = True, workers: int = 1,
 ) -> Path:
     """Memorization scores of `family` over the contexts x continuations grid, into the scores
     directory `out` (created, or resumed). models: size names (default all); revisions: checkpoint
     names (default each size's last), or "all"; data: a Megatron prefix (default the family's
-    training data); samples / sample: see `make_settings`; workers: see `run_scoring`."""
+    training data); samples / sample / exclude_canaries: see `make_settings`; workers: see `run_scoring`."""
     check_workers(workers)
     prefix = data or (family.data.prefix if family.data else None)
     if not prefix:
         raise MemdynError(f"family {family.name!r} has no training data on record: pass --data PREFIX (a Megatron .bin/.idx)")
     settings = make_settings(family, data=prefix, contexts=contexts, continuations=continuations, samples=samples,
-                             sample=sample, seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+                             sample=sample, exclude_canaries=exclude_canaries, seed=seed, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
                              schemes=schemes, approx_bleu=approx_bleu)
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
