@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.corpus.steps import revision_step, sort_revisions
 from dynamics.errors import MemdynError, note
+from dynamics.family.data import TrainingData
 from dynamics.family.load import check_data_vocab, load_model, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest
@@ -73,13 +74,14 @@ class ScoreSettings:
 
 
 def _eligible(data: str, exclude_canaries: bool) -> np.ndarray | None:
-    """The samples that may be scored: None for all of them, else those of `data` (a memdyn
-    family's training data) that hold no canary copy."""
+    """The samples that may be scored: None for all of them, else those of `data` that hold no
+    canary copy (from memdyn's per-sample table beside the data)."""
     if not exclude_canaries:
         return None
-    from dynamics.family.data import TrainingData
-
     td = TrainingData(str(data))
+    if td.samples is None:
+        raise MemdynError(f"--exclude-canaries needs memdyn's per-sample table of {data} (samples.parquet beside it, "
+                          "listing canary copies), and there is none: drop --exclude-canaries")
     return np.setdiff1d(np.arange(len(td.dataset), dtype=np.int64), td.canary_samples)
 
 
@@ -118,12 +120,6 @@ def make_settings(
         )
     if samples is not None and sample is not None:
         raise MemdynError("give either --samples START:END or --sample N, not both")
-    if exclude_canaries:
-        from dynamics.family.data import TrainingData
-
-        if TrainingData(str(data)).samples is None:
-            raise MemdynError(f"--exclude-canaries needs memdyn's per-sample table of {data} (samples.parquet beside it, "
-                              "listing canary copies), and there is none: drop --exclude-canaries")
     eligible = _eligible(data, exclude_canaries)
     if sample is not None:
         pool, which = (len(ds), "") if eligible is None else (len(eligible), " that hold no canary copy")
