@@ -2,7 +2,8 @@
 
 The work directory's layout is dynamics.workdir.Workdir; reports go to REPORTS/<family>/ (family
 overview index.html and <size>/report.{html,md}). Each stage skips work that is already done, so
-rerunning after a crash continues where it stopped.
+rerunning after a crash continues where it stopped; what the work directory holds from other
+settings (an earlier memdyn, a changed preset) is computed again.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _scores(r: _Run) -> None:
     # the scored set: every training sample without a canary copy, or the preset's seeded subset of
     # them (the canaries are measured on their own, in the analyses stage)
     score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
-          sample=r.preset.scored_samples, exclude_canaries=True, seed=r.seed, workers=cores())
+          sample=r.preset.scored_samples, exclude_canaries=True, seed=r.seed, workers=cores(), replace_stale=True)
 
 
 def _checkpoints(r: _Run) -> None:
@@ -58,15 +59,15 @@ def _checkpoints(r: _Run) -> None:
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
           sample=r.preset.checkpoint_samples or r.preset.scored_samples, exclude_canaries=True, seed=r.seed,
-          workers=cores())
+          workers=cores(), replace_stale=True)
 
 
 def _dynamics(r: _Run) -> None:
     from dynamics.decoding.analyze import run_dynamics
 
     k, c = r.cell
-    run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=200, context=k, continuation=c,
-                 use_umap=r.preset.umap)
+    run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=r.preset.dynamics_per_group,
+                 context=k, continuation=c, use_umap=r.preset.umap, replace_stale=True)
 
 
 def _capacity(r: _Run) -> None:

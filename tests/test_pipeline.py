@@ -64,3 +64,26 @@ def test_readers_refuse_outputs_of_other_inputs(micro_workdir, tmp_path):
     manifest.record_part(trained, "config.json", 1)  # a consistent directory, trained on other scores
     with pytest.raises(MemdynError, match="trained on other scores"):
         Workdir(runs).predictor
+
+
+def test_run_recomputes_its_own_outputs_made_with_other_settings(micro_workdir, tmp_path):
+    """Scores and dynamics that an earlier memdyn (or another preset) made in the work directory
+    are computed again, not refused: the rerun gives the tables of a fresh run."""
+    import shutil
+
+    from dynamics.files import read_json, write_json
+
+    workdir = tmp_path / "runs"
+    shutil.copytree(micro_workdir, workdir)
+    fresh = {d: read_json(workdir / d / "_settings.json") for d in ("scores", "dynamics")}
+    table = pd.read_parquet(workdir / "scores")
+    older = dict(fresh["scores"])
+    older.pop("exclude_canaries")  # scores of a memdyn that scored every sample
+    write_json(workdir / "scores" / "_settings.json", older)
+    write_json(workdir / "dynamics" / "_settings.json", fresh["dynamics"] | {"per_group": 1})
+    code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro", "--reports", tmp_path / "reports")
+    assert code == 0, err
+    assert {d: read_json(workdir / d / "_settings.json") for d in ("scores", "dynamics")} == fresh
+    key = ["model", "revision", "seq_idx", "context_len", "continuation_len"]
+    pd.testing.assert_frame_equal(pd.read_parquet(workdir / "scores").sort_values(key, ignore_index=True),
+                                  table.sort_values(key, ignore_index=True))

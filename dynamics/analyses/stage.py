@@ -23,7 +23,7 @@ from dynamics.analyses import canaries as C
 from dynamics.analyses import duplication as D
 from dynamics.analyses import taxonomy as T
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, read_json, write_json
+from dynamics.files import atomic_path, read_json, settings_fingerprint, write_json
 
 TABLES = ("dose_bins", "dose_fits", "taxonomy_shares", "taxonomy_transitions", "canary_by_count", "canary_by_insert",
           "canary_forgetting")
@@ -75,7 +75,9 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
     out = w / "analyses"
     # (canaries_after: analyses of canaries scored without the <|endoftext|> before them are redone)
     settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates,
-                "final_dose_from": "scores", "canaries_after": "end-of-document"}
+                "final_dose_from": "scores", "canaries_after": "end-of-document",
+                # the tables follow the scores: scores computed again make them stale
+                "scores": settings_fingerprint(w / "scores"), "checkpoints": settings_fingerprint(w / "scores_checkpoints")}
     if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
     tables, skipped = {}, {}

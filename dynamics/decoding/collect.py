@@ -78,8 +78,8 @@ def _num_layers(family: FamilySpec, size, revision: str) -> int:
     return int(AutoConfig.from_pretrained(location, revision=hub_revision).num_hidden_layers)
 
 
-def check_out(out: Path, settings: DynamicsSettings) -> None:
-    check_output_dir(out, SETTINGS, asdict(settings), "dynamics")
+def check_out(out: Path, settings: DynamicsSettings, replace_stale: bool = False) -> None:
+    check_output_dir(out, SETTINGS, asdict(settings), "dynamics", replace_stale=replace_stale)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -160,9 +160,11 @@ def run_collection(
     context: int | None = None, continuation: int | None = None, seed: int = 0, batch_size: int = 32,
     device: str | None = "auto", dtype: str = "fp32", hidden_dtype: str = "float16", ngram_index: str | Path | None = None,
     data: str | TrainingData | None = None, progress: bool = True, jump_window: int | None = None,
+    replace_stale: bool = False,
 ) -> Path:
     """Validate everything, then collect every model not yet done; returns OUT. jump_window: the
-    analysis' --jump-window, checked against the context here, before any model runs."""
+    analysis' --jump-window, checked against the context here, before any model runs. replace_stale:
+    a collection in OUT made with other settings is removed and made again (`memdyn run`'s own)."""
     scores, out = Path(scores), Path(out)
     if per_group < 1:
         raise MemdynError(f"--per-group must be >= 1, got {per_group}")
@@ -194,7 +196,7 @@ def run_collection(
         per_group=per_group, layers=layers if isinstance(layers, str) else ",".join(map(str, layers)), seed=seed,
         dtype=dtype, hidden_dtype=hidden_dtype,
     )
-    check_out(out, settings)
+    check_out(out, settings, replace_stale)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SETTINGS, settings_record(asdict(settings)))
     manifest.expect(out, [f"{name}/sequences.parquet" for name in revisions])

@@ -149,9 +149,10 @@ def make_settings(
     )
 
 
-def check_settings(out: Path, settings: ScoreSettings) -> None:
-    """A scores directory belongs to one set of settings: refuse to mix, before any work."""
-    check_output_dir(out, SETTINGS, asdict(settings), "scores")
+def check_settings(out: Path, settings: ScoreSettings, replace_stale: bool = False) -> None:
+    """A scores directory belongs to one set of settings: refuse to mix, before any work (or, with
+    replace_stale, remove scores made with other settings: see files.check_output_dir)."""
+    check_output_dir(out, SETTINGS, asdict(settings), "scores", replace_stale=replace_stale)
 
 
 def _chunk_name(model: str, revision: str, chunk: int) -> str:
@@ -232,10 +233,13 @@ def claim_jobs(state, jobs: list, is_done) -> list:
 def run_scoring(
     family: FamilySpec, out: str | Path, settings: ScoreSettings, data: str | Path, models: list[str] | None,
     revisions: list[str] | None, device: str | None = None, progress: bool = True, workers: int = 1,
+    replace_stale: bool = False,
 ) -> Path:
     """Compute every missing chunk (this process's share of them) and write the table.
     data: the Megatron prefix that `settings` were made from. workers > 1 on a CPU, outside a
-    launcher: the chunks are scored by so many single-threaded processes (dynamics.workers)."""
+    launcher: the chunks are scored by so many single-threaded processes (dynamics.workers).
+    replace_stale: scores in `out` made with other settings are removed and recomputed (one process
+    only: under a launcher they are refused, as without it)."""
     state = process_state(device)
     out = Path(out)
     sizes = family.select(models)
@@ -247,7 +251,7 @@ def run_scoring(
             model_location(family, size, rev)
     dev = state.device if device in (None, "auto") else resolve_device(device)
     resolve_dtype(settings.dtype, dev)  # fp16 on a CPU fails now, before any file is written
-    check_settings(out, settings)
+    check_settings(out, settings, replace_stale=replace_stale and state.num_processes == 1)
     start_output(state, out, SETTINGS, asdict(settings), (GENERATIONS,))
 
     idx = sample_indices(settings, data)
@@ -297,11 +301,13 @@ def score(
     samples: tuple[int, int | None] | None = None, sample: int | None = None, exclude_canaries: bool = False,
     seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None,
     approx_bleu: float = APPROX_BLEU, device: str | None = "auto", progress: bool = True, workers: int = 1,
+    replace_stale: bool = False,
 ) -> Path:
     """Memorization scores of `family` over the contexts x continuations grid, into the scores
     directory `out` (created, or resumed). models: size names (default all); revisions: checkpoint
     names (default each size's last), or "all"; data: a Megatron prefix (default the family's
-    training data); samples / sample / exclude_canaries: see `make_settings`; workers: see `run_scoring`."""
+    training data); samples / sample / exclude_canaries: see `make_settings`; workers, replace_stale:
+    see `run_scoring`."""
     check_workers(workers)
     prefix = data or (family.data.prefix if family.data else None)
     if not prefix:
@@ -311,7 +317,8 @@ def score(
                              schemes=schemes, approx_bleu=approx_bleu)
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
-    return run_scoring(family, out, settings, prefix, models, revisions, device=device, progress=progress, workers=workers)
+    return run_scoring(family, out, settings, prefix, models, revisions, device=device, progress=progress, workers=workers,
+                       replace_stale=replace_stale)
 
 
 def read_scores(scores: str | Path) -> pd.DataFrame:
