@@ -107,9 +107,9 @@ PRESETS: dict[str, Preset] = {
         # 3 folds of 10 epochs: the stage takes 312 s instead of 938; the context predictors' AUROC
         # moves from 0.83 / 0.80 / 0.77 (617k / 1.6m / 4.2m, 5 folds of 20) to 0.85 / 0.75 / 0.69
         predictor_epochs=10, predictor_folds=3,
-        # 400: the unigram-count drop for unmemorized samples, heavy-tailed, is decided at 3 of 3 sizes in seed 0
-        # and 1 of 3 in seed 1 (at 200: 1 and 0; intervals +-450 to +-550 over 226-271 samples), and the
-        # hidden-state predictors see twice the memorized rows; the stage takes about 20 s more
+        # 400: the unigram-count drop for unmemorized samples, heavy-tailed, is decided in 10 of 12 size x draw
+        # cases (at 200: 5, intervals +-450 to +-550 over 226-271 samples), and the hidden-state predictors
+        # see twice the memorized rows; the run takes about 75 s more (benchmarks/FINDINGS.md)
         dynamics_per_group=400,
     ),
     "small": Preset(
