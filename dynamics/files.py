@@ -154,6 +154,12 @@ def settings_record(settings: dict) -> dict:
     return {"format": SETTINGS_FORMAT, **settings}
 
 
+def dtype_setting(dtype: str) -> dict:
+    """What a settings file records of a precision: {} for fp32, so that outputs made before the
+    precision was a setting (all fp32) still match their settings."""
+    return {} if dtype == "fp32" else {"dtype": dtype}
+
+
 def check_output_dir(out: Path, settings_file: str, settings: dict, what: str, replace_stale: bool = False) -> bool:
     """An output directory belongs to one set of settings and one format version: refuse a directory
     written with other settings or by another version, or one that holds something else, before

@@ -15,7 +15,7 @@ from pathlib import Path
 from dynamics.errors import MemdynError
 from dynamics.family.presets import Preset, get_preset
 from dynamics.family.spec import FamilySpec
-from dynamics.files import check_output_folder, check_output_location, read_json, settings_record, write_json
+from dynamics.files import check_output_folder, check_output_location, dtype_setting, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
@@ -24,12 +24,14 @@ from dynamics.workers import cores  # (the small models run faster one single-th
 
 @dataclass
 class _Run:
-    """What the stages share: the work directory, the preset, the seed and (after stage 1) the family."""
+    """What the stages share: the work directory, the preset, the seed, the precision of every model's
+    training and inference, and (after stage 1) the family."""
 
     w: Workdir
     preset: Preset
     seed: int
     reports: Path
+    dtype: str = "fp32"
     family: FamilySpec | None = None
 
     @property
@@ -40,7 +42,7 @@ class _Run:
 def _family(r: _Run) -> str:
     from dynamics.family.train import train_family
 
-    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed)
+    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed, dtype=r.dtype)
     return f"{', '.join(r.family.size_names)} trained"
 
 
@@ -50,7 +52,8 @@ def _scores(r: _Run) -> None:
     # the scored set: every training sample without a canary copy, or the preset's seeded subset of
     # them (the canaries are measured on their own, in the analyses stage)
     score(r.family, r.w.scores_dir, contexts=list(r.preset.contexts), continuations=list(r.preset.continuations),
-          sample=r.preset.scored_samples, exclude_canaries=True, seed=r.seed, workers=cores(), replace_stale=True)
+          sample=r.preset.scored_samples, exclude_canaries=True, seed=r.seed, dtype=r.dtype, workers=cores(),
+          replace_stale=True)
 
 
 def _checkpoints(r: _Run) -> None:
@@ -59,7 +62,7 @@ def _checkpoints(r: _Run) -> None:
     k, c = r.cell
     score(r.family, r.w.checkpoints_dir, contexts=[k], continuations=[c], revisions="all",
           sample=r.preset.checkpoint_samples or r.preset.scored_samples, exclude_canaries=True, seed=r.seed,
-          workers=cores(), replace_stale=True)
+          dtype=r.dtype, workers=cores(), replace_stale=True)
 
 
 def _dynamics(r: _Run) -> None:
@@ -67,7 +70,7 @@ def _dynamics(r: _Run) -> None:
 
     k, c = r.cell
     run_dynamics(r.family, r.w.scores_dir, r.w.dynamics_dir, seed=r.seed, per_group=r.preset.dynamics_per_group,
-                 context=k, continuation=c, use_umap=r.preset.umap, replace_stale=True)
+                 context=k, continuation=c, use_umap=r.preset.umap, dtype=r.dtype, replace_stale=True)
 
 
 def _capacity(r: _Run) -> None:
@@ -76,20 +79,20 @@ def _capacity(r: _Run) -> None:
 
     r.family = train_references(r.family)  # (returns at once when they exist)
     if not r.w.capacity_table.is_file() or not computed_from(r.w.capacity_dir, r.family):
-        text_capacity(r.family, r.w.capacity_dir, seed=r.seed)
+        text_capacity(r.family, r.w.capacity_dir, seed=r.seed, dtype=r.dtype)
 
 
 def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
     run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
-                   workers=cores())
+                   dtype=r.dtype, workers=cores())
 
 
 def _analyses(r: _Run) -> None:
     from dynamics.analyses.stage import run_analyses
 
-    run_analyses(r.family, r.w.root, *r.cell, seed=r.seed)
+    run_analyses(r.family, r.w.root, *r.cell, seed=r.seed, dtype=r.dtype)
 
 
 def _reports(r: _Run) -> str:
@@ -114,18 +117,25 @@ STAGES = (
 
 
 @locks_output("workdir", "--workdir")
-def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports") -> None:
+def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports", dtype: str = "fp32") -> None:
+    """Every stage, resuming what is done. dtype: fp32, or bf16 (mixed-precision training, inference
+    in bf16) for a CPU with AMX or a GPU."""
+    from dynamics.family.load import resolve_device
+    from dynamics.family.train import check_family_dir, check_train_dtype, family_plan
+
     p = get_preset(preset)
+    check_train_dtype(dtype, resolve_device(None))
     w = Workdir(workdir)
     # a work directory of an earlier run, or one holding just a family to reuse; nothing else
     check_output_folder(w.root, "--workdir", lambda d: (d / "run.json").is_file() or (d / "family" / "family.json").is_file())
     check_output_location(reports, "--reports")
-    marker = settings_record({"preset": p.name, "seed": seed})
+    marker = settings_record({"preset": p.name, "seed": seed, **dtype_setting(dtype)})
     if w.run_json.is_file() and read_json(w.run_json) != marker:
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
+    check_family_dir(w.family_dir, family_plan(p, seed, dtype), "--workdir")
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
-    r = _Run(w, p, seed, Path(reports))
+    r = _Run(w, p, seed, Path(reports), dtype)
     for number, (title, stage) in enumerate(STAGES, 1):
         print(f"[{number}/{len(STAGES)}] {title}", flush=True)
         start = time.time()

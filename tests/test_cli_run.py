@@ -13,6 +13,8 @@ from tests.test_cli_score import one_line_error
     (["--seed", "-3"], ["--seed"]),
     (["--seed", "many"], ["--seed"]),
     (["--frobnicate"], ["--frobnicate"]),
+    (["--dtype", "fp16"], ["--dtype", "fp16", "bf16"]),
+    (["--dtype", "double"], ["--dtype", "double"]),
 ])
 def test_bad_options(tmp_path, args, words):
     code, out, err = run_cli("run", "--workdir", tmp_path / "runs", "--reports", tmp_path / "reports", *args)

@@ -86,12 +86,14 @@ def test_family_info_cli(micro_family):
     assert "micro-stdlib" in out and "step200" in out and "samples x 33 tokens" in out
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch, dtype):
     """Crash in the middle of training, rerun the same command: same final weights as an
-    uninterrupted run (both trained here, under the same torch thread settings)."""
+    uninterrupted run (both trained here, under the same torch thread settings); in mixed precision
+    too (a resumed size trains with the same attention implementation)."""
     from safetensors.torch import load_file
 
-    train_family("micro", tmp_path / "a", seed=0, device="cpu")
+    train_family("micro", tmp_path / "a", seed=0, device="cpu", dtype=dtype)
     calls = {"n": 0}
     real_step = torch.optim.AdamW.step
 
@@ -103,14 +105,42 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        train_family("micro", tmp_path / "b", seed=0, device="cpu")
+        train_family("micro", tmp_path / "b", seed=0, device="cpu", dtype=dtype)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert not (tmp_path / "b" / "family.json").exists()
-    train_family("micro", tmp_path / "b", seed=0, device="cpu")
+    train_family("micro", tmp_path / "b", seed=0, device="cpu", dtype=dtype)
     for size in load_family(tmp_path / "a").sizes:
         a = load_file(tmp_path / "a" / size.path / size.final / "model.safetensors")
         b = load_file(tmp_path / "b" / size.path / size.final / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if dtype == "bf16":
+        assert read_json(tmp_path / "a" / "family.json")["plan"]["dtype"] == "bf16"
+        with pytest.raises(MemdynError, match="other settings"):  # the same family in another precision
+            train_family("micro", tmp_path / "a", seed=0, device="cpu")
+
+
+def test_mixed_precision_keeps_float32_weights_and_trains_differently(micro_family, tmp_path):
+    """bf16: float32 weights and optimizer state, the forward pass under bf16 autocast, so the
+    weights differ from the float32 family's after the first step; fp32 families record no dtype."""
+    from safetensors.torch import load_file
+
+    family = load_family(micro_family)
+    size = family.sizes[0]
+    assert "dtype" not in read_json(micro_family / "family.json")["plan"]
+    from dynamics.family.presets import get_preset
+    from dynamics.family.train import train_size
+    from dynamics.corpus.megatron import IndexedDataset as Data
+
+    p = get_preset("micro")
+    data = Data(micro_family / "data" / "train")
+    vocab = len(load_tokenizer(family))
+    train_size(p.shapes[0], size.name, p, data, vocab, tmp_path / "bf16", 0, torch.device("cpu"), "bf16")
+    fp32 = load_file(micro_family / size.path / size.final / "model.safetensors")
+    bf16 = load_file(tmp_path / "bf16" / size.final / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in bf16.values())
+    assert not all(torch.equal(fp32[k], bf16[k]) for k in fp32)
+    step0 = load_file(micro_family / size.path / "step0" / "model.safetensors")
+    assert all(torch.equal(step0[k], load_file(tmp_path / "bf16" / "step0" / "model.safetensors")[k]) for k in step0)
 
 
 def test_bad_family_inputs(micro_family, tmp_path):
@@ -128,6 +158,10 @@ def test_bad_family_inputs(micro_family, tmp_path):
         train_family("micro", micro_family, seed=1)
     code, _, err = run_cli("family", "train", "--preset", "nano", "--out", tmp_path / "y")
     assert code == 2 and err.strip().startswith("memdyn: error: unknown preset") and len(err.strip().splitlines()) == 1
+    for dtype in ("fp16", "int8"):  # fp16 would need loss scaling
+        code, _, err = run_cli("family", "train", "--preset", "micro", "--out", tmp_path / "z", "--dtype", dtype)
+        assert code == 2 and f"--dtype '{dtype}' cannot train" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "z").exists()
 
 
 def test_loading_and_checks(micro_family):
@@ -168,6 +202,8 @@ def test_reference_model_loads_a_directory_and_says_what_is_missing(micro_family
     path = micro_family / "models" / family.sizes[0].name / "step200"
     model = load_reference_model(str(path), torch.device("cpu"))
     assert not model.training and model.config.model_type == "gpt_neox"
+    # worker processes name the device; bf16 as `memdyn membership --dtype bf16` asks
+    assert next(load_reference_model(str(path), "cpu", "bf16").parameters()).dtype == torch.bfloat16
     with pytest.raises(MemdynError) as e:
         load_reference_model("EleutherAI/pythia-70m-deduped", torch.device("cpu"))
     msg = str(e.value)

@@ -41,6 +41,19 @@ def test_run_refuses_another_preset(micro_family, tmp_path):
     assert code == 2 and "holds a run with" in err
 
 
+def test_run_refuses_a_family_of_another_precision_before_any_stage(micro_family, tmp_path):
+    """A work directory holding only a family (reused by `memdyn run`) trained in float32, asked
+    for a bf16 run: one line naming --workdir, nothing written."""
+    import shutil
+
+    shutil.copytree(micro_family, tmp_path / "w" / "family")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, out, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro", "--dtype", "bf16",
+                             "--reports", tmp_path / "reports")
+    assert code == 2 and "trained with other settings" in err and "--workdir" in err and len(err.strip().splitlines()) == 1
+    assert "[1/" not in out and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_readers_refuse_outputs_of_other_inputs(micro_workdir, tmp_path):
     """A predictor or capacity directory records what it was computed from; the reports' reader
     refuses one whose inputs are not the work directory's (e.g. left from an earlier run)."""

@@ -37,7 +37,7 @@ from dynamics.analyses.stats import bootstrap_ci
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
+from dynamics.files import atomic_path, check_output_dir, dtype_setting, settings_record, write_json
 from dynamics.lock import locks_output
 
 SETTINGS = "_settings.json"
@@ -81,11 +81,11 @@ def _units(row) -> int:
     return len(row.tokens) if row.kind == "tokens" else len(row.text.split(" "))
 
 
-def settings_of(family: FamilySpec, table: pd.DataFrame, seed: int, n_candidates: int) -> dict:
+def settings_of(family: FamilySpec, table: pd.DataFrame, seed: int, n_candidates: int, dtype: str = "fp32") -> dict:
     h = hashlib.sha256(str([list(map(int, t)) for t in table["tokens"]]).encode()).hexdigest()[:16]
     # "after": what precedes the canary in its context; outputs scored without it are not mixed in
     return {"family": family.name, "corpus_hash": family.corpus.get("hash"), "canaries": h, "seed": seed,
-            "n_candidates": n_candidates, "after": "end-of-document"}
+            "n_candidates": n_candidates, "after": "end-of-document", **dtype_setting(dtype)}
 
 
 def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_size: int) -> pd.DataFrame:
@@ -132,24 +132,25 @@ def score_checkpoint(model, table: pd.DataFrame, pools: dict, step: int, batch_s
 
 @locks_output()
 def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candidates: int = 256, batch_size: int = 64,
-                 models: list[str] | None = None, device: str | None = None, progress: bool = True,
+                 models: list[str] | None = None, device: str | None = None, dtype: str = "fp32", progress: bool = True,
                  replace_stale: bool = False) -> Path:
     """Score and expose every canary at every checkpoint of every size; resumable per checkpoint.
     replace_stale: canary scores in `out` made with other settings (an earlier memdyn's, in a work
     directory `memdyn run` owns) are removed and made again instead of refused."""
     from tqdm.auto import tqdm
 
-    from dynamics.family.load import load_model, load_tokenizer, resolve_device
+    from dynamics.family.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 
     out = Path(out)
     device = resolve_device(device)  # an unknown or unavailable device fails before any work
+    resolve_dtype(dtype, device)
     table = world.canaries(family)  # an old-layout family fails here, before any work
     if n_candidates < MIN_CANDIDATES:
         raise MemdynError(f"--candidates must be >= {MIN_CANDIDATES} (the exposure fit needs them), got {n_candidates}")
     if batch_size < 1:
         raise MemdynError(f"--batch-size must be >= 1, got {batch_size}")
     sizes = family.select(models)
-    settings = settings_of(family, table, seed, n_candidates)
+    settings = settings_of(family, table, seed, n_candidates, dtype)
     if check_output_dir(out, SETTINGS, settings, "canary scores", replace_stale=replace_stale):
         print(f"      {out} held canary scores made with other settings: scored again", flush=True)
     tok = load_tokenizer(family)
@@ -162,7 +163,7 @@ def run_canaries(family: FamilySpec, out: str | Path, *, seed: int = 0, n_candid
     plan = [(s, r) for s in sizes for r in s.revisions]
     todo = [(s, r) for s, r in plan if not (out / f"part-{s.name}-{r}.parquet").is_file()]
     for size, rev in tqdm(todo, desc="canaries", unit="ckpt", disable=not progress):
-        model = load_model(family, size, rev, device=device)
+        model = load_model(family, size, rev, device=device, dtype=dtype)
         step = revision_step(rev)
         part = score_checkpoint(model, table, pools, step, batch_size)
         part.insert(5, "model", size.name)

@@ -23,7 +23,7 @@ from dynamics.analyses import canaries as C
 from dynamics.analyses import duplication as D
 from dynamics.analyses import taxonomy as T
 from dynamics.family.spec import FamilySpec
-from dynamics.files import atomic_path, read_json, settings_fingerprint, write_json
+from dynamics.files import atomic_path, dtype_setting, read_json, settings_fingerprint, write_json
 
 TABLES = ("dose_bins", "dose_fits", "taxonomy_shares", "taxonomy_transitions", "canary_by_count", "canary_by_insert",
           "canary_forgetting")
@@ -65,7 +65,7 @@ def taxonomy_tables(scored: pd.DataFrame, sizes: list[str], seed: int) -> tuple[
 
 
 def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: int = 0, n_candidates: int = 256,
-                 progress: bool = True) -> Path:
+                 dtype: str = "fp32", progress: bool = True) -> Path:
     """Every table above; skipped when done.json records the same settings. A family without the
     world's manifests (a tokenized corpus, an old layout) or without canaries skips what needs
     them and says why in done.json ("skipped"), so the rest of a run still completes."""
@@ -77,7 +77,8 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
     settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates,
                 "final_dose_from": "scores", "canaries_after": "end-of-document",
                 # the tables follow the scores: scores computed again make them stale
-                "scores": settings_fingerprint(w / "scores"), "checkpoints": settings_fingerprint(w / "scores_checkpoints")}
+                "scores": settings_fingerprint(w / "scores"), "checkpoints": settings_fingerprint(w / "scores_checkpoints"),
+                **dtype_setting(dtype)}
     if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
     tables, skipped = {}, {}
@@ -91,7 +92,7 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
         tables.update(zip(("dose_bins", "dose_fits"), dose_tables(scored, final, seed)))
         tables.update(zip(("taxonomy_shares", "taxonomy_transitions"), taxonomy_tables(scored, sizes, seed)))
         try:
-            C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, progress=progress,
+            C.run_canaries(family, w / "canaries", seed=seed, n_candidates=n_candidates, dtype=dtype, progress=progress,
                            replace_stale=True)  # the work directory's own: an earlier memdyn's scores are redone
         except MemdynError as e:
             skipped["canaries"] = str(e)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dynamics.cli.options import BATCH_SIZE, DEVICE, SEED
+from dynamics.cli.options import BATCH_SIZE, DEVICE, DTYPE, SEED
 
 
 def canaries(
@@ -17,6 +17,7 @@ def canaries(
     models: Optional[str] = typer.Option(None, help="Comma-separated sizes (default: all)."),
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
+    dtype: str = DTYPE,
     seed: int = SEED,
 ):
     """Per canary, size and checkpoint: greedy score (context = all but the last min(16, L/2)
@@ -26,5 +27,5 @@ def canaries(
     from dynamics.family.spec import load_family
 
     run_canaries(load_family(str(family)), out, seed=seed, n_candidates=candidates, batch_size=batch_size,
-                 models=name_list(models), device=device)
+                 models=name_list(models), device=device, dtype=dtype)
     print(f"canary scores written to {out}")

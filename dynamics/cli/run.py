@@ -14,9 +14,10 @@ def run(
     preset: str = typer.Option("tiny", help="Family preset: tiny (default) or micro."),
     reports: Path = typer.Option(Path("reports"), help="Reports go to REPORTS/<family>/."),
     seed: int = SEED,
+    dtype: str = typer.Option("fp32", help="fp32, or bf16: mixed-precision training and bf16 inference (a CPU with AMX, or a GPU)."),
 ):
     """The whole pipeline on the embedded default (no downloads); every stage resumes."""
     from dynamics.pipeline import run_pipeline
 
-    run_pipeline(workdir, preset, seed, reports)
+    run_pipeline(workdir, preset, seed, reports, dtype)
 

@@ -132,9 +132,10 @@ def load_model(
     return model
 
 
-def load_reference_model(location: str, device: torch.device, dtype: str = "fp32"):
+def load_reference_model(location: str, device: torch.device | str, dtype: str = "fp32"):
     """A reference model (a directory or a hub id), in eval mode on `device`: the model that did not
     train on the samples, for unintended memorization and the reference attack."""
+    device = torch.device(device)  # (worker processes get the device's name)
     return _from_pretrained("reference model", location, None, dtype=resolve_dtype(dtype, device)).to(device).eval()
 
 

@@ -59,6 +59,7 @@ class FamilySpec:
     preset: str | None = None
     # {"data", "members", "n_members", "sizes": {size: path of its reference model}}; see train.py
     references: dict = field(default_factory=dict)
+    train_dtype: str = "fp32"  # a memdyn family's training precision (family.json "plan"): fp32 or bf16
 
     def size(self, name: str) -> SizeSpec:
         for s in self.sizes:
@@ -91,6 +92,7 @@ class FamilySpec:
         out = asdict(self)
         out.pop("root")
         out.pop("kind")
+        out.pop("train_dtype")  # (the plan records it)
         return out
 
 
@@ -107,6 +109,7 @@ def _from_json(obj: dict, root: Path) -> FamilySpec:
         corpus=obj.get("corpus", {}),
         preset=obj.get("preset"),
         references=obj.get("references", {}),
+        train_dtype=obj.get("plan", {}).get("dtype", "fp32"),
     )
 
 

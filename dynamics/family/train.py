@@ -2,7 +2,7 @@
 
 Like Pythia: step N trains on samples [N*B, (N+1)*B) of the packed data (wrapping around for
 further epochs), AdamW with linear warmup and cosine decay to 10% of the peak rate, no dropout,
-and checkpoints `step<N>` at log-spaced steps and at the end. Every checkpoint is written
+float32 weights and optimizer state (dtype bf16: the forward pass under bf16 autocast), and checkpoints `step<N>` at log-spaced steps and at the end. Every checkpoint is written
 atomically together with the optimizer state, so an interrupted run resumes from its last
 checkpoint and produces the same weights as an uninterrupted one.
 """
@@ -27,14 +27,22 @@ from dynamics.corpus.tokenizer import EOD_ID, PAD_ID, train_tokenizer
 from dynamics.errors import MemdynError
 from dynamics import seeds
 from dynamics.family.data import TrainingData
-from dynamics.family.load import resolve_device
+from dynamics.family.load import resolve_device, resolve_dtype
 from dynamics.family.presets import ModelShape, Preset, get_preset
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
 from dynamics.family.world import CANARIES, build_text_world, check_world_settings
-from dynamics.files import atomic_path, canonical, read_json, write_json
+from dynamics.files import atomic_path, canonical, dtype_setting, read_json, write_json
 from dynamics.lock import locks_output
 
 PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family.json when done
+TRAIN_DTYPES = ("fp32", "bf16")  # fp16 would need loss scaling, which nothing here does
+
+
+def check_train_dtype(dtype: str, device: torch.device) -> None:
+    """A training precision this device can run, before anything is written."""
+    if dtype not in TRAIN_DTYPES:
+        raise MemdynError(f"--dtype {dtype!r} cannot train a family: choose fp32 or bf16 (mixed precision)")
+    resolve_dtype(dtype, device)
 
 
 def model_config(shape: ModelShape, vocab_size: int, seq_length: int):
@@ -76,22 +84,31 @@ def learning_rate(step: int, preset: Preset, peak: float | None = None) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _check_out_dir(out: Path, plan: dict) -> None:
-    """Refuse to write into a directory that holds something else, or a run with other settings."""
+def family_plan(preset: Preset, seed: int, dtype: str = "fp32", corpus: str = "stdlib", text_field: str = "text",
+                tokenizer: str | None = None) -> dict:
+    """What a family was asked for (family.json "plan"; train_family's defaults): a directory
+    holding another is refused."""
+    return {"preset": preset.name, "corpus": corpus, "seed": seed, "text_field": text_field, "tokenizer": tokenizer,
+            **dtype_setting(dtype)}
+
+
+def check_family_dir(out: Path, plan: dict, option: str = "--out") -> None:
+    """Refuse to write into a directory that holds something else, or a run with other settings
+    (`option`: what the user changes to choose another directory)."""
     if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
         done = read_json(out / "family.json").get("plan")
         if done == plan:
             return
-        raise MemdynError(f"{out} already holds a finished family trained with other settings; choose another --out")
+        raise MemdynError(f"{out} already holds a finished family trained with other settings ({done}); choose another {option}")
     if (out / PLAN_FILE).is_file():
         if read_json(out / PLAN_FILE) != plan:
             raise MemdynError(
                 f"{out} holds an unfinished family started with other settings ({read_json(out / PLAN_FILE)}); "
-                "rerun with those settings to resume, or choose another --out"
+                f"rerun with those settings to resume, or choose another {option}"
             )
         return
     if out.exists() and any(out.iterdir()):
-        raise MemdynError(f"output directory {out} is not empty and holds no memdyn family; choose another --out")
+        raise MemdynError(f"output directory {out} is not empty and holds no memdyn family; choose another {option}")
 
 
 def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokenizer: str | None, seed: int) -> dict:
@@ -154,7 +171,7 @@ _WEIGHTS = ("models", "references")  # trained weights: never removed with an un
 
 def _clear_unfinished(out: Path, keep: tuple[str, ...] = ()) -> None:
     """Remove what an unfinished data build left in `out` (tokenizer, data, canaries), but `keep`.
-    _check_out_dir let only an empty directory or one holding this family's plan through, so all of
+    check_family_dir let only an empty directory or one holding this family's plan through, so all of
     it is memdyn's own. Weights stay: none exist before corpus.json in a normal run, and should one
     have lost its corpus.json, the same plan rebuilds the same data for them."""
     for entry in out.iterdir():
@@ -181,9 +198,10 @@ def _latest_checkpoint(size_dir: Path) -> int | None:
 
 def train_size(
     shape: ModelShape, name: str, preset: Preset, samples: megatron.IndexedDataset, vocab_size: int,
-    size_dir: Path, seed: int, device: torch.device,
+    size_dir: Path, seed: int, device: torch.device, dtype: str = "fp32",
 ) -> list[str]:
-    """Train one size, resuming from its last checkpoint; returns its revision names."""
+    """Train one size, resuming from its last checkpoint; returns its revision names. dtype bf16:
+    float32 weights, the forward pass under bf16 autocast."""
     from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -198,6 +216,11 @@ def train_size(
     else:
         model = GPTNeoXForCausalLM.from_pretrained(size_dir / revision_name(start)).to(device)
         log = []  # resumed at step 0 (killed right after the first checkpoint): nothing logged yet
+    mixed = dtype == "bf16"
+    if mixed and device.type == "cpu":
+        # on a CPU, SDPA's bf16 backward is slower than float32's (4.2m of the tiny preset: 182 against
+        # 202 ms per step; eager attention 120 ms on two threads with AMX): train with eager attention
+        model.set_attn_implementation("eager")
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
     if start:
         state = torch.load(size_dir / "trainer_state.pt", map_location=device, weights_only=False)
@@ -222,8 +245,9 @@ def train_size(
         lr = learning_rate(step, preset, shape.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        logits = model(input_ids=x[:, :-1]).logits  # [B, T, V]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+            logits = model(input_ids=x[:, :-1]).logits  # [B, T, V]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -249,17 +273,20 @@ def train_family(
     text_field: str = "text",
     tokenizer: str | None = None,
     device: str | None = None,
+    dtype: str = "fp32",
 ) -> FamilySpec:
-    """Build the corpus, tokenizer and data, train every size, and write family.json."""
+    """Build the corpus, tokenizer and data, train every size, and write family.json. dtype: fp32,
+    or bf16 for mixed precision (float32 weights, bf16 autocast)."""
     p = get_preset(preset)
     out = Path(out)
-    plan = {"preset": p.name, "corpus": corpus, "seed": seed, "text_field": text_field, "tokenizer": tokenizer}
-    _check_out_dir(out, plan)
+    plan = family_plan(p, seed, dtype, corpus, text_field, tokenizer)
+    check_family_dir(out, plan)
     if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
         return load_family(out)
     source = parse_source(corpus, text_field)  # validates before anything is written
     check_world_settings(p)
     dev = resolve_device(device)  # an unavailable device fails before anything is written
+    check_train_dtype(dtype, dev)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN_FILE, plan)
@@ -281,7 +308,7 @@ def train_family(
     for shape in p.shapes:
         params = _count_params(shape, vocab_size, p.seq_length)
         name = size_name(params)
-        revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev)
+        revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev, dtype)
         sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
     family = FamilySpec(
         name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
@@ -310,7 +337,8 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
     preset's reference shape, trained for one pass on documents the world never uses, so every
     training sample is a non-member of it; every size is compared with it. Otherwise (other corpora,
     old families): per size a model of the size's shape and schedule trained without a seeded set
-    of probe documents (`build_reference_data`). Resumes like family training."""
+    of probe documents (`build_reference_data`). Trained in the family's precision; resumes like
+    family training."""
     if family.kind != "local" or not family.preset:
         raise MemdynError(f"{family.root}: reference models can be trained only for a family trained by memdyn")
     family_dir = Path(family.root)
@@ -322,6 +350,7 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
 
     vocab_size = len(AutoTokenizer.from_pretrained(family_dir / "tokenizer"))
     dev = resolve_device(device)
+    check_train_dtype(family.train_dtype, dev)
     disjoint = (family_dir / "data" / "reference.json").is_file() and p.reference_shape is not None
     record = read_json(family_dir / "data" / "reference.json") if disjoint else build_reference_data(family_dir / "data", seed)
     reference = megatron.IndexedDataset(family_dir / "data" / "reference")
@@ -330,12 +359,13 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
         one_pass = replace(p, steps=len(reference) // p.batch_size)
         params = _count_params(p.reference_shape, vocab_size, p.seq_length)
         revisions = train_size(p.reference_shape, "reference", one_pass, reference, vocab_size,
-                               family_dir / "references" / "reference", seed, dev)
+                               family_dir / "references" / "reference", seed, dev, family.train_dtype)
         paths = {size.name: f"references/reference/{revisions[-1]}" for size in family.sizes}
         extra = {"design": record["design"], "params": params, "steps": one_pass.steps}
     else:
         for shape, size in zip(p.shapes, family.sizes):
-            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name, seed, dev)
+            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name,
+                       seed, dev, family.train_dtype)
         paths = {size.name: f"references/{size.name}/{size.final}" for size in family.sizes}
     manifest = read_json(family_dir / "family.json")
     manifest["references"] = {

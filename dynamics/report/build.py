@@ -57,6 +57,7 @@ def family_report(run: Workdir) -> Document:
     k, c = run.cell
     t = F.shares(run.scores, run.params)
     main = F.at(t, context_len=k, continuation_len=c)
+    settings = read_json(run.scores_dir / "_settings.json")
     share = Section("Memorized share", [
         Figure.of("share_size", plot_share_lines(F.at(t, continuation_len=c), "params", "context_len", "parameters",
                                                  logx=True, title=f"continuation {c}"), F.share_by_size(t, k, c)),
@@ -67,8 +68,9 @@ def family_report(run: Workdir) -> Document:
                   F.share_by_axis(t, "continuation_len", "context_len", k)),
         Table(main[["model", "params", "n", "memorized", "memorized_share", "unmemorized_share", "mean_score"]].reset_index(drop=True),
               f"Headline numbers at context {k} / continuation {c}" + (
-                  ", over training samples that hold no canary copy (the canaries have a section of their own)."
-                  if read_json(run.scores_dir / "_settings.json").get("exclude_canaries") else ".")),
+                  ", over training samples that hold no canary copy (the canaries have a section of their own)"
+                  if settings.get("exclude_canaries") else "") + (
+                  f"; the models ran in {settings['dtype']}" if settings.get("dtype", "fp32") != "fp32" else "") + "."),
     ])
 
     trans = Section("Transitions between memorization levels")
