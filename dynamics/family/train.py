@@ -2,9 +2,10 @@
 
 Like Pythia: step N trains on samples [N*B, (N+1)*B) of the packed data (wrapping around for
 further epochs), AdamW with linear warmup and cosine decay to 10% of the peak rate, no dropout,
-float32 weights and optimizer state (dtype bf16: the forward pass under bf16 autocast), and checkpoints `step<N>` at log-spaced steps and at the end. Every checkpoint is written
-atomically together with the optimizer state, so an interrupted run resumes from its last
-checkpoint and produces the same weights as an uninterrupted one.
+float32 weights and optimizer state (dtype bf16: the forward pass under bf16 autocast, as Pythia
+trained under fp16), and checkpoints `step<N>` at log-spaced steps and at the end. Every
+checkpoint is written atomically together with the optimizer state, so an interrupted run resumes
+from its last checkpoint and produces the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
