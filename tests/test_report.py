@@ -250,3 +250,21 @@ def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     # the totals count checks; diagnostics apart
     checks = [("a", "", "PASS", ""), ("b", "", "FAIL", ""), (vf.DIAGNOSTIC + "c", "", "FAIL", "")]
     assert vf.totals(checks) == "1 PASS, 1 FAIL, 0 NOT SHOWN (diagnostics: 0 of 1 PASS)"
+
+
+def test_headline_caption_names_a_precision_other_than_float32(micro_workdir, monkeypatch):
+    """`memdyn run --dtype bf16`: the headline table says the models ran in bf16 (float32 runs say nothing)."""
+    from dynamics.report import build
+    from dynamics.report.document import Table
+    from dynamics.workdir import Workdir
+
+    def headline() -> str:
+        doc = build.family_report(Workdir.open(micro_workdir))
+        return next(b.caption for s in doc.sections for b in s.blocks
+                    if isinstance(b, Table) and b.caption.startswith("Headline numbers"))
+
+    assert "ran in" not in headline()
+    real = build.read_json
+    monkeypatch.setattr(build, "read_json", lambda path: {**real(path), "dtype": "bf16"}
+                        if Path(path).name == "_settings.json" else real(path))
+    assert headline().endswith("; the models ran in bf16.")
