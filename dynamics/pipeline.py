@@ -173,8 +173,8 @@ def run_predictors(family, w: Workdir, context: int, continuation: int, seed: in
             if not ((w.predictor_dir(size, mode) / "cv.json").is_file()
                     and trained_on(w.predictor_dir(size, mode), scores=w.scores_dir, dynamics=w.dynamics_dir))]
     # longest first, so that the workers finish together: hidden-state predictors (three members,
-    # wider inputs at larger sizes) took 46-55 s on the tiny family, context ones 34-36 s; in the
-    # order of the sizes the stage took 156 s, the sum of its jobs over two workers 129 s
+    # wider inputs at larger sizes) take 46-55 s on the tiny family, context ones 34-36 s; in the
+    # order of the sizes the last, longest job ran alone and the stage took 148 s, now 134 s
     todo.sort(key=lambda job: (job[1] != "hidden", -(family.size(job[0]).params or 0)))
     skipped = {}  # (a skipped predictor is tried again: it has no cv.json)
 
