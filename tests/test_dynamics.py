@@ -352,3 +352,24 @@ def test_umap_projection_is_seeded():
     b = embedding_tables(seqs, hidden, meta, 0, seed=3, use_umap=True)[1]
     assert set(a.method) == {"pca", "umap"}
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MEMDYN_SLOW"), reason="UMAP compiles with numba (~20-40 s); set MEMDYN_SLOW=1")
+def test_umap_keeps_clusters_and_places_level_means_among_their_sequences():
+    rng = np.random.default_rng(1)
+    n, d = 60, 8
+    levels = np.repeat([0, C], n // 2)
+    hidden = rng.normal(0, 0.05, (n, K + C, d)).astype(np.float32)
+    hidden[levels == 0, :, 0] += 1.0
+    hidden[levels == C, :, 1] += 1.0
+    seqs = pd.DataFrame({"row": np.arange(n), "seq_idx": np.arange(n), "matches": levels})
+    meta = {"model": "toy", "params": 1, "context_len": K, "continuation_len": C}
+    p = embedding_tables(seqs, hidden, meta, 0, seed=0, use_umap=True)[1]
+    p = p[p.method == "umap"]
+    points = p[p.kind == "sequence"]
+    centre = {lv: points[points.level == lv][["x", "y"]].to_numpy().mean(0) for lv in (0, C)}
+    for lv, other in ((0, C), (C, 0)):
+        xy = p[(p.kind == "level_mean") & (p.level == lv)][["x", "y"]].to_numpy()
+        assert len(xy) == C
+        assert (np.linalg.norm(xy - centre[lv], axis=1) < np.linalg.norm(xy - centre[other], axis=1)).all()
