@@ -15,7 +15,7 @@ from pathlib import Path
 from dynamics.errors import MemdynError
 from dynamics.family.presets import Preset, get_preset
 from dynamics.family.spec import FamilySpec
-from dynamics.files import check_output_folder, check_output_location, dtype_setting, read_json, settings_record, write_json
+from dynamics.files import check_output_folder, check_output_location, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
@@ -32,6 +32,7 @@ class _Run:
     seed: int
     reports: Path
     dtype: str = "fp32"
+    lr: float | None = None
     family: FamilySpec | None = None
 
     @property
@@ -42,7 +43,7 @@ class _Run:
 def _family(r: _Run) -> str:
     from dynamics.family.train import train_family
 
-    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed, dtype=r.dtype)
+    r.family = train_family(r.preset.name, r.w.family_dir, seed=r.seed, dtype=r.dtype, lr=r.lr)
     return f"{', '.join(r.family.size_names)} trained"
 
 
@@ -117,25 +118,28 @@ STAGES = (
 
 
 @locks_output("workdir", "--workdir")
-def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports", dtype: str = "fp32") -> None:
+def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Path = "reports", dtype: str = "fp32",
+                 lr: float | None = None) -> None:
     """Every stage, resuming what is done. dtype: fp32, or bf16 (mixed-precision training, inference
-    in bf16) for a CPU with AMX or a GPU."""
+    in bf16) for a CPU with AMX or a GPU. lr: one peak learning rate for every size (train_family)."""
     from dynamics.family.load import resolve_device
-    from dynamics.family.train import check_family_dir, check_train_dtype, family_plan
+    from dynamics.family.train import check_family_dir, check_lr, check_train_dtype, family_plan
 
     p = get_preset(preset)
     check_train_dtype(dtype, resolve_device(None))
+    check_lr(lr)
     w = Workdir(workdir)
     # a work directory of an earlier run, or one holding just a family to reuse; nothing else
     check_output_folder(w.root, "--workdir", lambda d: (d / "run.json").is_file() or (d / "family" / "family.json").is_file())
     check_output_location(reports, "--reports")
-    marker = settings_record({"preset": p.name, "seed": seed, **dtype_setting(dtype)})
+    plan = family_plan(p, seed, dtype, lr=lr)
+    marker = settings_record({"preset": p.name, "seed": seed, **{k: plan[k] for k in ("dtype", "lr") if k in plan}})
     if w.run_json.is_file() and read_json(w.run_json) != marker:
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
-    check_family_dir(w.family_dir, family_plan(p, seed, dtype), "--workdir")
+    check_family_dir(w.family_dir, plan, "--workdir")
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
-    r = _Run(w, p, seed, Path(reports), dtype)
+    r = _Run(w, p, seed, Path(reports), dtype, lr)
     for number, (title, stage) in enumerate(STAGES, 1):
         print(f"[{number}/{len(STAGES)}] {title}", flush=True)
         start = time.time()

@@ -15,6 +15,8 @@ from tests.test_cli_score import one_line_error
     (["--frobnicate"], ["--frobnicate"]),
     (["--dtype", "fp16"], ["--dtype", "fp16", "bf16"]),
     (["--dtype", "double"], ["--dtype", "double"]),
+    (["--lr", "0"], ["--lr", "(0, 1]"]),
+    (["--lr", "fast"], ["--lr"]),
 ])
 def test_bad_options(tmp_path, args, words):
     code, out, err = run_cli("run", "--workdir", tmp_path / "runs", "--reports", tmp_path / "reports", *args)

@@ -143,6 +143,43 @@ def test_mixed_precision_keeps_float32_weights_and_trains_differently(micro_fami
     assert all(torch.equal(step0[k], load_file(tmp_path / "bf16" / "step0" / "model.safetensors")[k]) for k in step0)
 
 
+def test_common_learning_rate_trains_every_size_and_the_reference_at_it(micro_family, tmp_path):
+    """--lr: every size and the reference peak at that rate (the preset's per-size rates otherwise),
+    the plan records it, `family info` says it, and a family of other rates is not resumed."""
+    import csv
+
+    from dynamics.family.train import train_references
+
+    out = tmp_path / "lr"
+    code, _, err = run_cli("family", "train", "--preset", "micro", "--out", out, "--lr", "3e-3", "--device", "cpu")
+    assert code == 0, err
+    family = train_references(load_family(out), device="cpu")
+    assert read_json(out / "family.json")["plan"]["lr"] == 3e-3 and family.train_lr == 3e-3
+    assert "lr" not in read_json(micro_family / "family.json")["plan"] and load_family(micro_family).train_lr is None
+    logs = [out / s.path / "train_log.csv" for s in family.sizes] + list((out / "references").glob("*/train_log.csv"))
+    assert len(logs) == len(family.sizes) + 1
+    for log in logs:
+        rates = [float(row["lr"]) for row in csv.DictReader(open(log))]
+        assert max(rates) == pytest.approx(3e-3)
+    # the same data as the family of the preset's rates, other weights
+    assert (out / "data" / "train.bin").read_bytes() == (micro_family / "data" / "train.bin").read_bytes()
+    from safetensors.torch import load_file
+
+    size = family.sizes[0]
+    a, b = (load_file(d / size.path / size.final / "model.safetensors") for d in (out, micro_family))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    code, info, _ = run_cli("family", "info", out)
+    assert code == 0 and "every size at peak learning rate 0.003" in info
+    with pytest.raises(MemdynError, match="other settings"):
+        train_family("micro", out, seed=0, device="cpu", lr=1e-3)
+    with pytest.raises(MemdynError, match="other settings"):
+        train_family("micro", micro_family, seed=0, device="cpu", lr=3e-3)
+    for bad in ("0", "-1e-3", "nan", "inf", "2"):
+        code, _, err = run_cli("family", "train", "--preset", "micro", "--out", tmp_path / "bad", "--lr", bad)
+        assert code == 2 and "--lr must be a peak learning rate in (0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_family_inputs(micro_family, tmp_path):
     with pytest.raises(MemdynError, match="unknown preset"):
         train_family("huge", tmp_path / "x")

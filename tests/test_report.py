@@ -252,8 +252,12 @@ def test_duplicated_span_diagnostic(micro_workdir, monkeypatch):
     assert vf.totals(checks) == "1 PASS, 1 FAIL, 0 NOT SHOWN (diagnostics: 0 of 1 PASS)"
 
 
-def test_headline_caption_names_a_precision_other_than_float32(micro_workdir, monkeypatch):
-    """`memdyn run --dtype bf16`: the headline table says the models ran in bf16 (float32 runs say nothing)."""
+def test_headline_caption_names_a_precision_other_than_float32_and_a_common_learning_rate(micro_workdir, monkeypatch):
+    """`memdyn run --dtype bf16`: the headline table says the models ran in bf16 (float32 runs say
+    nothing); `memdyn run --lr`: that every size trained at that rate."""
+    import json
+
+    from dynamics.family.spec import _from_json
     from dynamics.report import build
     from dynamics.report.document import Table
     from dynamics.workdir import Workdir
@@ -268,3 +272,8 @@ def test_headline_caption_names_a_precision_other_than_float32(micro_workdir, mo
     monkeypatch.setattr(build, "read_json", lambda path: {**real(path), "dtype": "bf16"}
                         if Path(path).name == "_settings.json" else real(path))
     assert headline().endswith("; the models ran in bf16.")
+    family = json.loads((micro_workdir / "family" / "family.json").read_text())
+    monkeypatch.setattr(build, "read_json", real)
+    monkeypatch.setattr(Workdir, "family", property(lambda w: _from_json({**family, "plan": {**family["plan"], "lr": 3e-3}},
+                                                                        micro_workdir / "family")))
+    assert headline().endswith("; every size trained at peak learning rate 0.003, not the preset's per-size rates.")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dynamics.cli.options import DEVICE, SEED, group
+from dynamics.cli.options import DEVICE, LR, SEED, group
 
 app = group("Train and inspect model families.")
 
@@ -21,13 +21,14 @@ def train(
     tokenizer: Optional[str] = typer.Option(None, help="Use this tokenizer instead of training a BPE (required for Megatron corpora)."),
     device: str = DEVICE,
     dtype: str = typer.Option("fp32", help="fp32, or bf16: mixed precision (float32 weights, bf16 autocast)."),
+    lr: Optional[float] = LR,
     seed: int = SEED,
 ):
     """Train a Pythia-style family of GPT-NeoX models on one sample order; resumes if interrupted."""
     from dynamics.family.train import train_family
 
     family = train_family(preset, out, corpus=corpus, seed=seed, text_field=text_field, tokenizer=tokenizer, device=device,
-                          dtype=dtype)
+                          dtype=dtype, lr=lr)
     print(f"trained family {family.name} in {out}: {', '.join(family.size_names)}")
 
 

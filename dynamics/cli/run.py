@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from dynamics.cli.options import SEED
+from typing import Optional
+
+from dynamics.cli.options import LR, SEED
 
 
 def run(
@@ -15,9 +17,10 @@ def run(
     reports: Path = typer.Option(Path("reports"), help="Reports go to REPORTS/<family>/."),
     seed: int = SEED,
     dtype: str = typer.Option("fp32", help="fp32, or bf16: mixed-precision training and bf16 inference (a CPU with AMX, or a GPU)."),
+    lr: Optional[float] = LR,
 ):
     """The whole pipeline on the embedded default (no downloads); every stage resumes."""
     from dynamics.pipeline import run_pipeline
 
-    run_pipeline(workdir, preset, seed, reports, dtype)
+    run_pipeline(workdir, preset, seed, reports, dtype, lr)
 

@@ -15,6 +15,7 @@ def _short(revisions: list[str]) -> str:
 def describe(spec: str) -> str:
     family = load_family(spec)
     precision = ", trained in bf16 mixed precision" if family.train_dtype == "bf16" else ""
+    precision += f", every size at peak learning rate {family.train_lr:g}" if family.train_lr is not None else ""
     lines = [f"family {family.name} ({family.kind}{', preset ' + family.preset if family.preset else ''}{precision})"]
     lines.append(f"{'size':>8} {'params':>14} {'layers':>6} {'d_model':>7}  checkpoints")
     for s in family.sizes:

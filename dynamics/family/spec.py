@@ -60,6 +60,7 @@ class FamilySpec:
     # {"data", "members", "n_members", "sizes": {size: path of its reference model}}; see train.py
     references: dict = field(default_factory=dict)
     train_dtype: str = "fp32"  # a memdyn family's training precision (family.json "plan"): fp32 or bf16
+    train_lr: float | None = None  # one peak learning rate for every size (the plan's "lr"); None: the preset's per size
 
     def size(self, name: str) -> SizeSpec:
         for s in self.sizes:
@@ -92,7 +93,8 @@ class FamilySpec:
         out = asdict(self)
         out.pop("root")
         out.pop("kind")
-        out.pop("train_dtype")  # (the plan records it)
+        out.pop("train_dtype")  # (the plan records them)
+        out.pop("train_lr")
         return out
 
 
@@ -110,6 +112,7 @@ def _from_json(obj: dict, root: Path) -> FamilySpec:
         preset=obj.get("preset"),
         references=obj.get("references", {}),
         train_dtype=obj.get("plan", {}).get("dtype", "fp32"),
+        train_lr=obj.get("plan", {}).get("lr"),
     )
 
 

@@ -39,6 +39,17 @@ PLAN_FILE = "family.plan.json"  # what an unfinished run was asked to do; family
 TRAIN_DTYPES = ("fp32", "bf16")  # fp16 would need loss scaling, which nothing here does
 
 
+def check_lr(lr: float | None) -> None:
+    """A peak learning rate for every size (None: the preset's per-size rates), before anything is written."""
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr <= 1):
+        raise MemdynError(f"--lr must be a peak learning rate in (0, 1], e.g. 3e-3, got {lr!r}")
+
+
+def shape_at(shape: ModelShape, lr: float | None) -> ModelShape:
+    """The shape trained at peak learning rate `lr` instead of its own (None: as it is)."""
+    return shape if lr is None else replace(shape, lr=lr)
+
+
 def check_train_dtype(dtype: str, device: torch.device) -> None:
     """A training precision this device can run, before anything is written."""
     if dtype not in TRAIN_DTYPES:
@@ -86,11 +97,12 @@ def learning_rate(step: int, preset: Preset, peak: float | None = None) -> float
 
 
 def family_plan(preset: Preset, seed: int, dtype: str = "fp32", corpus: str = "stdlib", text_field: str = "text",
-                tokenizer: str | None = None) -> dict:
+                tokenizer: str | None = None, lr: float | None = None) -> dict:
     """What a family was asked for (family.json "plan"; train_family's defaults): a directory
-    holding another is refused."""
+    holding another is refused. A common learning rate is recorded only when one was asked for,
+    as the precision only when not fp32, so families made before either was a setting still match."""
     return {"preset": preset.name, "corpus": corpus, "seed": seed, "text_field": text_field, "tokenizer": tokenizer,
-            **dtype_setting(dtype)}
+            **dtype_setting(dtype), **({} if lr is None else {"lr": float(lr)})}
 
 
 def check_family_dir(out: Path, plan: dict, option: str = "--out") -> None:
@@ -275,12 +287,16 @@ def train_family(
     tokenizer: str | None = None,
     device: str | None = None,
     dtype: str = "fp32",
+    lr: float | None = None,
 ) -> FamilySpec:
     """Build the corpus, tokenizer and data, train every size, and write family.json. dtype: fp32,
-    or bf16 for mixed precision (float32 weights, bf16 autocast)."""
+    or bf16 for mixed precision (float32 weights, bf16 autocast). lr: one peak learning rate for
+    every size and the reference, instead of the preset's per-size rates (which fall with size, as
+    Pythia's): a controlled family in which only the size changes."""
     p = get_preset(preset)
     out = Path(out)
-    plan = family_plan(p, seed, dtype, corpus, text_field, tokenizer)
+    check_lr(lr)
+    plan = family_plan(p, seed, dtype, corpus, text_field, tokenizer, lr)
     check_family_dir(out, plan)
     if (out / "family.json").is_file() and not (out / PLAN_FILE).is_file():
         return load_family(out)
@@ -309,7 +325,7 @@ def train_family(
     for shape in p.shapes:
         params = _count_params(shape, vocab_size, p.seq_length)
         name = size_name(params)
-        revisions = train_size(shape, name, p, train, vocab_size, out / "models" / name, seed, dev, dtype)
+        revisions = train_size(shape_at(shape, lr), name, p, train, vocab_size, out / "models" / name, seed, dev, dtype)
         sizes.append(SizeSpec(name, params, f"models/{name}", revisions, shape.layers, shape.d_model))
     family = FamilySpec(
         name=f"{p.name}-{source.kind}" if corpus == "stdlib" else f"{p.name}-{Path(source.location).stem}",
@@ -359,13 +375,13 @@ def train_references(family: FamilySpec, *, device: str | None = None) -> Family
     if disjoint:
         one_pass = replace(p, steps=len(reference) // p.batch_size)
         params = _count_params(p.reference_shape, vocab_size, p.seq_length)
-        revisions = train_size(p.reference_shape, "reference", one_pass, reference, vocab_size,
+        revisions = train_size(shape_at(p.reference_shape, family.train_lr), "reference", one_pass, reference, vocab_size,
                                family_dir / "references" / "reference", seed, dev, family.train_dtype)
         paths = {size.name: f"references/reference/{revisions[-1]}" for size in family.sizes}
         extra = {"design": record["design"], "params": params, "steps": one_pass.steps}
     else:
         for shape, size in zip(p.shapes, family.sizes):
-            train_size(shape, f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name,
+            train_size(shape_at(shape, family.train_lr), f"{size.name} (reference)", p, reference, vocab_size, family_dir / "references" / size.name,
                        seed, dev, family.train_dtype)
         paths = {size.name: f"references/{size.name}/{size.final}" for size in family.sizes}
     manifest = read_json(family_dir / "family.json")

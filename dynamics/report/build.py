@@ -70,7 +70,9 @@ def family_report(run: Workdir) -> Document:
               f"Headline numbers at context {k} / continuation {c}" + (
                   ", over training samples that hold no canary copy (the canaries have a section of their own)"
                   if settings.get("exclude_canaries") else "") + (
-                  f"; the models ran in {settings['dtype']}" if settings.get("dtype", "fp32") != "fp32" else "") + "."),
+                  f"; the models ran in {settings['dtype']}" if settings.get("dtype", "fp32") != "fp32" else "") + (
+                  f"; every size trained at peak learning rate {run.family.train_lr:g}, not the preset's per-size rates"
+                  if run.family.train_lr is not None else "") + "."),
     ])
 
     trans = Section("Transitions between memorization levels")
