@@ -170,6 +170,11 @@ def test_common_learning_rate_trains_every_size_and_the_reference_at_it(micro_fa
     assert not all(torch.equal(a[k], b[k]) for k in a)
     code, info, _ = run_cli("family", "info", out)
     assert code == 0 and "every size at peak learning rate 0.003" in info
+    assert [line.split()[4] for line in info.splitlines()[2:2 + len(family.sizes)]] == ["0.003"] * len(family.sizes)
+    assert family.peak_rates() == {s.name: 3e-3 for s in family.sizes}
+    assert load_family(micro_family).peak_rates() == {s.name: PRESETS["micro"].lr for s in family.sizes}
+    # the preset's own rates fall with size where its shapes say so
+    assert PRESETS["tiny"].peak_rates() == [1e-2, 1e-2, 3e-3] and PRESETS["tiny"].peak_rates(6e-3) == [6e-3] * 3
     with pytest.raises(MemdynError, match="other settings"):
         train_family("micro", out, seed=0, device="cpu", lr=1e-3)
     with pytest.raises(MemdynError, match="other settings"):

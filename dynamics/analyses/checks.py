@@ -145,6 +145,10 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
                                "states (mean over decoding steps)", _mean_state_cosine(run, c))):
             if values:
                 why += f"; {label}: " + ", ".join(f"{m} {v:.3f}" for m, v in values.items())
+        rates = run.family.peak_rates()
+        if len(set(rates.values())) > 1:  # the separation follows the rate (benchmarks/FINDINGS.md)
+            why += ("; the sizes trained at peak learning rates " + ", ".join(f"{m} {r:g}" for m, r in rates.items())
+                    + ", and a higher rate separates more at the same size (`memdyn run --lr` trains every size at one)")
     return [(name, f"silhouette (last layer): {nums}; {b} - {a} = {fmt(*d)}", status, why)]
 
 

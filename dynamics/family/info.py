@@ -17,10 +17,12 @@ def describe(spec: str) -> str:
     precision = ", trained in bf16 mixed precision" if family.train_dtype == "bf16" else ""
     precision += f", every size at peak learning rate {family.train_lr:g}" if family.train_lr is not None else ""
     lines = [f"family {family.name} ({family.kind}{', preset ' + family.preset if family.preset else ''}{precision})"]
-    lines.append(f"{'size':>8} {'params':>14} {'layers':>6} {'d_model':>7}  checkpoints")
+    rates = family.peak_rates()
+    lines.append(f"{'size':>8} {'params':>14} {'layers':>6} {'d_model':>7}{' peak lr' if rates else ''}  checkpoints")
     for s in family.sizes:
         params = f"{s.params:,}" if s.params else "?"
-        lines.append(f"{s.name:>8} {params:>14} {s.layers or '?':>6} {s.d_model or '?':>7}  {_short(s.revisions) or 'main'}")
+        rate = f" {rates[s.name]:>7g}" if rates else ""
+        lines.append(f"{s.name:>8} {params:>14} {s.layers or '?':>6} {s.d_model or '?':>7}{rate}  {_short(s.revisions) or 'main'}")
     if family.data and family.data.prefix:
         try:
             ds = IndexedDataset(family.data.prefix)

@@ -64,6 +64,10 @@ class Preset:
     # at step0, 0.02-0.04 at step4 as at step16, no sample memorized at any of them
     first_log_step: int = 1
 
+    def peak_rates(self, common: float | None = None) -> list[float]:
+        """Each shape's peak learning rate: `common` where one is given (`--lr`), else its own or the preset's."""
+        return [common if common is not None else (s.lr or self.lr) for s in self.shapes]
+
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4 from first_log_step) before the
         first quarter, the quarters and the final step (as Pythia's log-spaced steps precede its

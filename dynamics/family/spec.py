@@ -62,6 +62,15 @@ class FamilySpec:
     train_dtype: str = "fp32"  # a memdyn family's training precision (family.json "plan"): fp32 or bf16
     train_lr: float | None = None  # one peak learning rate for every size (the plan's "lr"); None: the preset's per size
 
+    def peak_rates(self) -> dict[str, float]:
+        """Each size's peak learning rate, for a family memdyn trained from a preset ({} otherwise)."""
+        if self.kind != "local" or not self.preset:
+            return {}
+        from dynamics.family.presets import get_preset
+
+        rates = get_preset(self.preset).peak_rates(self.train_lr)
+        return dict(zip(self.size_names, rates)) if len(rates) == len(self.sizes) else {}
+
     def size(self, name: str) -> SizeSpec:
         for s in self.sizes:
             if s.name == name:
