@@ -41,34 +41,25 @@ def test_run_refuses_another_preset(micro_family, tmp_path):
     assert code == 2 and "holds a run with" in err
 
 
-def test_run_refuses_a_family_of_another_precision_before_any_stage(micro_family, tmp_path):
-    """A work directory holding only a family (reused by `memdyn run`) trained in float32, asked
-    for a bf16 run: one line naming --workdir, nothing written."""
+@pytest.mark.parametrize("setting", [["--dtype", "bf16"], ["--lr", "3e-3"]])
+def test_run_refuses_a_family_of_other_training_settings_before_any_stage(micro_family, tmp_path, setting):
+    """A work directory holding only a family (reused by `memdyn run`) trained in float32 at the
+    preset's rates, asked for a bf16 run or one common rate: one line naming --workdir, nothing written."""
     import shutil
 
     shutil.copytree(micro_family, tmp_path / "w" / "family")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    code, out, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro", "--dtype", "bf16",
+    code, out, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro", *setting,
                              "--reports", tmp_path / "reports")
     assert code == 2 and "trained with other settings" in err and "--workdir" in err and len(err.strip().splitlines()) == 1
     assert "[1/" not in out and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_run_refuses_a_family_of_other_learning_rates_before_any_stage(micro_family, tmp_path):
-    """The same for a family of the preset's per-size rates asked for one common --lr, and the
-    marker of a run with a common rate asked for the preset's."""
-    import shutil
-
-    shutil.copytree(micro_family, tmp_path / "w" / "family")
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    code, out, err = run_cli("run", "--workdir", tmp_path / "w", "--preset", "micro", "--lr", "3e-3",
-                             "--reports", tmp_path / "reports")
-    assert code == 2 and "trained with other settings" in err and "--workdir" in err and len(err.strip().splitlines()) == 1
-    assert "[1/" not in out and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+def test_run_refuses_the_work_directory_of_a_run_at_one_common_rate(tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "run.json").write_text('{"format": 1, "preset": "micro", "seed": 0, "lr": 0.003}')
     code, _, err = run_cli("run", "--workdir", tmp_path / "v", "--preset", "micro", "--reports", tmp_path / "reports")
-    assert code == 2 and "holds a run with" in err
+    assert code == 2 and "holds a run with" in err and "'lr': 0.003" in err
 
 
 def test_readers_refuse_outputs_of_other_inputs(micro_workdir, tmp_path):
