@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
-
-from typing import Optional
 
 from dynamics.cli.options import LR, SEED
 
