@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -179,6 +181,11 @@ def test_common_learning_rate_trains_every_size_and_the_reference_at_it(micro_fa
         train_family("micro", out, seed=0, device="cpu", lr=1e-3)
     with pytest.raises(MemdynError, match="other settings"):
         train_family("micro", micro_family, seed=0, device="cpu", lr=3e-3)
+    # a damaged plan is one line, not a stack trace
+    manifest = read_json(out / "family.json")
+    (out / "family.json").write_text(json.dumps({**manifest, "plan": {**manifest["plan"], "lr": "fast"}}))
+    code, _, err = run_cli("family", "info", out)
+    assert code == 2 and "not a valid family manifest" in err and "'fast'" in err and len(err.strip().splitlines()) == 1
     for bad in ("0", "-1e-3", "nan", "inf", "2"):
         code, _, err = run_cli("family", "train", "--preset", "micro", "--out", tmp_path / "bad", "--lr", bad)
         assert code == 2 and "--lr must be a peak learning rate in (0, 1]" in err and len(err.strip().splitlines()) == 1

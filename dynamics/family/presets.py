@@ -12,6 +12,11 @@ from dynamics.corpus.world import CanarySettings, Duplication
 from dynamics.errors import MemdynError
 
 
+def is_peak_rate(lr) -> bool:
+    """Whether `lr` can be a peak learning rate: a number in (0, 1]."""
+    return isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr <= 1
+
+
 @dataclass(frozen=True)
 class ModelShape:
     layers: int

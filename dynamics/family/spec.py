@@ -108,7 +108,12 @@ class FamilySpec:
 
 
 def _from_json(obj: dict, root: Path) -> FamilySpec:
+    from dynamics.family.presets import is_peak_rate
+
     data = obj.get("data")
+    lr = obj.get("plan", {}).get("lr")
+    if lr is not None and not is_peak_rate(lr):
+        raise ValueError(f'its plan\'s "lr" is {lr!r}, not a learning rate in (0, 1]')
     return FamilySpec(
         name=obj["name"],
         kind="local",
@@ -121,7 +126,7 @@ def _from_json(obj: dict, root: Path) -> FamilySpec:
         preset=obj.get("preset"),
         references=obj.get("references", {}),
         train_dtype=obj.get("plan", {}).get("dtype", "fp32"),
-        train_lr=obj.get("plan", {}).get("lr"),
+        train_lr=lr,
     )
 
 

@@ -29,7 +29,7 @@ from dynamics.errors import MemdynError
 from dynamics import seeds
 from dynamics.family.data import TrainingData
 from dynamics.family.load import resolve_device, resolve_dtype
-from dynamics.family.presets import ModelShape, Preset, get_preset
+from dynamics.family.presets import ModelShape, Preset, get_preset, is_peak_rate
 from dynamics.family.spec import DataSpec, FamilySpec, SizeSpec, load_family
 from dynamics.family.world import CANARIES, build_text_world, check_world_settings
 from dynamics.files import atomic_path, canonical, dtype_setting, read_json, write_json
@@ -41,7 +41,7 @@ TRAIN_DTYPES = ("fp32", "bf16")  # fp16 would need loss scaling, which nothing h
 
 def check_lr(lr: float | None) -> None:
     """A peak learning rate for every size (None: the preset's per-size rates), before anything is written."""
-    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr <= 1):
+    if lr is not None and not is_peak_rate(lr):
         raise MemdynError(f"--lr must be a peak learning rate in (0, 1], e.g. 3e-3, got {lr!r}")
 
 
