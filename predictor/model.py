@@ -81,6 +81,10 @@ class MemPredictor(nn.Module):
         else:
             self.register_buffer("pe", sinusoidal(cfg.max_len, d), persistent=False)
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+        # dropout on the residual and feed-forward paths, not on the attention weights: there it takes
+        # attention down PyTorch's slow CPU path (a training step of batch 32, one thread: context
+        # mode 26.4 against 22.4 ms, hidden mode 18.1 against 15.9)
+        layer.self_attn.dropout = 0.0
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.cls_head = nn.Linear(head_in, cfg.n_classes)
