@@ -70,8 +70,9 @@ def distance_table(level_means: np.ndarray, levels: np.ndarray) -> pd.DataFrame:
 UMAP_EXACT_ROWS = 4096
 
 
-# umap-learn's numba kernels that it compiles without numba's cache, anew in every process: 8-10 s
-# of each `memdyn dynamics` (0.6k states: the first fit in a process 17.1 s, the next 1.2 s)
+# umap-learn's numba kernels that it compiles without numba's cache, anew in every process: 8 s of
+# each `memdyn dynamics` (600 states, idle 2-core CPU at 96 G MAC/s: the first fit in a process
+# 10.6 s with umap-learn's own caching, 2.4 s with these cached too, 23 s with nothing cached yet)
 _UNCACHED_UMAP_KERNELS = (("umap.utils", "fast_knn_indices"), ("umap.umap_", "smooth_knn_dist"),
                           ("umap.umap_", "compute_membership_strengths"),
                           ("umap.layouts", "_optimize_layout_euclidean_single_epoch"))

@@ -60,8 +60,8 @@ class Preset:
     # `memdyn run`'s dynamics stage draws so many sequences per score level, and so many at random
     # (whose natural class mix the hidden-state predictors train on)
     dynamics_per_group: int = 200
-    # `memdyn run` adds UMAP maps to the PCA ones (numba compiles UMAP's kernels in every process,
-    # about 40 s on 2 cores, whatever its cache: the test preset goes without)
+    # `memdyn run` adds UMAP maps to the PCA ones (numba compiles UMAP's kernels once per machine
+    # and cache directory, 20-40 s: the test preset, run on fresh machines, goes without)
     umap: bool = True
 
     # the first log-spaced checkpoint (Pythia's run from step1). tiny's steps 1 and 4 added 2/9 to
