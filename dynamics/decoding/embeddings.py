@@ -22,6 +22,7 @@ Tables (OUT/tables/, Parquet and CSV):
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -78,8 +79,9 @@ _UNCACHED_UMAP_KERNELS = (("umap.utils", "fast_knn_indices"), ("umap.umap_", "sm
                           ("umap.layouts", "_optimize_layout_euclidean_single_epoch"))
 
 
-def _umap(seed: int, n: int, precomputed: bool):
-    # numba compiles UMAP's kernels on first use (~20 s); cache them across runs
+@functools.cache
+def _import_umap():
+    """umap, its numba kernels cached across processes (compiled on first use, ~20 s)."""
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "memdyn" / "numba"))
     import importlib
 
@@ -89,6 +91,11 @@ def _umap(seed: int, n: int, precomputed: bool):
         kernel = getattr(importlib.import_module(module), name, None)  # (another umap-learn may lack one)
         if hasattr(kernel, "enable_caching"):
             kernel.enable_caching()
+    return umap
+
+
+def _umap(seed: int, n: int, precomputed: bool):
+    umap = _import_umap()
     return umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), random_state=seed, n_jobs=1,
                      metric="precomputed" if precomputed else "euclidean")
 
