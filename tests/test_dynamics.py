@@ -341,6 +341,21 @@ def test_embedding_separation_on_known_inputs():
     assert len(means) == 2 * C and (projections.layer == 1).all()
 
 
+def test_umap_kernels_compiled_without_numbas_cache_are_cached():
+    """The kernels umap-learn compiles without numba's cache, anew in every process, still exist
+    under the names memdyn caches them by (an umap-learn that renamed one would compile it in every
+    process again, silently), and are cached once umap is imported through memdyn."""
+    import importlib
+
+    from numba.core.caching import NullCache
+
+    from dynamics.decoding.embeddings import _UNCACHED_UMAP_KERNELS, _import_umap
+
+    _import_umap()
+    for module, name in _UNCACHED_UMAP_KERNELS:
+        assert not isinstance(getattr(importlib.import_module(module), name)._cache, NullCache), f"{module}.{name}"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MEMDYN_SLOW"), reason="UMAP compiles with numba (~20-40 s); set MEMDYN_SLOW=1")
 def test_umap_projection_is_seeded():
