@@ -73,8 +73,8 @@ UMAP_EXACT_ROWS = 4096
 
 # umap-learn's numba kernels that it compiles without numba's cache, anew in every process: 8 s of
 # each `memdyn dynamics` (600 states, idle 2-core CPU at 96 G MAC/s: the first fit in a process
-# 10.6 s with umap-learn's own caching, 2.4 s with these cached too, 23 s with nothing cached yet)
-# (its layout epoch, jitted anew inside each call, about 1 s, cannot be cached from outside)
+# 10.6 s with umap-learn's own caching, 2.4 s with these cached too, 23 s with nothing cached yet).
+# Its layout epoch, jitted anew inside each call (about 1 s), cannot be cached from outside.
 _UNCACHED_UMAP_KERNELS = (("umap.utils", "fast_knn_indices"), ("umap.umap_", "smooth_knn_dist"),
                           ("umap.umap_", "compute_membership_strengths"))
 
