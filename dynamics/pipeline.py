@@ -140,11 +140,14 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     w.root.mkdir(parents=True, exist_ok=True)
     write_json(w.run_json, marker)
     r = _Run(w, p, seed, Path(reports), dtype, lr)
+    began = time.time()
     for number, (title, stage) in enumerate(STAGES, 1):
         print(f"[{number}/{len(STAGES)}] {title}", flush=True)
         start = time.time()
         note = stage(r)
         print(f"      {note or 'done'} ({time.time() - start:.0f} s)", flush=True)
+    minutes, seconds = divmod(round(time.time() - began), 60)
+    print(f"all {len(STAGES)} stages done; this call took {minutes} min {seconds} s", flush=True)
     print_main_shares(r)
 
 

@@ -77,5 +77,5 @@ def micro_workdir(micro_family, tmp_path_factory):
     shutil.copytree(micro_family, root / "runs" / "family")
     code, out, err = run_cli("run", "--workdir", root / "runs", "--preset", "micro", "--reports", root / "reports")
     assert code == 0, err
-    assert "memorized share" in out
+    assert "memorized share" in out and "all 9 stages done; this call took" in out
     return root / "runs"
