@@ -69,9 +69,13 @@ class Preset:
     # at step0, 0.02-0.04 at step4 as at step16, no sample memorized at any of them
     first_log_step: int = 1
 
+    def peak_rate(self, shape: ModelShape) -> float:
+        """The peak learning rate a shape trains at: its own, else the preset's."""
+        return self.lr if shape.lr is None else shape.lr
+
     def peak_rates(self, common: float | None = None) -> list[float]:
-        """Each shape's peak learning rate: `common` where one is given (`--lr`), else its own or the preset's."""
-        return [common if common is not None else (s.lr or self.lr) for s in self.shapes]
+        """Each shape's peak learning rate: `common` where one is given (`--lr`), else peak_rate's."""
+        return [common if common is not None else self.peak_rate(s) for s in self.shapes]
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia-like: step0, log-spaced early steps (powers of 4 from first_log_step) before the

@@ -87,9 +87,8 @@ def size_name(params: int) -> str:
     return f"{round(params / 1e3)}k"
 
 
-def learning_rate(step: int, preset: Preset, peak: float | None = None) -> float:
-    """Linear warmup to `peak` (default the preset's lr), then cosine decay to a tenth of it."""
-    peak = preset.lr if peak is None else peak
+def learning_rate(step: int, preset: Preset, peak: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to a tenth of it."""
     if step < preset.warmup_steps:
         return peak * (step + 1) / preset.warmup_steps
     progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
@@ -255,7 +254,7 @@ def train_size(
     for step in bar:
         rows = np.arange(step * preset.batch_size, (step + 1) * preset.batch_size) % len(batch)
         x = torch.from_numpy(batch[rows].astype(np.int64)).to(device)  # [B, seq_length + 1]
-        lr = learning_rate(step, preset, shape.lr)
+        lr = learning_rate(step, preset, preset.peak_rate(shape))
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
