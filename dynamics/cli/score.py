@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dynamics.cli.options import BATCH_SIZE, DEVICE, DTYPE, SEED
+from dynamics.cli.options import DEVICE, DTYPE, SEED, SCORE_BATCH_SIZE
 
 
 def score(
@@ -22,7 +22,7 @@ def score(
     sample: Optional[int] = typer.Option(None, min=1, help="Score N samples drawn at random (with --seed)."),
     exclude_canaries: bool = typer.Option(False, "--exclude-canaries", help="Only samples that hold no canary copy "
                                           "(a memdyn family's training data; its canaries are measured by `memdyn canaries`)."),
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = SCORE_BATCH_SIZE,
     chunk_size: int = typer.Option(256, min=1, help="Samples per resumable chunk."),
     schemes: str = typer.Option("t1,k40,p0.9,t0.7k40", help="Sampling schemes of the extraction columns (p_z), comma-separated: "
                                 "t<temperature>, k<top-k>, p<top-p> or combinations in that order ('' for none)."),

@@ -41,6 +41,7 @@ from dynamics.lock import locks_output
 from dynamics.workers import check_workers, kept, run_jobs
 from dynamics.files import read_json
 from dynamics.files import atomic_path, check_output_dir, settings_record, write_json
+from dynamics.scoring import BATCH_SIZE
 from dynamics.scoring.extraction import DEFAULT_SCHEMES, Scheme, cell_logprobs, extraction_columns, parse_schemes, scheme_from_name
 from dynamics.scoring.kernel import NEAR_TIE, cell_scores, score_batch
 from dynamics.scoring.near import APPROX_BLEU, near_verbatim
@@ -99,7 +100,7 @@ def sample_indices(settings: ScoreSettings, data: str) -> np.ndarray:
 def make_settings(
     family: FamilySpec, *, data: str, contexts: list[int], continuations: list[int],
     samples: tuple[int, int | None] | None = None, sample: int | None = None, exclude_canaries: bool = False,
-    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None,
+    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = BATCH_SIZE, schemes: list[Scheme] | None = None,
     approx_bleu: float = APPROX_BLEU,
 ) -> ScoreSettings:
     """Validate everything that can be checked before any model is loaded.
@@ -299,7 +300,7 @@ def score(
     family: FamilySpec, out: str | Path, *, contexts: list[int], continuations: list[int],
     models: list[str] | None = None, revisions: list[str] | str | None = None, data: str | None = None,
     samples: tuple[int, int | None] | None = None, sample: int | None = None, exclude_canaries: bool = False,
-    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = 32, schemes: list[Scheme] | None = None,
+    seed: int = 0, dtype: str = "fp32", chunk_size: int = 256, batch_size: int = BATCH_SIZE, schemes: list[Scheme] | None = None,
     approx_bleu: float = APPROX_BLEU, device: str | None = "auto", progress: bool = True, workers: int = 1,
     replace_stale: bool = False,
 ) -> Path:
