@@ -1,6 +1,7 @@
 """dynamics.workers: jobs in single-threaded worker processes that stop with their parent."""
 
 import multiprocessing
+import sys
 import time
 
 import pytest
@@ -63,3 +64,43 @@ def test_bad_worker_counts_are_refused():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(MemdynError, match="workers must be an integer >= 1"):
             check_workers(bad)
+
+
+def _record_pid_and_sleep(folder: str, device: str) -> None:
+    import os
+    from pathlib import Path
+
+    Path(folder, f"{os.getpid()}.pid").touch()
+    time.sleep(120)
+
+
+@two_cores
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent through Linux's prctl")
+def test_a_sigkilled_parent_leaves_no_worker_running(tmp_path):
+    """The workers' parent is the forkserver: it exits with this process, and they die with it."""
+    import os
+    import signal
+    import subprocess
+
+    script = ("from functools import partial; from dynamics.workers import run_jobs; import tests.test_workers as t; "
+              f"run_jobs(partial(t._record_pid_and_sleep, {str(tmp_path)!r}), [(), ()], device='cpu', workers=2)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(pids) == 2, "the workers did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:  # (a killed worker nobody has reaped yet is a zombie: dead)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
