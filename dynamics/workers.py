@@ -13,7 +13,6 @@ import atexit
 import functools
 import multiprocessing
 import os
-import sys
 from typing import Callable
 
 
@@ -59,8 +58,9 @@ def run_jobs(fn: Callable, jobs: list[tuple], *, device, workers: int = 1, launc
     functools.partial of one).
 
     The workers are forked from a forkserver (`_context`), never from this process (a fork of a
-    process whose OpenMP pool has run can hang in the child), and die with this process: a failed job or an interrupt stops the others at once,
-    and a SIGKILLed run leaves no job running on, holding its output lock."""
+    process whose OpenMP pool has run can hang in the child), and die with this process: a failed
+    job or an interrupt stops the others at once, and a SIGKILLed run leaves no job running on,
+    holding its output lock."""
     if not (workers > 1 and launched == 1 and str(device).startswith("cpu")):
         try:
             for job in jobs:

@@ -75,7 +75,7 @@ def _record_pid_and_sleep(folder: str, device: str) -> None:
 
 
 @two_cores
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent through Linux's prctl")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the workers' state in Linux's /proc")
 def test_a_sigkilled_parent_leaves_no_worker_running(tmp_path):
     """The workers' parent is the forkserver: it exits with this process, and they die with it."""
     import os
