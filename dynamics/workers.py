@@ -105,12 +105,30 @@ _PRELOAD = ["torch", "transformers", "transformers.models.gpt_neox.modeling_gpt_
 def _context():
     """Workers fork from one forkserver process that imports torch and the model code once, before
     any OpenMP pool exists (so forking it is safe, where forking this process can hang), and
-    serves every pool of this process: a pool starts in a fraction of a second instead of two
-    spawned processes importing torch and transformers (6.3 s on 2 cores)."""
+    serves every pool of this process: a pool of two starts in 0.07 s, after 5 s for the first,
+    where two spawned processes importing torch and transformers took 7.4-7.7 s (2 cores, 76-81 G
+    MAC/s)."""
+    import signal
+    import threading
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
+    # Ctrl-C reaches the whole process group: the server, seconds into its imports, would print a
+    # traceback. Started with SIGINT ignored (kept across exec), it never sees one; this process
+    # reports the interrupt in one line
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    # wait out the server's imports with one process that does nothing: a pool's workers then
+    # start at once, so an interrupt finds them started (and kills them), not still queued at the
+    # server, which would start them after this process has cleaned up (each printing a traceback)
+    idle = context.Process(target=int, daemon=True)
+    idle.start()
+    idle.join()
     # at exit, stop the server and wait for it: the workers it reaped then count in this process's
     # resource usage (the CPU time and peak memory `/usr/bin/time` reports), as spawned ones did
     atexit.register(getattr(forkserver._forkserver, "_stop", lambda: None))
