@@ -64,3 +64,23 @@ def test_capacity_bad_inputs(micro_family, micro_workdir, tmp_path):
     code, _, err = run_cli("capacity", "text", "--family", with_refs, "--out", tmp_path / "c", "--dtype", "fp16", "--device", "cpu")
     assert code == 2 and "fp16 is not supported on the CPU" in err
     assert not (tmp_path / "c" / "text_capacity.parquet").exists()
+
+
+def test_capacity_killed_before_its_last_file_is_computed_again(micro_workdir, tmp_path, monkeypatch):
+    """A run killed while the figure was being drawn must not pass as finished (CI once resumed a
+    `memdyn run` killed there and got a capacity directory without its membership figure)."""
+    import dynamics.capacity.text as T
+
+    family = load_family(micro_workdir / "family")
+    out = tmp_path / "c"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "plot_sigmoid_fit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        text_capacity(family, out, models=family.size_names[:2], device="cpu", progress=False)
+    assert (out / "text_capacity.parquet").is_file() and not T.computed_from(out, family)
+    monkeypatch.undo()
+    text_capacity(family, out, models=family.size_names[:2], device="cpu", progress=False)
+    assert T.computed_from(out, family) and (out / "membership_sigmoid.png").is_file()

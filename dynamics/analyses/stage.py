@@ -81,6 +81,7 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
                 **dtype_setting(dtype)}
     if (out / "done.json").is_file() and read_json(out / "done.json").get("settings") == settings:
         return out
+    (out / "done.json").unlink(missing_ok=True)  # tables being rewritten are not finished analyses
     tables, skipped = {}, {}
     try:
         final = scores_with_duplication(family, w / "scores", k, c)

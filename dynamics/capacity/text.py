@@ -174,8 +174,10 @@ def _size_row(model: str, params: int, s: pd.DataFrame, n_heldout: int, train: I
 
 
 def _write(out: Path, table: pd.DataFrame, samples: pd.DataFrame, inputs: dict, family_name: str) -> None:
+    # the settings file marks the directory complete (computed_from): removed first, written last, so
+    # a run killed between two files is computed again instead of passing with its figure missing
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / SETTINGS, settings_record(inputs))
+    (out / SETTINGS).unlink(missing_ok=True)
     with atomic_path(out / "text_samples.parquet") as tmp:
         samples.to_parquet(tmp, index=False)
     with atomic_path(out / "text_capacity.parquet") as tmp:
@@ -190,3 +192,4 @@ def _write(out: Path, table: pd.DataFrame, samples: pd.DataFrame, inputs: dict, 
         write_json(out / "membership_fit.json", fit.as_dict() | {"points": table[["model", "tokens_per_param", "mi_f1"]].to_dict("records")})
         plot_sigmoid_fit(table.tokens_per_param, table.mi_f1, fit, out / "membership_sigmoid",
                          title=f"{family_name}: loss-threshold membership inference", labels=list(table.model))
+    write_json(out / SETTINGS, settings_record(inputs))
