@@ -176,3 +176,15 @@ def locks_output(param: str = "out", option: str = "--out", kind: str = "dir"):
                 return fn(*args, **kwargs)
         return locked
     return wrap
+
+
+def clear_stale_locks(root: str | os.PathLike, option: str = "--workdir") -> None:
+    """Take and release the lock of every output under `root` that has a lock file: one left by a
+    killed writer goes (with its temporaries), one held by a live process refuses now, before any
+    work. A resumed run calls it: a stage it finds done never takes its lock again (memdyn run
+    skips finished predictors, for one), so a kill between an output's last write and its lock's
+    release would leave the lock file among the results."""
+    for path in sorted(Path(root).rglob(".*.lock")):
+        out = path.with_name(path.name[1 : -len(".lock")])
+        with output_lock(out, option, "file" if out.is_file() else "dir"):
+            pass

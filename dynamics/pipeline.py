@@ -16,7 +16,7 @@ from dynamics.errors import MemdynError
 from dynamics.family.presets import Preset, get_preset
 from dynamics.family.spec import FamilySpec
 from dynamics.files import check_output_folder, check_output_location, read_json, settings_record, write_json
-from dynamics.lock import locks_output
+from dynamics.lock import clear_stale_locks, locks_output
 from dynamics.scoring.grid import main_cell
 from dynamics.workdir import Workdir
 from dynamics.workers import cores  # (the small models run faster one single-threaded job per core)
@@ -138,6 +138,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
         raise MemdynError(f"{w.root} holds a run with {read_json(w.run_json)}; use another --workdir")
     check_family_dir(w.family_dir, plan, "--workdir")
     w.root.mkdir(parents=True, exist_ok=True)
+    clear_stale_locks(w.root)
     write_json(w.run_json, marker)
     r = _Run(w, p, seed, Path(reports), dtype, lr)
     began = time.time()

@@ -29,9 +29,14 @@ def test_memdyn_run_end_to_end_and_resumes(micro_workdir):
     reports = workdir.parent / "reports"
     assert (reports / family.name / "index.html").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("scores*/part-*.parquet")}
+    # lock files a run killed just after finishing these outputs leaves; the rerun skips both stages
+    stale = [workdir / ".capacity.lock", workdir / "predictor" / f".{sorted(trained)[0]}.lock"]
+    for lock in stale:
+        lock.write_text('{"pid": 99999999}')
     code, _, err = run_cli("run", "--workdir", workdir, "--preset", "micro", "--reports", reports)
     assert code == 0, err
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert not any(lock.exists() for lock in stale)
 
 
 def test_run_refuses_another_preset(micro_family, tmp_path):
