@@ -178,11 +178,14 @@ class Workdir:
     @cached_property
     def capacity(self) -> pd.DataFrame | None:
         """The capacity stage's per-model table, or None when that stage has not run."""
-        from dynamics.capacity.text import computed_from
+        from dynamics.capacity.text import SETTINGS, computed_from
 
         if not self.capacity_table.is_file():
             return None
         self._verify(self.capacity_dir, "", "capacity")
+        if not (self.capacity_dir / SETTINGS).is_file():  # written last: the stage was stopped before its end
+            raise MemdynError(f"{self.capacity_dir} is unfinished (its run was stopped); rerun `memdyn run --workdir "
+                              f"{self.root}` to complete it")
         if not computed_from(self.capacity_dir, self.family):
             raise MemdynError(f"{self.capacity_dir} was computed from other inputs than {self.family_dir} holds (corpus, "
                               f"checkpoints or reference models differ); remove it and rerun `memdyn run --workdir {self.root}`")

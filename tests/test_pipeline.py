@@ -84,6 +84,9 @@ def test_readers_refuse_outputs_of_other_inputs(micro_workdir, tmp_path):
     settings.write_text(json.dumps({**recorded, "models": {m: "step1" for m in recorded["models"]}}))
     with pytest.raises(MemdynError, match="computed from other inputs"):
         Workdir(runs).capacity
+    settings.unlink()  # as a run stopped before the capacity stage's last file leaves it
+    with pytest.raises(MemdynError, match="unfinished .* rerun `memdyn run"):
+        Workdir(runs).capacity
     trained = next(p for p in (runs / "predictor").iterdir() if (p / "cv.json").is_file())
     config = json.loads((trained / "config.json").read_text())
     (trained / "config.json").write_text(json.dumps({**config, "scores": "0" * 64}))
