@@ -277,3 +277,46 @@ def test_headline_caption_names_a_precision_other_than_float32_and_a_common_lear
     monkeypatch.setattr(Workdir, "family", property(lambda w: _from_json({**family, "plan": {**family["plan"], "lr": 3e-3}},
                                                                         micro_workdir / "family")))
     assert headline().endswith("; every size trained at peak learning rate 0.003, not the preset's per-size rates.")
+
+
+def test_run_floor_counts_the_model_arithmetic_of_every_stage(micro_workdir, tmp_path):
+    import importlib.util
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPTNeoXForCausalLM
+
+    from dynamics.family.spec import load_family
+
+    spec = importlib.util.spec_from_file_location("run_floor", ROOT / "benchmarks" / "run_floor.py")
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    # against torch's own count of the linear layers (it leaves out the CPU's attention kernel), plus
+    # causal attention: the query at position t meets t + 1 keys, once for scores, once for values
+    size = load_family(micro_workdir / "family").sizes[-1]
+    folder = micro_workdir / "family" / size.path / size.final
+    model, lm = GPTNeoXForCausalLM.from_pretrained(folder).eval(), rf.LM(folder / "config.json")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=torch.zeros(3, 20, dtype=torch.long))
+    attention = 3 * lm.layers * lm.d * sum(2 * (t + 1) for t in range(20))
+    assert lm.prompt(3, 20) == counter.get_total_flops() / 2 + attention
+    macs = rf.floor(micro_workdir)
+    assert list(macs) == list(rf.STAGES) and macs["reports"] == 0
+    assert all(macs[s] > 0 for s in rf.STAGES[:-1])
+    assert macs["family"] > macs["dynamics"] and macs["scores"] > macs["dynamics"]
+    # the stage times of what `memdyn run` printed: each stage's own line is the last of its lines
+    log = tmp_path / "run.log"
+    log.write_text("[1/9] family: ...\ntrain\r 40%|###\n      micro trained (12 s)\n[5/9] predictor: ...\n"
+                   "      1.6m hidden: trained with 2-fold cross-validation (3 s)\n      done (7 s)\n")
+    assert rf.stage_times(log) == {"family": 12.0, "predictor": 7.0}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_floor.py"), "--workdir", str(micro_workdir),
+                             "--log", str(log), "--rate", "50"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^family\s+[\d.]+\s+[\d.]+\s+12\s+\d+%$", result.stdout, re.M) and "budget" in result.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_floor.py"), "--workdir", str(tmp_path), "--rate", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "not the work directory" in bad.stderr
+    (tmp_path / "run.json").write_text("{}")  # a run stopped before its family was trained
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_floor.py"), "--workdir", str(tmp_path), "--rate", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "unfinished run" in bad.stderr
