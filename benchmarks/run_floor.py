@@ -56,12 +56,13 @@ class LM:
 
 
 def decoding_positions(table: pd.DataFrame, C: int) -> np.ndarray:
-    """Positions fed by the scorer's cached decoding: after a first mismatch at m < C - 1, positions
-    k + m + 1 .. k + C - 1 (dynamics/scoring/kernel.py); none for a longer matching prefix."""
+    """Positions fed by the scorer's cached decoding: after a first mismatch at m < C - 1, the
+    mismatching token at k + m and its successors, to k + C - 2 (dynamics/scoring/kernel.py); none
+    for a longer matching prefix."""
     rows = table[table.continuation_len == C]
     k, m = rows.context_len.to_numpy(), rows.prefix_len.to_numpy()
     n = np.maximum(C - 1 - m, 0)
-    start = np.repeat(k + m + 1, n)
+    start = np.repeat(k + m, n)
     return start + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
 
 
