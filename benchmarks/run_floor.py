@@ -97,8 +97,10 @@ def floor(root: Path) -> dict[str, float]:
     w = Workdir(root)
     family = load_family(str(w.family_dir))
     models = {s.name: LM(family.root / s.path / s.final / "config.json") for s in family.sizes}
+    # the reference models: memdyn run's embedded world has one for every size, older families one per size
     refs = family.references
-    reference = LM(family.root / next(iter(refs["sizes"].values())) / "config.json")
+    reference = {size: LM(family.root / path / "config.json") for size, path in refs["sizes"].items()}
+    distinct = {path: reference[size] for size, path in refs["sizes"].items()}.values()
     L, batch = family.data.seq_length, family.data.batch_size
     steps = read_json(w.family_dir / "family.json")["steps"]
     out = dict.fromkeys(STAGES, 0.0)
@@ -110,14 +112,14 @@ def floor(root: Path) -> dict[str, float]:
         n = len(pd.read_parquet(w.dynamics_dir / name / "sequences.parquet", columns=["seq_idx"]))
         out["dynamics"] += m.prompt(n, dyn["context_len"] + dyn["continuation_len"])
     out["predictor"] = sum(predictor_macs(d) for d in sorted(w.predictor_root.iterdir()) if (d / "cv.json").is_file())
-    # the reference's one pass of training, then every member under its size and the reference
+    # each reference's one pass of training, then every member under its size and its reference
     members = pd.read_parquet(w.capacity_dir / "text_samples.parquet", columns=["model"]).model.value_counts()
-    out["capacity"] = 3 * reference.prompt(refs["steps"] * batch, L)
-    out["capacity"] += sum(models[m].prompt(n, L + 1) + reference.prompt(n, L + 1) for m, n in members.items())
+    out["capacity"] = sum(3 * r.prompt(refs.get("steps", steps) * batch, L) for r in distinct)
+    out["capacity"] += sum(models[m].prompt(n, L + 1) + reference[m].prompt(n, L + 1) for m, n in members.items())
     mia = read_json(w.membership_dir / "_settings.json")
     rows = pd.read_parquet(w.membership_dir / "attacks.parquet", columns=["model"]).model.value_counts()
     out["membership"] = sum(models[m].prompt(n, mia["length"]) for m, n in rows.items())
-    out["membership"] += reference.prompt(2 * mia["n"], mia["length"])
+    out["membership"] += sum(r.prompt(2 * mia["n"], mia["length"]) for r in distinct)
     # per checkpoint: each canary scored and its log-probability taken, and each kind's candidates,
     # every one after the <|endoftext|> before it (candidates at least as long as the shortest canary)
     canaries = pd.read_parquet(w.root / "canaries", columns=["model", "revision", "kind", "length"])
@@ -195,4 +197,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("run_floor: interrupted")

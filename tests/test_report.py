@@ -300,6 +300,10 @@ def test_run_floor_counts_the_model_arithmetic_of_every_stage(micro_workdir, tmp
         model(input_ids=torch.zeros(3, 20, dtype=torch.long))
     attention = 3 * lm.layers * lm.d * sum(2 * (t + 1) for t in range(20))
     assert lm.prompt(3, 20) == counter.get_total_flops() / 2 + attention
+    from dynamics.pipeline import STAGES
+
+    # the script names the stages `memdyn run` numbers, in its order
+    assert [title.split(":")[0] for title, _ in STAGES] == [name.split()[-1] for name in rf.STAGES]
     macs = rf.floor(micro_workdir)
     assert list(macs) == list(rf.STAGES) and macs["reports"] == 0
     assert all(macs[s] > 0 for s in rf.STAGES[:-1])
