@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +92,19 @@ def predictor_macs(directory: Path) -> float:
     return 3.0 * cv["cv"]["folds"] * p["members"] * config["train"]["epochs"] * cv["n_train"] * T * per_token
 
 
+def unfinished(root: Path, missing) -> MemdynError:
+    return MemdynError(f"{root} holds an unfinished run (no {missing}); finish it with `memdyn run` first")
+
+
 def floor(root: Path) -> dict[str, float]:
-    """MACs per stage of the run in work directory `root`."""
+    """MACs per stage of the run in work directory `root`; a stage's missing output raises
+    FileNotFoundError, a missing family or reference model `unfinished`."""
     w = Workdir(root)
+    if not (w.family_dir / "family.json").is_file():
+        raise unfinished(root, w.family_dir / "family.json")
     family = load_family(str(w.family_dir))
+    if not family.references:
+        raise unfinished(root, "reference model: its capacity stage has not run")
     models = {s.name: LM(family.root / s.path / s.final / "config.json") for s in family.sizes}
     # the reference models: memdyn run's embedded world has one for every size, older families one per size
     refs = family.references
@@ -151,14 +160,8 @@ def matmul_rate(threads: int = 2) -> float:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for _ in range(3):
         a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(10))
+    best = min(timeit.repeat(lambda: a @ b, number=1, repeat=10))
     return 2048**3 / best / 1e9
-
-
-def _timed(f) -> float:
-    start = time.perf_counter()
-    f()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -176,9 +179,10 @@ def main() -> None:
         sys.exit("run_floor: --rate and --budget must be positive")
     try:
         macs = floor(a.workdir)
-    except (FileNotFoundError, MemdynError) as e:
-        missing = e.filename if isinstance(e, FileNotFoundError) else a.workdir / "family"
-        sys.exit(f"run_floor: {a.workdir} holds an unfinished run (no {missing}); finish it with `memdyn run` first")
+    except FileNotFoundError as e:
+        sys.exit(f"run_floor: {unfinished(a.workdir, e.filename or e)}")  # (pyarrow names the path only in its message)
+    except MemdynError as e:
+        sys.exit(f"run_floor: {e}")
     rate = a.rate or matmul_rate()
     took = stage_times(a.log) if a.log else {}
     print(f"matmul rate {rate:.0f} G MAC/s (2048-cube float32, two threads)\n")

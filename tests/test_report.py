@@ -1,5 +1,6 @@
 """Reports, notebooks and the findings check on a micro work directory built once by `memdyn run`."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -324,3 +325,13 @@ def test_run_floor_counts_the_model_arithmetic_of_every_stage(micro_workdir, tmp
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_floor.py"), "--workdir", str(tmp_path), "--rate", "50"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "unfinished run" in bad.stderr
+    # a run stopped before its capacity stage: a family without its reference model
+    stopped = tmp_path / "stopped"
+    shutil.copytree(micro_workdir / "family", stopped / "family")
+    (stopped / "run.json").write_text("{}")
+    manifest = json.loads((stopped / "family" / "family.json").read_text())
+    manifest.pop("references")
+    (stopped / "family" / "family.json").write_text(json.dumps(manifest))
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_floor.py"), "--workdir", str(stopped), "--rate", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "capacity stage has not run" in bad.stderr
