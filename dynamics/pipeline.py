@@ -126,6 +126,7 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     from dynamics.family.train import check_family_dir, check_lr, check_train_dtype, family_plan
 
     p = get_preset(preset)
+    _check_scored_pool(p)
     check_train_dtype(dtype, resolve_device(None))
     check_lr(lr)
     w = Workdir(workdir)
@@ -150,6 +151,19 @@ def run_pipeline(workdir: str | Path, preset: str, seed: int, reports: str | Pat
     minutes, seconds = divmod(round(time.time() - began), 60)
     print(f"all {len(STAGES)} stages done; this call took {minutes} min {seconds} s", flush=True)
     print_main_shares(r)
+
+
+def _check_scored_pool(p: Preset) -> None:
+    """Refuse, before the family trains, a preset that scores more samples than its world leaves free of canaries."""
+    from dynamics.family.world import canary_free_samples, check_world_settings
+
+    check_world_settings(p)
+    free = canary_free_samples(p)
+    for name in ("scored_samples", "checkpoint_samples"):
+        wanted = getattr(p, name)
+        if wanted is not None and wanted > free:
+            raise MemdynError(f"preset {p.name!r} scores {wanted} samples ({name}) but only {free} of its training samples "
+                              f"hold no canary copy: lower {name}, or the canary counts, or train for more steps")
 
 
 def print_main_shares(r: _Run) -> None:

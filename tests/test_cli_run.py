@@ -44,3 +44,22 @@ def test_workdir_of_another_run(tmp_path):
     (runs / "run.json").write_text('{"preset": "tiny", "seed": 0}\n')
     code, _, err = run_cli("run", "--preset", "micro", "--workdir", runs, "--reports", tmp_path / "reports")
     one_line_error(code, err, "tiny")
+
+
+@pytest.mark.parametrize("field", ["scored_samples", "checkpoint_samples"])
+def test_preset_scoring_more_samples_than_its_canaries_leave(tmp_path, monkeypatch, field):
+    from dataclasses import replace
+
+    from dynamics.family.presets import PRESETS
+    from dynamics.family.world import canary_free_samples
+
+    free = canary_free_samples(PRESETS["micro"])
+    assert free == 200 * 4 - 2 * 3 * (1 + 4 + 16)  # micro: 800 samples, 2 kinds x 3 inserts x (1 + 4 + 16) copies
+    monkeypatch.setitem(PRESETS, "crowded", replace(PRESETS["micro"], name="crowded", **{field: free + 1}))
+    code, out, err = run_cli("run", "--preset", "crowded", "--workdir", tmp_path / "runs", "--reports", tmp_path / "reports")
+    one_line_error(code, err, field, f"only {free}", "canary")
+    assert "[1/" not in out and list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(PRESETS, "crowded", replace(PRESETS["micro"], name="crowded", **{field: free}))
+    from dynamics.pipeline import _check_scored_pool
+
+    _check_scored_pool(PRESETS["crowded"])  # exactly the canary-free samples: accepted

@@ -49,6 +49,12 @@ def check_world_settings(p: Preset) -> None:
         check_capacity(stub, p.steps * p.batch_size, p.batch_size, p.seq_length + 1)
 
 
+def canary_free_samples(p: Preset) -> int:
+    """Training samples of the preset's world that hold no canary copy (each copy takes a sample of its own)."""
+    copies = len(p.canaries.kinds) * sum(count for count, _ in p.canaries.cells())
+    return p.steps * p.batch_size - copies
+
+
 def _encode(tok, docs: list[Document]) -> list[np.ndarray]:
     ids = tok([d.text for d in docs], add_special_tokens=False)["input_ids"] if docs else []
     return [np.asarray(t, dtype=np.int64) for t in ids]
