@@ -43,6 +43,16 @@ def test_html_is_self_contained(reports):
         assert all(h.endswith(".html") and "://" not in h for h in hrefs), hrefs  # links between reports only
 
 
+def test_undefined_cells_read_as_a_dash(reports):
+    from dynamics.report.document import cell_text
+
+    cells = [float("nan"), np.float32("nan"), None, pd.NA, 0.123456, np.float32(0.5), 3, "nan-free text"]
+    assert [cell_text(v) for v in cells] == ["-", "-", "-", "-", "0.1235", "0.5", "3", "nan-free text"]
+    # the taxonomy's "kept" share is undefined where nothing was memorized before: never "nan" on a page
+    for page in [*reports.rglob("*.md"), *reports.rglob("*.html")]:
+        assert not re.search(r"\| nan \||<td>nan</td>", page.read_text()), page
+
+
 def test_captions_state_numbers(reports):
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", (reports / "index.html").read_text())
     assert len(captions) >= 6

@@ -5,7 +5,16 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+
+
+def cell_text(v) -> str:
+    """A table cell as a report shows it: a number to 4 significant digits, a missing or undefined
+    value (a share of nothing, a baseline that did not run) as "-"."""
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
 
 
 @dataclass

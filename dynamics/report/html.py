@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynamics.files import atomic_path
-from dynamics.report.document import Document, Figure, Samples, Table, Text
+from dynamics.report.document import Document, Figure, Samples, Table, Text, cell_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.4; }
@@ -29,9 +29,8 @@ def _table(frame: pd.DataFrame, text_columns=()) -> str:
     for row in frame.itertuples(index=False):
         cells = []
         for col, v in zip(frame.columns, row):
-            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
             cls = ' class="text"' if col in text_columns else ""
-            cells.append(f"<td{cls}>{escape(shown)}</td>")
+            cells.append(f"<td{cls}>{escape(cell_text(v))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

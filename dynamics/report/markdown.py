@@ -7,12 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from dynamics.files import atomic_path
-from dynamics.report.document import Document, Figure, Samples, Table, Text
+from dynamics.report.document import Document, Figure, Samples, Table, Text, cell_text
 
 
 def _cell(v) -> str:
-    text = f"{v:.4g}" if isinstance(v, float) else str(v)
-    return text.replace("|", "\\|").replace("\n", "⏎")
+    return cell_text(v).replace("|", "\\|").replace("\n", "⏎")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
