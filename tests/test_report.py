@@ -165,6 +165,17 @@ def test_boundary_caption_counts_the_published_direction():
     assert "negative (a drop) in 2 of 2 sizes" in F.boundary(jumps, "orig_n1")
 
 
+def test_share_caption_names_every_size_and_counts_each_direction():
+    from dynamics.report import findings as F
+
+    shares = {"a": (0.10, 0.20, 0.15), "b": (0.30, 0.25, 0.20), "c": (0.40, 0.45, 0.50)}
+    t = pd.DataFrame([{"model": m, "context_len": k, "continuation_len": 16, "memorized_share": v}
+                      for m, values in shares.items() for k, v in zip((32, 48, 96), values)])
+    caption = F.share_by_axis(t, "context_len", "continuation_len", 16)
+    assert "from context 32 to 96: a 10% -> 15%; b 30% -> 20%; c 40% -> 50%." in caption, caption
+    assert "rises at every step of context length for 1 of 3 sizes, falls at every step for 1 and moves both ways for 1" in caption
+
+
 def test_context_diagnostics(micro_workdir):
     """A failed context trend is followed by the fixed-continuation trend (paired interval), the
     continuation's loss against context length and the duplicated-span trend."""

@@ -62,12 +62,13 @@ def share_by_axis(t: pd.DataFrame, axis: str, fixed: str, value: int) -> str:
     """Caption for memorized share against context (axis=context_len) or continuation length."""
     part = at(t, **{fixed: value})
     name, other = axis.split("_")[0], fixed.split("_")[0]
-    large = part[part["model"] == part["model"].iloc[-1]].sort_values(axis)
-    verdicts = [trend(g.sort_values(axis).memorized_share) for _, g in part.groupby("model", sort=False)]
-    return (f"At {other} {value}, the {large.model.iloc[0]} model's memorized share goes from "
-            f"{pct(large.memorized_share.iloc[0])} ({name} {large[axis].iloc[0]}) to {pct(large.memorized_share.iloc[-1])} "
-            f"({name} {large[axis].iloc[-1]}); it rises with {name} length for {verdicts.count('rises')} of "
-            f"{len(verdicts)} sizes and falls for {verdicts.count('falls')}.")
+    lines = [g.sort_values(axis) for _, g in part.groupby("model", sort=False)]  # smallest model first
+    ends = "; ".join(f"{g.model.iloc[0]} {pct(g.memorized_share.iloc[0])} -> {pct(g.memorized_share.iloc[-1])}" for g in lines)
+    verdicts = [trend(g.memorized_share) for g in lines]
+    rises, falls = verdicts.count("rises"), verdicts.count("falls")
+    return (f"At {other} {value}, the memorized share from {name} {lines[0][axis].iloc[0]} to {lines[0][axis].iloc[-1]}: "
+            f"{ends}. It rises at every step of {name} length for {rises} of {len(verdicts)} sizes, falls at every "
+            f"step for {falls} and moves both ways for {len(verdicts) - rises - falls}.")
 
 
 def transitions(table: pd.DataFrame, src: str, dst: str, k: int, c: int) -> tuple[pd.DataFrame, str]:
