@@ -53,6 +53,20 @@ def test_undefined_cells_read_as_a_dash(reports):
         assert not re.search(r"\| nan \||<td>nan</td>", page.read_text()), page
 
 
+def test_world_tables_list_the_sizes_smallest_first(reports, micro_workdir):
+    from dynamics.workdir import Workdir
+
+    sizes = Workdir(micro_workdir).sizes
+    md = (reports / "index.md").read_text()
+    for header, group in (("| model | step | measure |", 3), ("| model | kind | count |", 2)):
+        rows = md.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+        cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        assert cells, header
+        for key in {c[group - 1] for c in cells}:  # within a measure (or canary kind), the sizes in order
+            models = list(dict.fromkeys(c[0] for c in cells if c[group - 1] == key))
+            assert models == [s for s in sizes if s in models], (header, key, models)
+
+
 def test_captions_state_numbers(reports):
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", (reports / "index.html").read_text())
     assert len(captions) >= 6

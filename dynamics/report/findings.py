@@ -78,8 +78,12 @@ def transitions(table: pd.DataFrame, src: str, dst: str, k: int, c: int) -> tupl
     diag = [m.loc[label, label] for label in labels]
     filled = [label for label in labels if m.loc[label, "n"] > 0]
     top, bottom = filled[-1], filled[0]  # the highest and lowest bins that hold samples
-    text = (f"Of the {int(m.loc[top, 'n'])} samples scoring {top} under {src}, {pct(m.loc[top, top])} still score {top} "
-            f"under {dst}; of the {int(m.loc[bottom, 'n'])} scoring {bottom}, {pct(m.loc[bottom, bottom])} stay there "
+    bounds = dict(zip(labels, zip((0.0, *BIN_EDGES), (*BIN_EDGES, 1.0))))
+    # a middle bin's label "<=0.8" reads as "any score up to 0.8" in a sentence: name its range
+    said = {label: label if label in (labels[0], labels[-1]) else f"in ({bounds[label][0]:g}, {bounds[label][1]:g}]"
+            for label in labels}
+    text = (f"Of the {int(m.loc[top, 'n'])} samples scoring {said[top]} under {src}, {pct(m.loc[top, top])} still score "
+            f"{said[top]} under {dst}; of the {int(m.loc[bottom, 'n'])} scoring {said[bottom]}, {pct(m.loc[bottom, bottom])} stay there "
             f"(diagonal: {' '.join('-' if np.isnan(v) else f'{v:.2f}' for v in diag)}; context {k} / continuation {c}).")
     return m, text
 
