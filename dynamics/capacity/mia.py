@@ -122,7 +122,7 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     start_output(state, out, SETTINGS, asdict(plan.settings), (PARTS,))
     todo = claim_jobs(state, plan.jobs, lambda j: _job_done(out, plan, j))
     dev = state.device if device in (None, "auto") else resolve_device(device)
-    bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"membership [{state.process_index}]", unit="chunk", disable=not progress or not todo)
     run_jobs(partial(_write_job, family, out, plan), [(job,) for job in todo], device=dev, workers=workers,
              launched=state.num_processes, done=lambda _: bar.update(1))
     bar.close()

@@ -262,7 +262,7 @@ def run_scoring(
         manifest.expect(out, [f"{d}{_chunk_name(z.name, r, c)}" for z, r, c in jobs for d in ("", GENERATIONS + "/")])
     todo = claim_jobs(state, jobs, lambda j: _chunk_done(out, settings, len(idx), *j))
     work = sum(len(idx[c * settings.chunk_size : (c + 1) * settings.chunk_size]) for _, _, c in todo)
-    bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress)
+    bar = tqdm(total=work, desc=f"score [{state.process_index}]", unit="seq", disable=not progress or not todo)
     chunks = [(size, rev, chunk, idx[chunk * settings.chunk_size : (chunk + 1) * settings.chunk_size]) for size, rev, chunk in todo]
     run_jobs(partial(_write_chunk, family, out, settings, data), chunks, device=dev, workers=workers,
              launched=state.num_processes, done=bar.update)
