@@ -13,6 +13,7 @@ from dynamics.capacity.attacks import ATTACKS, attack_metrics, bootstrap_auroc, 
 from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
+from dynamics.family.data import TrainingData
 from dynamics.family.load import load_model, load_tokenizer
 from dynamics.family.spec import load_family
 from tests.conftest import run_cli
@@ -126,6 +127,10 @@ def test_balanced_seeded_sampling(micro_family, tmp_path):
     trained = {tuple(r) for r in np.asarray(train.batch(0, len(train))).tolist()}
     drawn = np.asarray(held.batch(0, len(held)))[full.indices["nonmember"]]
     assert not any(tuple(r) in trained for r in drawn.tolist())
+    # canary copies sit only in training samples: members holding one would be told apart as text
+    canaries = TrainingData(family.data.prefix).canary_samples
+    assert full.settings.dropped_members == len(canaries) > 0
+    assert not np.isin(full.indices["member"], canaries).any()
     assert not (tmp_path / "o").exists()  # planning writes nothing
 
 

@@ -101,12 +101,13 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
                    revisions: list[str] | str | None = None,
                    reference: str | None = None, samples: int | None = None, length: int | None = None, seed: int = 0,
                    dtype: str = "fp32", device: str | None = None, batch_size: int = 32, chunk_size: int = 256,
-                   progress: bool = True, workers: int = 1) -> pd.DataFrame | None:
+                   progress: bool = True, workers: int = 1, replace_stale: bool = False) -> pd.DataFrame | None:
     """Every missing job (this process's share), then, on the main process, the attacks table,
     the metrics and the ROC figures; returns the metrics (None on other processes). members and
     nonmembers: Megatron prefixes, or "train" / "heldout" (the family's own); revisions: checkpoint
     names (default each size's last), or "all"; workers > 1 on a CPU, outside a launcher: the jobs
-    run in so many single-threaded processes (dynamics.workers)."""
+    run in so many single-threaded processes (dynamics.workers); replace_stale: results of other
+    settings in `out` are recomputed instead of refused (one process only, as `score`'s)."""
     check_workers(workers)
     if revisions == "all":
         revisions = sort_revisions({r for s in family.select(models) for r in s.revisions})
@@ -118,7 +119,7 @@ def run_membership(family: FamilySpec, out: str | Path, *, members: str, nonmemb
     out = Path(out)
     state = process_state(device)
     plan = plan_membership(family, out, members, nonmembers, models, revisions, reference, samples, length, seed,
-                           dtype, device, batch_size, chunk_size)
+                           dtype, device, batch_size, chunk_size, replace_stale=replace_stale and state.num_processes == 1)
     start_output(state, out, SETTINGS, asdict(plan.settings), (PARTS,))
     todo = claim_jobs(state, plan.jobs, lambda j: _job_done(out, plan, j))
     dev = state.device if device in (None, "auto") else resolve_device(device)

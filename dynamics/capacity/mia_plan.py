@@ -36,6 +36,7 @@ class MembershipSettings:
     reference: str | None  # None, "family" (the family's reference per size) or a model id/path
     training_order: bool  # members are the training samples in order: record which a checkpoint saw
     dropped_nonmembers: int  # held-out samples left out because the training data holds the same tokens
+    dropped_members: int  # training samples left out because they hold a canary copy, which no held-out sample can
 
 
 @dataclass
@@ -138,20 +139,28 @@ def _reference_plan(family: FamilySpec, reference: str | None, sizes) -> tuple[s
     return reference, {s.name: ("reference", reference) for s in family.sizes}
 
 
-def _candidates(pools: dict, length: int, own_split: bool) -> tuple[dict, int]:
-    """Sample indices each side may draw from, and how many held-out samples were dropped.
+def _candidates(pools: dict, prefixes: dict, length: int, own_split: bool) -> tuple[dict, int, int]:
+    """Sample indices each side may draw from, and how many held-out and training samples were dropped.
 
-    A family's held-out documents can still hold token sequences that also occur in its training
-    data (near-identical files, e.g. the stdlib's codec tables): such a sample is trained on, so
-    with the family's own `train` / `heldout` it is dropped from the non-members (for data given
-    as prefixes an overlap is an error, see _check_overlap)."""
+    With the family's own `train` / `heldout` the two sides must differ only in membership:
+    - a family's held-out documents can still hold token sequences that also occur in its training
+      data (near-identical files, e.g. the stdlib's codec tables): such a sample is trained on, so
+      it is dropped from the non-members (for data given as prefixes an overlap is an error, see
+      _check_overlap);
+    - canary copies (random strings) sit only in training samples: with them among the members an
+      untrained model's zlib ratio told the sides apart at AUROC 0.91 (session 29), so the samples
+      holding one are dropped from the members (the canaries have their own analysis)."""
+    from dynamics.family.data import TrainingData
+
     cand = {s: np.arange(len(pools[s])) for s in SPLITS}
     seen = _pool_hashes(pools["member"], length) if own_split else None
     if seen is None:
-        return cand, 0
+        return cand, 0, 0
     held = np.asarray(pools["nonmember"].batch(0, len(pools["nonmember"])))[:, :length]
     keep = np.array([h not in seen for h in _row_hashes(held)], dtype=bool)
-    return {"member": cand["member"], "nonmember": cand["nonmember"][keep]}, int((~keep).sum())
+    canaries = TrainingData(prefixes["member"]).canary_samples
+    members = cand["member"] if canaries is None else np.setdiff1d(cand["member"], canaries)
+    return {"member": members, "nonmember": cand["nonmember"][keep]}, int((~keep).sum()), len(cand["member"]) - len(members)
 
 
 def _draw(cand: dict, samples: int | None, seed: int) -> tuple[int, dict]:
@@ -165,9 +174,10 @@ def _draw(cand: dict, samples: int | None, seed: int) -> tuple[int, dict]:
 def plan_membership(
     family: FamilySpec, out: Path, members: str, nonmembers: str, models=None, revisions=None, reference: str | None = None,
     samples: int | None = None, length: int | None = None, seed: int = 0, dtype: str = "fp32", device: str | None = None,
-    batch_size: int = 32, chunk_size: int = 256,
+    batch_size: int = 32, chunk_size: int = 256, replace_stale: bool = False,
 ) -> MembershipPlan:
-    """Every check that can run before any model is loaded; the jobs to run."""
+    """Every check that can run before any model is loaded; the jobs to run. replace_stale: results
+    of other settings in `out` are removed instead of refused (files.check_output_dir)."""
     from dynamics.family.load import load_tokenizer, model_location, resolve_device, resolve_dtype
 
     if samples is not None and samples < 1:
@@ -185,7 +195,7 @@ def plan_membership(
     if not 2 <= length <= full:
         raise MemdynError(f"--length must be between 2 and {full} (the shorter samples' length), got {length}")
     own = (members, nonmembers) == ("train", "heldout")
-    cand, dropped = _candidates(pools, length, own)
+    cand, dropped, canary_members = _candidates(pools, prefixes, length, own)
     if min(len(c) for c in cand.values()) == 0:
         raise MemdynError(f"--nonmembers {nonmembers}: every sample also occurs in the members' data; give other non-members")
     n, indices = _draw(cand, samples, seed)
@@ -207,9 +217,9 @@ def plan_membership(
         family=family.name, corpus_hash=family.corpus.get("hash"), members=pools["member"].fingerprint(),
         nonmembers=pools["nonmember"].fingerprint(), n=n, length=length, seed=seed, dtype=dtype,
         chunk_size=chunk_size, batch_size=batch_size, reference=ref_value, training_order=order,
-        dropped_nonmembers=dropped,
+        dropped_nonmembers=dropped, dropped_members=canary_members,
     )
-    check_output_dir(out, SETTINGS, asdict(settings), "membership results")
+    check_output_dir(out, SETTINGS, asdict(settings), "membership results", replace_stale=replace_stale)
     chunks = range(-(-n // chunk_size))
     jobs = [("target", size, rev, s, c) for size, rev in plan for s in SPLITS for c in chunks]
     for key, location in dict(refs[s.name] for s in sizes if s.name in refs).items():

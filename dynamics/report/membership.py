@@ -46,6 +46,10 @@ def caption(metrics: pd.DataFrame, model: str) -> str:
             f"{best.n_members} members and {best.n_nonmembers} non-members")
     if len(loss) and best.attack != "loss":
         text += f"; the loss attack reaches AUROC {loss.auroc.iloc[0]:.3f}"
+    untrained = metrics[(metrics.model == model) & (metrics.step == 0) & (metrics.attack == best.attack)]
+    if len(untrained) and best.step > 0:  # a blind baseline: what the attack gets from the text alone
+        text += (f". The same attack on the untrained model (step0) reaches {untrained.auroc.iloc[0]:.3f}: its distance "
+                 "from 0.5 is how members and non-members differ as text, not membership")
     n = int(best.n_nonmembers)
     return text + (f". With {n} non-members the finest FPR is {1 / n:.2%}, so TPR at 0.1% FPR is that of zero false "
                    "positives." if n < 1000 else ".")
