@@ -134,6 +134,21 @@ def test_balanced_seeded_sampling(micro_family, tmp_path):
     assert not (tmp_path / "o").exists()  # planning writes nothing
 
 
+def test_results_of_other_settings_are_refused_or_replaced(micro_family, tmp_path):
+    from dynamics.errors import MemdynError
+    from dynamics.files import settings_record
+
+    family, out = load_family(micro_family), tmp_path / "mia"
+    current = plan_membership(family, tmp_path / "unused", "train", "heldout", samples=8).settings
+    out.mkdir()
+    older = {k: v for k, v in json.loads(json.dumps(settings_record(current.__dict__))).items() if k != "dropped_members"}
+    (out / "_settings.json").write_text(json.dumps(older))  # results of a memdyn before dropped_members
+    with pytest.raises(MemdynError, match="dropped_members"):
+        plan_membership(family, out, "train", "heldout", samples=8)
+    plan_membership(family, out, "train", "heldout", samples=8, replace_stale=True)  # `memdyn run` recomputes them
+    assert not out.exists()
+
+
 def test_rerun_after_a_kill_gives_the_same_tables(membership_run, tmp_path):
     out, args = membership_run
     copy = tmp_path / "mia"
