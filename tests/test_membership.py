@@ -114,6 +114,27 @@ def test_bootstrap_auroc_equals_sklearn_on_every_resample_with_ties():
     assert metrics["auroc_lo"] < metrics["auroc"] < metrics["auroc_hi"]
 
 
+def test_metrics_by_duplication(micro_family, membership_run):
+    """Members seen once and members touching a duplicated document, each against all non-members,
+    at each model's last checkpoint: the AUROC equals scikit-learn's on that subset."""
+    from sklearn.metrics import roc_auc_score
+
+    out, _ = membership_run
+    table, strata = pd.read_parquet(out / "attacks.parquet"), pd.read_parquet(out / "metrics_by_duplication.parquet")
+    copies = TrainingData(load_family(micro_family).data.prefix).samples.set_index("sample_idx")["max_doc_copies"]
+    assert set(strata.stratum) == {"seen once", "duplicated"}
+    for row in strata.itertuples():
+        g = table[(table.model == row.model) & (table.revision == row.revision)]
+        assert row.step == table[table.model == row.model].step.max()
+        member = (g.split == "member").to_numpy()
+        duplicated = g.sample_idx.map(copies).to_numpy() > 1
+        keep = ~member | (duplicated if row.stratum == "duplicated" else ~duplicated)
+        assert row.n_members == (member & keep).sum() and row.n_nonmembers == (~member).sum()
+        assert row.auroc == roc_auc_score(member[keep], ATTACKS[row.attack] * g[row.attack].to_numpy()[keep])
+    last = strata.groupby(["model", "attack"]).n_members.sum()
+    assert (last == (table.split == "member").sum() // table.groupby(["model", "revision"]).ngroups).all()
+
+
 def test_balanced_seeded_sampling(micro_family, tmp_path):
     family = load_family(micro_family)
     plan = lambda seed, samples=None: plan_membership(family, tmp_path / "o", "train", "heldout", samples=samples, seed=seed)  # noqa: E731

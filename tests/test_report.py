@@ -74,6 +74,7 @@ def test_captions_state_numbers(reports):
     assert re.search(r"reproduces [\d.]+% of samples exactly at context \d+ / continuation \d+", captions[0])
     # the membership caption sets the final AUROC beside the same attack's on the untrained model
     assert re.search(r"The same attack on the untrained model \(step0\) reaches \d\.\d{3}", (reports / "index.html").read_text())
+    assert re.search(r"By duplication, at step\d+: \S+'s \S+ attack reaches AUROC \d\.\d{3}", (reports / "index.md").read_text())
     # `memdyn run` ran the capacity stage: the overview states bits memorized per size
     assert re.search(r"\d+ bits", (reports / "index.html").read_text())
 

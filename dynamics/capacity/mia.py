@@ -12,6 +12,10 @@ A membership directory holds:
   metrics.parquet/.csv one row per (model, revision, attack): AUROC with its 95% bootstrap interval,
                        TPR at 1% and 0.1% FPR, sample counts (see dynamics/capacity/attacks.py)
   roc.parquet          the ROC curves (fpr, tpr) behind the metrics
+  metrics_by_duplication.parquet  (members from a memdyn family's training data) the same metrics
+                       at each model's last checkpoint for two strata of members, each against all
+                       non-members: "seen once" (every document of the sample occurs once in the
+                       training stream) and "duplicated" (it touches a duplicated document)
   roc-<model>.png/.svg ROC curves of every attack at the model's latest checkpoint scored
 Members and non-members are balanced: n = min(pool sizes, --samples) of each, drawn with the seed.
 Under `accelerate launch` each process takes every world_size-th job (dynamics/scoring/table.py).
@@ -174,10 +178,35 @@ def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.Data
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
 
 
+STRATA = ("seen once", "duplicated")
+
+
+def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan) -> pd.DataFrame | None:
+    """Metrics at each model's last checkpoint of the members seen once and of those touching a
+    duplicated document, each against all non-members: duplication makes membership easy, so the
+    pooled AUROC mixes two problems. None when the members' data has no memdyn per-sample table."""
+    from dynamics.family.data import TrainingData
+
+    samples = TrainingData(plan.prefixes["member"]).samples
+    if samples is None or "max_doc_copies" not in samples:
+        return None
+    copies = samples.set_index("sample_idx")["max_doc_copies"]
+    last = t[t.step == t.groupby("model").step.transform("max")]
+    member, nonmember = last[last.split == "member"], last[last.split == "nonmember"]
+    duplicated = member.sample_idx.map(copies).to_numpy() > 1
+    parts = []
+    for stratum, chosen in zip(STRATA, (~duplicated, duplicated)):
+        if chosen.any():
+            parts.append(attack_table_metrics(pd.concat([member[chosen], nonmember]), plan)[0].assign(stratum=stratum))
+    return pd.concat(parts, ignore_index=True).drop(columns="members_seen") if parts else None
+
+
 def finish(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     t = attacks_table(out, plan)
     metrics, roc = attack_table_metrics(t, plan)
-    for name, table in (("attacks.parquet", t), ("metrics.parquet", metrics), ("roc.parquet", roc)):
+    by_duplication = duplication_metrics(t, plan)
+    tables = [("attacks.parquet", t), ("metrics.parquet", metrics), ("roc.parquet", roc)]
+    for name, table in tables + ([("metrics_by_duplication.parquet", by_duplication)] if by_duplication is not None else []):
         with atomic_path(out / name) as tmp:
             table.to_parquet(tmp, index=False)
     with atomic_path(out / "metrics.csv") as tmp:

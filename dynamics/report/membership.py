@@ -111,4 +111,20 @@ def membership_section(run: Workdir, model: str | None = None) -> Section:
         "Attacks at the final checkpoint: loss, zlib ratio, min-k% (k = 10, 20), min-k%++ (k = 20) and the reference "
         "ratio (dynamics/capacity/attacks.py); AUROC with a 95% stratified bootstrap interval, TPR at the ROC point "
         "with FPR <= 1% and <= 0.1% (no interpolation). Members: training samples; non-members: held-out samples.")))
+    strata = _read(run, "metrics_by_duplication")
+    if strata is not None and len(strata[strata.model == shown]):
+        own = strata if model is None else strata[strata.model == model]
+        table = metrics_table(own).drop(columns="n").assign(stratum=own.stratum.to_numpy(), members=own.n_members.to_numpy())
+        section.blocks.append(Table(table, duplication_caption(strata, shown)))
     return section
+
+
+def duplication_caption(strata: pd.DataFrame, model: str) -> str:
+    """What the strongest attack does on members seen once against members touching a duplicated document."""
+    own = strata[strata.model == model]
+    best = own.sort_values("auroc", ascending=False).attack.iloc[0]
+    who = {"seen once": "members seen once (their documents occur once in the training stream)",
+           "duplicated": "members touching a duplicated document"}
+    parts = [f"{r.auroc:.3f} (95% CI {r.auroc_lo:.3f}-{r.auroc_hi:.3f}) on the {r.n_members} {who[r.stratum]}"
+             for r in own[own.attack == best].itertuples()]
+    return f"By duplication, at {own.revision.iloc[0]}: {model}'s {best} attack reaches AUROC {' and '.join(parts)}, each against all non-members."
