@@ -188,8 +188,13 @@ def predictor_table(metrics: dict[str, dict], sizes: list[str]) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     if t.empty:
         return t
-    t["order"] = t["size"].map({s: i for i, s in enumerate(sizes)})
-    return t.sort_values(["order", "mode"]).drop(columns="order").reset_index(drop=True)
+    return in_size_order(t, sizes, "size", "mode").reset_index(drop=True)
+
+
+def in_size_order(rows: pd.DataFrame, sizes: list[str], column: str = "model", *then: str) -> pd.DataFrame:
+    """Rows with their sizes (`column`) in the order of `sizes`, smallest first, then by `then`."""
+    rank = rows[column].map({s: i for i, s in enumerate(sizes)})
+    return rows.assign(_rank=rank).sort_values(["_rank", *then], kind="stable").drop(columns="_rank")
 
 
 def predictor(t: pd.DataFrame) -> str:

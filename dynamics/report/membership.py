@@ -113,7 +113,7 @@ def membership_section(run: Workdir, model: str | None = None) -> Section:
         "with FPR <= 1% and <= 0.1% (no interpolation). Members: training samples; non-members: held-out samples.")))
     strata = _read(run, "metrics_by_duplication")
     if strata is not None and len(strata[strata.model == shown]):
-        own = strata if model is None else strata[strata.model == model]
+        own = _final(strata if model is None else strata[strata.model == model])  # (the strata hold the last checkpoints)
         table = metrics_table(own).drop(columns="n").assign(stratum=own.stratum.to_numpy(), members=own.n_members.to_numpy())
         section.blocks.append(Table(table, duplication_caption(strata, shown)))
     return section

@@ -9,7 +9,7 @@ import pandas as pd
 
 from dynamics.analyses import plots
 from dynamics.report.document import Figure, Section, Table, Text
-from dynamics.report.findings import pct
+from dynamics.report.findings import in_size_order, pct
 from dynamics.workdir import Workdir
 
 MISSING = "The analyses stage has not run on this work directory ({what}): `memdyn run --workdir {root}` runs it."
@@ -30,12 +30,6 @@ def table(run: Workdir, name: str) -> pd.DataFrame | None:
 
 def _final(t: pd.DataFrame) -> pd.DataFrame:
     return t[t["step"] == t.groupby("model")["step"].transform("max")]
-
-
-def _by_size(rows: pd.DataFrame, sizes: list[str], *then: str) -> pd.DataFrame:
-    """Rows of `sizes` only, smallest model first (as every other table), then by `then`."""
-    rank = rows["model"].map({m: i for i, m in enumerate(sizes)})
-    return rows[rank.notna()].assign(_rank=rank).sort_values(["_rank", *then], kind="stable").drop(columns="_rank")
 
 
 def _ci(lo: float, hi: float, fmt: str = "{:+.2f}") -> str:
@@ -86,7 +80,8 @@ def duplication_section(run: Workdir, model: str | None = None) -> Section:
                 if len(mine) else f"No checkpoint of the {shown} model has a slope: too few memorized samples, or all at one count.")
         section.blocks.append(Figure.of("dose_slopes", plots.plot_slopes(own, sizes), text))
     docs = _final(fits[fits["measure"] == "max_doc_copies"])
-    rows = pd.concat([_by_size(ff, sizes), _by_size(docs, sizes)])  # the span's count first, then the documents'
+    # the span's count first, then the documents', each with the sizes smallest first
+    rows = pd.concat([in_size_order(t[t["model"].isin(sizes)], sizes) for t in (ff, docs)])
     rows = rows[["model", "step", "measure", "n", "memorized", "slope", "slope_lo", "slope_hi", "spearman"]]
     section.blocks.append(Table(rows.round(3).reset_index(drop=True),
                                 "Logistic fit of memorized (score 1) on log2 of the span's occurrences (span_count) and of "
@@ -143,7 +138,7 @@ def canary_section(run: Workdir, model: str | None = None) -> Section:
         section.blocks.append(Figure.of("canary_forgetting", plots.plot_forgetting(forget, sizes), forgetting_caption(forget, shown)))
     cols = ["model", "kind", "count", "n", "memorized", "share", "mean_score", "exposure", "exposure_lo", "exposure_hi",
             "exposure_empirical"]
-    rows = _by_size(by_count, sizes, "count")
+    rows = in_size_order(by_count[by_count["model"].isin(sizes)], sizes, "model", "count")
     rows = rows.sort_values("kind", kind="stable")[cols].round(3).reset_index(drop=True)  # all, tokens, words
     section.blocks.append(Table(rows, "Per size, kind and repetition count at the final checkpoint: memorized canaries "
                                 "(score 1 on the last min(16, L/2) tokens) and mean exposure (Carlini et al. 2019; "
