@@ -86,8 +86,8 @@ def _capacity(r: _Run) -> None:
 def _membership(r: _Run) -> None:
     from dynamics.capacity.mia import run_membership
 
-    run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all", seed=r.seed,
-                   dtype=r.dtype, workers=cores(), replace_stale=True)
+    run_membership(r.family, r.w.membership_dir, members="train", nonmembers="heldout", revisions="all",
+                   samples=r.preset.membership_samples, seed=r.seed, dtype=r.dtype, workers=cores(), replace_stale=True)
 
 
 def _analyses(r: _Run) -> None:

@@ -123,6 +123,31 @@ def test_stream_is_cut_at_one_pass_and_leaves_later_documents_unused(tmp_path):
     assert set(pd.read_parquet(tmp_path / "documents.parquet").doc_id).isdisjoint(packed.unused)
 
 
+def test_heldout_split_is_filled_from_the_pool_without_changing_training(tmp_path):
+    rng = np.random.default_rng(2)
+    tokens = _doc_tokens(70, rng)
+    docs = [Document(f"d{i}", "", "code") for i in range(70)]
+    plain = pack_documents(tokens[:40], docs[:40], tmp_path / "plain", 15, 0, 0.2, np.uint16, target_samples=20, batch_size=4)
+    pool = (docs[40:], tokens[40:])
+    packed = pack_documents(tokens[:40], docs[:40], tmp_path / "full", 15, 0, 0.2, np.uint16, target_samples=20,
+                            batch_size=4, heldout_pool=pool, heldout_samples=30)
+    # the training stream and its documents are those without the pool; the held-out split is filled to 30
+    assert (tmp_path / "plain" / "train.bin").read_bytes() == (tmp_path / "full" / "train.bin").read_bytes()
+    assert plain.unused == packed.unused and plain.n_heldout < packed.n_heldout == 30
+    table = pd.read_parquet(tmp_path / "full" / "documents.parquet")
+    added = table[table.doc_id >= 40]
+    assert len(added) and (added.split == "heldout").all() and (added.copies == 1).all()
+    assert list(added.name) == [d.name for d in docs[40 : 40 + len(added)]]  # taken in order, only as many as needed
+    assert len(added) < len(pool[0]) and packed.n_documents == len(table)
+    held = megatron.IndexedDataset(tmp_path / "full" / "heldout")
+    owners = {int(t - 2) // 1000 for t in held.tokens() if t}
+    assert owners <= set(table.doc_id[table.split == "heldout"]) and owners & set(added.doc_id)
+    # a held-out split that already holds more is cut to heldout_samples
+    few = pack_documents(tokens[:40], docs[:40], tmp_path / "few", 15, 0, 0.2, np.uint16, target_samples=20, batch_size=4,
+                         heldout_pool=pool, heldout_samples=2)
+    assert few.n_heldout == 2
+
+
 def test_duplicate_counts_are_log_uniform_and_seeded():
     lengths = np.full(20_000, 10)
     split, copies = plan_documents(lengths, Duplication(share=0.2, max_copies=100), 0.1, None, np.random.default_rng(0))

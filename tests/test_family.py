@@ -311,6 +311,12 @@ def test_world_contract(micro_family):
         head = np.lib.stride_tricks.sliding_window_view(other, 8)
         assert not (head == np.asarray(tokens[:8])).all(1).any()  # never in held-out or reference data
     assert sum(len(v) for v in on_rows.values()) == canaries["count"].sum()
+    # the held-out split is filled from documents beyond the world's, which no model trains on
+    held_docs = set(docs.name[docs.split == "heldout"])
+    assert manifest["corpus"]["heldout_samples"] == p.heldout_samples == len(IndexedDataset(micro_family / "data" / "heldout"))
+    assert not held_docs & set(docs.name[docs.split == "train"])
+    assert not held_docs & set(read_json(micro_family / "data" / "reference.json")["reference_docs"])
+    assert manifest["corpus"]["documents"] == len(docs)
 
 
 def test_old_family_layout_loads_and_names_the_rebuild(micro_family, tmp_path):

@@ -35,7 +35,7 @@ from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_model, load_reference_model, load_tokenizer, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
-from dynamics import manifest
+from dynamics import manifest, seeds
 from dynamics.files import atomic_path, check_output_folder, read_json, settings_record, write_json
 from dynamics.lock import locks_output
 
@@ -78,14 +78,18 @@ def _reference_location(family: FamilySpec, size: str, reference: str | None) ->
     return reference
 
 
-def members_and_nonmembers(family: FamilySpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(member sample indices, member samples [M, L], held-out samples [K, L])."""
+def members_and_nonmembers(family: FamilySpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(member sample indices, member samples [M, L], held-out samples [K, L]): at most as many
+    held-out samples as members, a seeded draw where the held-out split holds more."""
     if family.kind != "local" or not family.references:
         raise MemdynError(f"family {family.name!r} records no member/reference split: run `memdyn family references DIR` on it")
     members = np.asarray(read_json(family.root / family.references["members"])["members"], dtype=np.int64)
     train = IndexedDataset(family.data.prefix)
     held = IndexedDataset(family.data.heldout_prefix)
-    return members, np.asarray(train.batch(0, len(train))[members]), np.asarray(held.batch(0, len(held)))
+    held = np.asarray(held.batch(0, len(held)))
+    if len(held) > len(members):
+        held = held[np.sort(seeds.rng(seed, "capacity held-out").choice(len(held), size=len(members), replace=False))]
+    return members, np.asarray(train.batch(0, len(train))[members]), held
 
 
 def _is_text_capacity(out: Path) -> bool:
@@ -121,7 +125,7 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
     sizes = family.select(models)
     dev = resolve_device(device)
     resolve_dtype(dtype, dev)  # fp16 on a CPU fails here, before any model loads
-    members, member_samples, heldout = members_and_nonmembers(family)
+    members, member_samples, heldout = members_and_nonmembers(family, seed)
     if len(members) < 2 or len(heldout) < 2:
         raise MemdynError(f"too few samples for capacity estimates ({len(members)} members, {len(heldout)} held out)")
     train = IndexedDataset(family.data.prefix)

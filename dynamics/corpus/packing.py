@@ -15,7 +15,8 @@ Files written under the data directory:
                      document it covers), n_docs (their number), max_doc_copies (largest `copies`
                      of those documents), canary_ids (list: canaries with a copy in it), domain (the
                      domain holding most of its tokens), domains
-  documents.parquet  one row per document of the world: doc_id, name, domain, split, n_tokens
+  documents.parquet  one row per document of the world (held-out ones from beyond it included):
+                     doc_id, name, domain, split, n_tokens
                      (end-of-document included, after the duplicated documents' cut), copies
                      (occurrences in its split's stream: training copies, 1 for held-out documents)
 """
@@ -44,6 +45,7 @@ class PackedData:
     n_heldout: int
     n_tokens: int  # tokens in all used documents (one copy each), end-of-document tokens included
     unused: list[int] = field(default_factory=list)  # documents left out of the world (target reached)
+    n_documents: int | None = None  # documents used (training and held-out; None: not known, adopted samples)
 
 
 def select_documents(docs: list[Document], seed: int, max_chars: int | None, max_doc_chars: int | None) -> list[Document]:
@@ -108,13 +110,17 @@ def pack_documents(
     target_samples: int | None = None,
     canaries: list[dict] | None = None,
     batch_size: int | None = None,
+    heldout_pool: tuple[list[Document], list[np.ndarray]] | None = None,
+    heldout_samples: int | None = None,
 ) -> PackedData:
     """Write train/heldout `.bin/.idx` and metadata for tokenized documents (EOD appended here).
 
     duplication: copies of the training documents (world.py); target_samples: documents are taken
     in order until the training stream fills so many samples, later ones are left unused
     (PackedData.unused); canaries: records of world.make_canaries, placed into the training samples
-    (their placement fields are filled in); batch_size: for the `step` column."""
+    (their placement fields are filled in); batch_size: for the `step` column; heldout_samples: the
+    held-out split holds at most so many samples, its documents then those of heldout_pool (documents
+    and tokens, taken in order while it holds fewer)."""
     if not 0 <= heldout_fraction < 1:
         raise MemdynError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     rng = np.random.default_rng(seed)
@@ -123,6 +129,8 @@ def pack_documents(
     tokens = [np.append(np.asarray(t, dtype=np.int64), EOD_ID) for t in tokens]
     split, copies = plan_documents(np.array([len(t) for t in tokens], dtype=np.int64), dup, heldout_fraction,
                                    None if target_samples is None else target_samples * length, rng)
+    if heldout_samples is not None:
+        docs, tokens, split, copies = _add_heldout(docs, tokens, split, copies, heldout_pool or ([], []), heldout_samples * length)
     if dup.doc_tokens:  # duplicated documents are boilerplate-sized
         tokens = [np.append(t[: dup.doc_tokens], EOD_ID) if c > 1 and len(t) > dup.doc_tokens + 1 else t
                   for t, c in zip(tokens, copies)]
@@ -133,7 +141,7 @@ def pack_documents(
     for name in SPLITS:
         ids = np.flatnonzero(split == name)
         occ = stream_order(np.where(split == "train", copies, 0), rng) if name == "train" else ids
-        samples, meta, kept = _pack_split(tokens, domain_ids, occ, length, target_samples if name == "train" else None, rng)
+        samples, meta, kept = _pack_split(tokens, domain_ids, occ, length, target_samples if name == "train" else heldout_samples, rng)
         if name == "train" and len(samples) == 0:
             raise MemdynError(
                 f"the corpus is too small: fewer than {length} tokens for training "
@@ -152,7 +160,21 @@ def pack_documents(
         counts[name] = len(samples)
     used = _write_tables(out_dir, pd.concat(metas, ignore_index=True), docs, tokens, split, copies, domains)
     return PackedData(counts["train"], counts["heldout"], int(sum(len(tokens[i]) for i in used)),
-                      np.flatnonzero(split == "").tolist())
+                      np.flatnonzero(split == "").tolist(), len(used))
+
+
+def _add_heldout(docs: list[Document], tokens: list[np.ndarray], split: np.ndarray, copies: np.ndarray,
+                 pool: tuple[list[Document], list[np.ndarray]], tokens_wanted: int):
+    """The pool's documents appended as held-out ones while the held-out split holds fewer than
+    tokens_wanted tokens (documents, tokens with EOD, split and copies, extended)."""
+    have = sum(len(tokens[i]) for i in np.flatnonzero(split == "heldout"))
+    take = 0
+    while take < len(pool[1]) and have < tokens_wanted:
+        have += len(pool[1][take]) + 1
+        take += 1
+    added = [np.append(np.asarray(t, dtype=np.int64), EOD_ID) for t in pool[1][:take]]
+    return ([*docs, *pool[0][:take]], tokens + added, np.concatenate([split, np.full(take, "heldout", dtype=object)]),
+            np.concatenate([copies, np.ones(take, dtype=np.int64)]))
 
 
 def _write_tables(out_dir: Path, meta: pd.DataFrame, docs: list[Document], tokens: list[np.ndarray],

@@ -161,7 +161,7 @@ def _build_data(out: Path, preset: Preset, corpus: str, text_field: str, tokeniz
         tok = AutoTokenizer.from_pretrained(out / "tokenizer")
         dtype = megatron.smallest_dtype(len(tok))
         packed, _ = build_text_world(out, preset, docs, n_world, tok, dtype, seed)
-        n_docs = n_world - len(packed.unused)
+        n_docs = packed.n_documents
     record = {
         "source": source.describe(),
         "hash": digest,

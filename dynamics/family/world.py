@@ -60,7 +60,7 @@ def _encode(tok, docs: list[Document]) -> list[np.ndarray]:
     return [np.asarray(t, dtype=np.int64) for t in ids]
 
 
-def _reference_pool(tok, docs: list[Document], tokens_needed: int, chunk: int = 256):
+def _take_documents(tok, docs: list[Document], tokens_needed: int, chunk: int = 256):
     """Documents (and their tokens) taken in order until they hold tokens_needed tokens."""
     chosen, encoded, total = [], [], 0
     for start in range(0, len(docs), chunk):
@@ -77,8 +77,9 @@ def _reference_pool(tok, docs: list[Document], tokens_needed: int, chunk: int = 
 
 
 def build_text_world(out: Path, p: Preset, docs: list[Document], n_world: int, tok, dtype, seed: int):
-    """Pack the world from docs[:n_world] (duplicates, canaries), and the reference data from the
-    world's unused documents and docs[n_world:]. Every check runs before a data file is written."""
+    """Pack the world from docs[:n_world] (duplicates, canaries), the reference data from the world's
+    unused documents and docs[n_world:], and held-out documents beyond the world's own from the
+    documents after the reference's. Every check runs before a data file is written."""
     world_docs = docs[:n_world]
     encoded = _encode(tok, world_docs)
     canaries = []
@@ -90,13 +91,17 @@ def build_text_world(out: Path, p: Preset, docs: list[Document], n_world: int, t
     ref_docs, ref_tokens = [], []
     if p.reference_samples:
         # documents after the world's candidates; the world's unused ones are added after packing
-        ref_docs, ref_tokens = _reference_pool(tok, docs[n_world:], p.reference_samples * length)
+        ref_docs, ref_tokens = _take_documents(tok, docs[n_world:], p.reference_samples * length)
+    held_docs, held_tokens = [], []
+    if p.heldout_samples:  # more held-out documents, after the reference's: no model sees them
+        held_docs, held_tokens = _take_documents(tok, docs[n_world + len(ref_docs):], p.heldout_samples * length)
     if canaries:
-        check_collisions(canaries, [np.concatenate(encoded)] + ([np.concatenate(ref_tokens)] if ref_tokens else []))
+        check_collisions(canaries, [np.concatenate(t) for t in (encoded, ref_tokens, held_tokens) if t])
     data_dir = out / "data"
     packed = pack_documents(encoded, world_docs, data_dir, p.seq_length, seed, p.heldout_fraction, dtype,
                             duplication=p.duplication, target_samples=p.steps * p.batch_size,
-                            canaries=canaries, batch_size=p.batch_size)
+                            canaries=canaries, batch_size=p.batch_size,
+                            heldout_pool=(held_docs, held_tokens), heldout_samples=p.heldout_samples)
     if canaries:
         with atomic_path(out / CANARIES) as tmp:
             pd.DataFrame(canaries).to_parquet(tmp, index=False)
