@@ -127,21 +127,29 @@ def test_heldout_split_is_filled_from_the_pool_without_changing_training(tmp_pat
     rng = np.random.default_rng(2)
     tokens = _doc_tokens(70, rng)
     docs = [Document(f"d{i}", "", "code") for i in range(70)]
-    plain = pack_documents(tokens[:40], docs[:40], tmp_path / "plain", 15, 0, 0.2, np.uint16, target_samples=20, batch_size=4)
+    dup = Duplication(share=0.3, max_copies=20, doc_tokens=30)
+    plain = pack_documents(tokens[:40], docs[:40], tmp_path / "plain", 15, 0, 0.2, np.uint16, duplication=dup,
+                           target_samples=20, batch_size=4)
     pool = (docs[40:], tokens[40:])
-    packed = pack_documents(tokens[:40], docs[:40], tmp_path / "full", 15, 0, 0.2, np.uint16, target_samples=20,
-                            batch_size=4, heldout_pool=pool, heldout_samples=30)
-    # the training stream and its documents are those without the pool; the held-out split is filled to 30
+    packed = pack_documents(tokens[:40], docs[:40], tmp_path / "full", 15, 0, 0.2, np.uint16, duplication=dup,
+                            target_samples=20, batch_size=4, heldout_pool=pool, heldout_samples=80)
+    # the training stream and its documents are those without the pool; the held-out split is filled to 80
     assert (tmp_path / "plain" / "train.bin").read_bytes() == (tmp_path / "full" / "train.bin").read_bytes()
-    assert plain.unused == packed.unused and plain.n_heldout < packed.n_heldout == 30
+    assert plain.unused == packed.unused and plain.n_heldout < packed.n_heldout == 80
     table = pd.read_parquet(tmp_path / "full" / "documents.parquet")
     added = table[table.doc_id >= 40]
-    assert len(added) and (added.split == "heldout").all() and (added.copies == 1).all()
+    assert len(added) and (added.split == "heldout").all()
     assert list(added.name) == [d.name for d in docs[40 : 40 + len(added)]]  # taken in order, only as many as needed
     assert len(added) < len(pool[0]) and packed.n_documents == len(table)
     held = megatron.IndexedDataset(tmp_path / "full" / "heldout")
-    owners = {int(t - 2) // 1000 for t in held.tokens() if t}
-    assert owners <= set(table.doc_id[table.split == "heldout"]) and owners & set(added.doc_id)
+    owners = (held.tokens()[held.tokens() != 0].astype(np.int64) - 2) // 1000
+    assert set(owners) <= set(table.doc_id[table.split == "heldout"]) and set(owners) & set(added.doc_id)
+    # held-out documents are duplicated as training ones are, and each copy is counted
+    held_docs = table[table.split == "heldout"].set_index("doc_id")
+    seen = np.bincount(owners, minlength=held_docs.index.max() + 1)[held_docs.index]
+    n_tok = held_docs.n_tokens - 1
+    assert ((seen <= held_docs.copies * n_tok) & (seen > (held_docs.copies - 1) * n_tok)).all()
+    assert (held_docs.copies > 1).any() and (held_docs.loc[held_docs.copies > 1, "n_tokens"] <= 31).all()
     # a held-out split that already holds more is cut to heldout_samples
     few = pack_documents(tokens[:40], docs[:40], tmp_path / "few", 15, 0, 0.2, np.uint16, target_samples=20, batch_size=4,
                          heldout_pool=pool, heldout_samples=2)
@@ -155,7 +163,8 @@ def test_duplicate_counts_are_log_uniform_and_seeded():
     assert 0.17 < len(dup) / (split == "train").sum() < 0.23 and dup.min() == 2 and dup.max() == 100
     # log-uniform: as many counts in [2, 10) as in [20, 100)
     assert abs(((dup >= 2) & (dup < 10)).mean() - ((dup >= 20) & (dup < 100)).mean()) < 0.03
-    assert (copies[split == "heldout"] == 1).all()
+    held = copies[split == "heldout"]  # duplicated by the same rule, in a stream of their own
+    assert 0.17 < (held > 1).mean() < 0.23 and held.max() <= 100
     again = plan_documents(lengths, Duplication(share=0.2, max_copies=100), 0.1, None, np.random.default_rng(0))
     assert np.array_equal(again[1], copies)
 

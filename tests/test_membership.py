@@ -115,21 +115,24 @@ def test_bootstrap_auroc_equals_sklearn_on_every_resample_with_ties():
 
 
 def test_metrics_by_duplication(micro_family, membership_run):
-    """Members seen once and members touching a duplicated document, each against all non-members,
-    at each model's last checkpoint: the AUROC equals scikit-learn's on that subset."""
+    """Members seen once and members touching a duplicated document, each against the non-members of
+    its kind (held-out documents are duplicated by the same rule), at each model's last checkpoint:
+    the AUROC equals scikit-learn's on that subset."""
     from sklearn.metrics import roc_auc_score
 
     out, _ = membership_run
     table, strata = pd.read_parquet(out / "attacks.parquet"), pd.read_parquet(out / "metrics_by_duplication.parquet")
-    copies = TrainingData(load_family(micro_family).data.prefix).samples.set_index("sample_idx")["max_doc_copies"]
-    assert set(strata.stratum) == {"seen once", "duplicated"}
+    data = load_family(micro_family).data
+    copies = {split: TrainingData(prefix).samples["max_doc_copies"]
+              for split, prefix in (("member", data.prefix), ("nonmember", data.heldout_prefix))}
+    assert set(strata.stratum) == {"seen once", "duplicated"} and strata.matched.all()
     for row in strata.itertuples():
         g = table[(table.model == row.model) & (table.revision == row.revision)]
         assert row.step == table[table.model == row.model].step.max()
         member = (g.split == "member").to_numpy()
-        duplicated = g.sample_idx.map(copies).to_numpy() > 1
-        keep = ~member | (duplicated if row.stratum == "duplicated" else ~duplicated)
-        assert row.n_members == (member & keep).sum() and row.n_nonmembers == (~member).sum()
+        duplicated = np.where(member, g.sample_idx.map(copies["member"]), g.sample_idx.map(copies["nonmember"])) > 1
+        keep = duplicated if row.stratum == "duplicated" else ~duplicated
+        assert row.n_members == (member & keep).sum() and row.n_nonmembers == (~member & keep).sum()
         assert row.auroc == roc_auc_score(member[keep], ATTACKS[row.attack] * g[row.attack].to_numpy()[keep])
     last = strata.groupby(["model", "attack"]).n_members.sum()
     assert (last == (table.split == "member").sum() // table.groupby(["model", "revision"]).ngroups).all()

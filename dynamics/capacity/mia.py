@@ -181,23 +181,36 @@ def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.Data
 STRATA = ("seen once", "duplicated")
 
 
-def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan) -> pd.DataFrame | None:
-    """Metrics at each model's last checkpoint of the members seen once and of those touching a
-    duplicated document, each against all non-members: duplication makes membership easy, so the
-    pooled AUROC mixes two problems. None when the members' data has no memdyn per-sample table."""
+def _duplicated(samples: pd.DataFrame, prefix: str) -> np.ndarray | None:
+    """Per row of `samples` (one split of an attacks table): does it touch a document with more than
+    one copy in its stream? None when the data has no memdyn per-sample table."""
     from dynamics.family.data import TrainingData
 
-    samples = TrainingData(plan.prefixes["member"]).samples
-    if samples is None or "max_doc_copies" not in samples:
+    table = TrainingData(prefix).samples
+    if table is None or "max_doc_copies" not in table:
         return None
-    copies = samples.set_index("sample_idx")["max_doc_copies"]
+    return samples.sample_idx.map(table["max_doc_copies"]).to_numpy() > 1
+
+
+def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan) -> pd.DataFrame | None:
+    """Metrics at each model's last checkpoint of the members seen once and of those touching a
+    duplicated document: duplication makes membership easy, so the pooled AUROC mixes two problems.
+    Each stratum is set against the non-members of its kind where memdyn packed them (held-out
+    documents are duplicated by the training stream's rule in a stream of their own, and duplicated
+    documents are cut to their beginnings, text unlike the rest), else against all of them
+    (`matched`). None when the members' data has no memdyn per-sample table."""
     last = t[t.step == t.groupby("model").step.transform("max")]
     member, nonmember = last[last.split == "member"], last[last.split == "nonmember"]
-    duplicated = member.sample_idx.map(copies).to_numpy() > 1
+    duplicated = _duplicated(member, plan.prefixes["member"])
+    if duplicated is None:
+        return None
+    held = _duplicated(nonmember, plan.prefixes["nonmember"])
     parts = []
-    for stratum, chosen in zip(STRATA, (~duplicated, duplicated)):
-        if chosen.any():
-            parts.append(attack_table_metrics(pd.concat([member[chosen], nonmember]), plan)[0].assign(stratum=stratum))
+    for stratum, chosen, kind in zip(STRATA, (~duplicated, duplicated), (False, True)):
+        against = nonmember if held is None else nonmember[held == kind]
+        if chosen.any() and len(against):
+            parts.append(attack_table_metrics(pd.concat([member[chosen], against]), plan)[0]
+                         .assign(stratum=stratum, matched=held is not None))
     return pd.concat(parts, ignore_index=True).drop(columns="members_seen") if parts else None
 
 

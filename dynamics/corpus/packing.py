@@ -18,7 +18,9 @@ Files written under the data directory:
   documents.parquet  one row per document of the world (held-out ones from beyond it included):
                      doc_id, name, domain, split, n_tokens
                      (end-of-document included, after the duplicated documents' cut), copies
-                     (occurrences in its split's stream: training copies, 1 for held-out documents)
+                     (occurrences in its split's stream: held-out documents are duplicated by the
+                     training stream's rule in a stream of their own, so non-members are drawn as
+                     members are)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pandas as pd
 from dynamics.corpus import megatron
 from dynamics.corpus.sources import Document
 from dynamics.corpus.tokenizer import EOD_ID
-from dynamics.corpus.world import Duplication, place_canaries, plan_documents, stream_order
+from dynamics.corpus.world import Duplication, draw_copies, place_canaries, plan_documents, stream_order, stream_tokens
 from dynamics.errors import MemdynError
 from dynamics.files import atomic_path
 
@@ -130,7 +132,8 @@ def pack_documents(
     split, copies = plan_documents(np.array([len(t) for t in tokens], dtype=np.int64), dup, heldout_fraction,
                                    None if target_samples is None else target_samples * length, rng)
     if heldout_samples is not None:
-        docs, tokens, split, copies = _add_heldout(docs, tokens, split, copies, heldout_pool or ([], []), heldout_samples * length)
+        docs, tokens, split, copies = _add_heldout(docs, tokens, split, copies, heldout_pool or ([], []),
+                                                   heldout_samples * length, dup, np.random.default_rng([seed, 17]))
     if dup.doc_tokens:  # duplicated documents are boilerplate-sized
         tokens = [np.append(t[: dup.doc_tokens], EOD_ID) if c > 1 and len(t) > dup.doc_tokens + 1 else t
                   for t, c in zip(tokens, copies)]
@@ -139,16 +142,15 @@ def pack_documents(
     out_dir = Path(out_dir)
     metas, counts = [], {}
     for name in SPLITS:
-        ids = np.flatnonzero(split == name)
-        occ = stream_order(np.where(split == "train", copies, 0), rng) if name == "train" else ids
+        occ = stream_order(np.where(split == name, copies, 0), rng)
         samples, meta, kept = _pack_split(tokens, domain_ids, occ, length, target_samples if name == "train" else heldout_samples, rng)
+        copies = np.where(split == name, kept, copies)  # copies cut off at the end of the stream
         if name == "train" and len(samples) == 0:
             raise MemdynError(
                 f"the corpus is too small: fewer than {length} tokens for training "
                 "(use a larger corpus or a shorter --seq-length)"
             )
         if name == "train":
-            copies = np.where(split == "train", kept, copies)  # copies cut off at the end of the stream
             per_sample = place_canaries(samples, canaries, batch_size or 1, rng) if canaries else [[]] * len(samples)
             meta["canary_ids"] = [per_sample[i] for i in meta.sample_idx]
         else:
@@ -164,17 +166,21 @@ def pack_documents(
 
 
 def _add_heldout(docs: list[Document], tokens: list[np.ndarray], split: np.ndarray, copies: np.ndarray,
-                 pool: tuple[list[Document], list[np.ndarray]], tokens_wanted: int):
-    """The pool's documents appended as held-out ones while the held-out split holds fewer than
-    tokens_wanted tokens (documents, tokens with EOD, split and copies, extended)."""
-    have = sum(len(tokens[i]) for i in np.flatnonzero(split == "heldout"))
+                 pool: tuple[list[Document], list[np.ndarray]], tokens_wanted: int, dup: Duplication, rng):
+    """The pool's documents appended as held-out ones, with copies drawn by the duplication rule,
+    while the held-out stream holds fewer than tokens_wanted tokens (documents, tokens with EOD,
+    split and copies, extended)."""
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    have = int(stream_tokens(lengths, copies, dup)[split == "heldout"].sum())
+    pool_copies = draw_copies(len(pool[1]), dup, rng)
+    pool_sizes = stream_tokens(np.array([len(t) + 1 for t in pool[1]], dtype=np.int64), pool_copies, dup)
     take = 0
     while take < len(pool[1]) and have < tokens_wanted:
-        have += len(pool[1][take]) + 1
+        have += int(pool_sizes[take])
         take += 1
     added = [np.append(np.asarray(t, dtype=np.int64), EOD_ID) for t in pool[1][:take]]
     return ([*docs, *pool[0][:take]], tokens + added, np.concatenate([split, np.full(take, "heldout", dtype=object)]),
-            np.concatenate([copies, np.ones(take, dtype=np.int64)]))
+            np.concatenate([copies, pool_copies[:take]]))
 
 
 def _write_tables(out_dir: Path, meta: pd.DataFrame, docs: list[Document], tokens: list[np.ndarray],

@@ -87,28 +87,38 @@ class CanarySettings:
 # ---------------------------------------------------------------------------- duplication
 
 
+def draw_copies(n: int, dup: Duplication, rng: np.random.Generator) -> np.ndarray:
+    """Copies of n documents: 1, or for a `dup.share` of them a log-uniform count in [2, max_copies]."""
+    duplicated = rng.random(n) < dup.share
+    counts = np.floor(np.exp(rng.uniform(math.log(2), math.log(dup.max_copies + 1), n))).astype(np.int64)
+    return np.where(duplicated, counts, 1)
+
+
+def stream_tokens(lengths: np.ndarray, copies: np.ndarray, dup: Duplication) -> np.ndarray:
+    """Tokens each document puts into its stream: its copies times its length, duplicated ones cut."""
+    cut = np.minimum(lengths, dup.doc_tokens + 1) if dup.doc_tokens else lengths
+    return copies * np.where(copies > 1, cut, lengths)
+
+
 def plan_documents(lengths: np.ndarray, dup: Duplication, heldout_fraction: float, target_tokens: int | None,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(split per document: "train" | "heldout" | "" for unused, copies per document) for documents
     of `lengths` tokens (end-of-document included), taken in order until the training stream of all
-    copies holds `target_tokens` (None: use every document)."""
+    copies holds `target_tokens` (None: use every document). Held-out documents are duplicated by
+    the same rule in a stream of their own, so that non-members are drawn as members are."""
     dup.check()
     n = len(lengths)
     split = np.full(n, "", dtype=object)
     copies = np.zeros(n, dtype=np.int64)
     heldout = rng.random(n) < heldout_fraction
-    duplicated = rng.random(n) < dup.share
-    counts = np.floor(np.exp(rng.uniform(math.log(2), math.log(dup.max_copies + 1), n))).astype(np.int64)
+    drawn = draw_copies(n, dup, rng)
+    sizes = stream_tokens(lengths, drawn, dup)
     total = 0
     for i in range(n):
         if target_tokens is not None and total >= target_tokens:
             break
-        if heldout[i]:
-            split[i], copies[i] = "heldout", 1
-            continue
-        split[i], copies[i] = "train", counts[i] if duplicated[i] else 1
-        size = min(lengths[i], dup.doc_tokens + 1) if duplicated[i] and dup.doc_tokens else lengths[i]
-        total += copies[i] * size
+        split[i], copies[i] = "heldout" if heldout[i] else "train", drawn[i]
+        total += 0 if heldout[i] else sizes[i]
     return split, copies
 
 

@@ -125,6 +125,10 @@ def duplication_caption(strata: pd.DataFrame, model: str) -> str:
     best = own.sort_values("auroc", ascending=False).attack.iloc[0]
     who = {"seen once": "members seen once (their documents occur once in the training stream)",
            "duplicated": "members touching a duplicated document"}
+    rows = list(own[own.attack == best].itertuples())
+    matched = "matched" in own and bool(own.matched.all())
     parts = [f"{r.auroc:.3f} (95% CI {r.auroc_lo:.3f}-{r.auroc_hi:.3f}) on the {r.n_members} {who[r.stratum]}"
-             for r in own[own.attack == best].itertuples()]
-    return f"By duplication, at {own.revision.iloc[0]}: {model}'s {best} attack reaches AUROC {' and '.join(parts)}, each against all non-members."
+             + (f" against {r.n_nonmembers} non-members of the same kind" if matched else "") for r in rows]
+    against = ("; held-out documents are duplicated by the training stream's rule in a stream of their own, so each kind "
+               "of member has non-members of its kind" if matched else ", each against all non-members")
+    return f"By duplication, at {own.revision.iloc[0]}: {model}'s {best} attack reaches AUROC {' and '.join(parts)}{against}."
