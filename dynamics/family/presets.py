@@ -52,7 +52,8 @@ class Preset:
     members: int = 512  # training samples whose unintended memorization is measured (seeded subset)
     # the held-out split is filled up to so many samples with documents that neither the world nor the
     # reference uses (None: the world's held-out documents alone), so that non-members, like members,
-    # come from many documents; `memdyn run`'s membership stage draws `membership_samples` of each side
+    # come from many documents (duplicated by the training rule); `memdyn run`'s membership stage draws
+    # `membership_samples` of each side
     heldout_samples: int | None = None
     membership_samples: int | None = None
     # training samples `memdyn run` scores, among those that hold no canary copy (a seeded subset; None: all)
@@ -123,8 +124,9 @@ PRESETS: dict[str, Preset] = {
         # 4.2m's training and still codes the members far below the unigram model (see README)
         reference_shape=ModelShape(3, 160, 5), reference_samples=3200, members=512, scored_samples=2000,
         checkpoint_samples=1000, first_log_step=16,
-        # the world's own held-out documents are 19 (four of them codec tables, 40% of the 272 held-out samples):
-        # an untrained model's zlib and reference ratios told its non-members from the members at AUROC 0.64 and 0.66
+        # the world's own held-out documents are 19 (four of them codec tables, 40% of their 272 samples), none
+        # duplicated: an untrained 4.2m told them from the members at AUROC 0.64 (zlib ratio) and 0.66 (reference
+        # ratio); with these 2000, 0.495 and 0.568 (benchmarks/FINDINGS.md, "Members and non-members drawn alike")
         heldout_samples=2000, membership_samples=256,
         # 3 folds of 10 epochs: the stage takes 312 s instead of 938; the context predictors' AUROC
         # moves from 0.83 / 0.80 / 0.77 (617k / 1.6m / 4.2m, 5 folds of 20) to 0.85 / 0.75 / 0.69
