@@ -5,6 +5,7 @@ import pytest
 from dynamics.capacity.text import text_capacity, unigram_bits_per_token
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
+from dynamics.family.data import TrainingData
 from dynamics.family.spec import load_family
 from dynamics.files import read_json
 from tests.conftest import run_cli
@@ -35,6 +36,12 @@ def test_text_capacity_on_micro(micro_family, micro_workdir):
     # the largest micro model memorizes most of its samples verbatim: it stores more bits than the smallest
     assert table.bits_memorized.iloc[-1] > table.bits_memorized.iloc[0]
     assert ((table.mi_auroc >= 0) & (table.mi_auroc <= 1)).all()
+    # the attack sets the members that hold no canary copy against as many held-out samples
+    data = micro_workdir / "family" / "data"
+    canary_free = len(np.setdiff1d(read_json(data / "reference.json")["members"], TrainingData(str(data / "train")).canary_samples))
+    held = min(canary_free, len(IndexedDataset(data / "heldout")))
+    assert 0 < canary_free < table.n_members.iloc[0]
+    assert (table.mi_members == canary_free).all() and (table.n_heldout == held).all()
     assert (micro_workdir / "capacity" / "membership_sigmoid.png").is_file()
 
 

@@ -9,7 +9,8 @@ For a member sample x (trained on by the target model t, never by the reference 
 The first token of a sample has no context and is not scored, under any of the three.
 Dataset totals extrapolate the members' mean to every training sample; bits per parameter divides
 that total by the target's parameter count. Membership inference (loss threshold) compares the
-target's loss on members with held-out samples no model of the family trained on.
+target's loss on the members that hold no canary copy with as many held-out samples, which no
+model of the family trained on.
 
 Reference models: `memdyn family references DIR` trains them (family.json "references"; `memdyn
 run` does this in its capacity stage). In the embedded world that is one model of the preset's
@@ -33,6 +34,7 @@ from dynamics.capacity.bits import LN2
 from dynamics.capacity.membership import fit_sigmoid, loss_threshold_attack, plot_sigmoid_fit
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
+from dynamics.family.data import TrainingData
 from dynamics.family.load import load_model, load_reference_model, load_tokenizer, resolve_device, resolve_dtype
 from dynamics.family.spec import FamilySpec
 from dynamics import manifest, seeds
@@ -78,18 +80,22 @@ def _reference_location(family: FamilySpec, size: str, reference: str | None) ->
     return reference
 
 
-def members_and_nonmembers(family: FamilySpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(member sample indices, member samples [M, L], held-out samples [K, L]): at most as many
-    held-out samples as members, a seeded draw where the held-out split holds more."""
+def members_and_nonmembers(family: FamilySpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(member sample indices, member samples [M, L], which members the membership attack uses [M],
+    held-out samples [K, L]). The attack leaves out members holding a canary copy (random strings
+    no held-out sample holds: they would tell the sides apart without any membership) and sets the
+    others against as many held-out samples, a seeded draw where the held-out split holds more."""
     if family.kind != "local" or not family.references:
         raise MemdynError(f"family {family.name!r} records no member/reference split: run `memdyn family references DIR` on it")
     members = np.asarray(read_json(family.root / family.references["members"])["members"], dtype=np.int64)
     train = IndexedDataset(family.data.prefix)
+    canaries = TrainingData(family.data.prefix).canary_samples
+    attacked = ~np.isin(members, canaries) if canaries is not None else np.ones(len(members), dtype=bool)
     held = IndexedDataset(family.data.heldout_prefix)
     held = np.asarray(held.batch(0, len(held)))
-    if len(held) > len(members):
-        held = held[np.sort(seeds.rng(seed, "capacity held-out").choice(len(held), size=len(members), replace=False))]
-    return members, np.asarray(train.batch(0, len(train))[members]), held
+    if len(held) > attacked.sum():
+        held = held[np.sort(seeds.rng(seed, "capacity held-out").choice(len(held), size=int(attacked.sum()), replace=False))]
+    return members, np.asarray(train.batch(0, len(train))[members]), attacked, held
 
 
 def _is_text_capacity(out: Path) -> bool:
@@ -125,9 +131,9 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
     sizes = family.select(models)
     dev = resolve_device(device)
     resolve_dtype(dtype, dev)  # fp16 on a CPU fails here, before any model loads
-    members, member_samples, heldout = members_and_nonmembers(family, seed)
-    if len(members) < 2 or len(heldout) < 2:
-        raise MemdynError(f"too few samples for capacity estimates ({len(members)} members, {len(heldout)} held out)")
+    members, member_samples, attacked, heldout = members_and_nonmembers(family, seed)
+    if attacked.sum() < 2 or len(heldout) < 2:
+        raise MemdynError(f"too few samples for capacity estimates ({attacked.sum()} canary-free members, {len(heldout)} held out)")
     train = IndexedDataset(family.data.prefix)
     per_token = unigram_bits_per_token(train.tokens(), len(load_tokenizer(family)))
     baseline = per_token[member_samples[:, 1:]].sum(1)
@@ -146,7 +152,7 @@ def text_capacity(family: FamilySpec, out: str | Path, *, models: list[str] | No
             del ref
         bits_r = references[location][1]
         bits_t = _sample_bits(target, member_samples, batch_size, dev)
-        attack = loss_threshold_attack(bits_t, _sample_bits(target, heldout, batch_size, dev), seed=seed)
+        attack = loss_threshold_attack(bits_t[attacked], _sample_bits(target, heldout, batch_size, dev), seed=seed)
         params = size.params or sum(p.numel() for p in target.parameters())
         per_sample.append(pd.DataFrame({
             "model": size.name, "seq_idx": members, "bits_baseline": baseline, "bits_reference": bits_r,
@@ -173,7 +179,7 @@ def _size_row(model: str, params: int, s: pd.DataFrame, n_heldout: int, train: I
         "share_reference_above_unigram": float((s.bits_reference > s.bits_baseline).mean()),
         "bits_memorized": s.unintended_bits.mean() * n_train, "generalization_bits": s.generalization_bits.mean() * n_train,
         "bits_per_param": s.unintended_bits.mean() * n_train / params,
-        "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc,
+        "mi_f1": attack.f1, "mi_f1_oracle": attack.f1_oracle, "mi_auroc": attack.auroc, "mi_members": attack.n_members,
     }
 
 
