@@ -138,6 +138,19 @@ def test_metrics_by_duplication(micro_family, membership_run):
     assert (last == (table.split == "member").sum() // table.groupby(["model", "revision"]).ngroups).all()
 
 
+def test_metrics_count_the_documents_of_each_side(micro_family, membership_run):
+    out, _ = membership_run
+    table, metrics = pd.read_parquet(out / "attacks.parquet"), pd.read_parquet(out / "metrics.parquet")
+    data = load_family(micro_family).data
+    doc_ids = {split: TrainingData(prefix).samples["doc_ids"]
+               for split, prefix in (("member", data.prefix), ("nonmember", data.heldout_prefix))}
+    for row in metrics.itertuples():
+        g = table[(table.model == row.model) & (table.revision == row.revision)]
+        for split, counted in (("member", row.member_documents), ("nonmember", row.nonmember_documents)):
+            docs = {d for ids in doc_ids[split].loc[g.sample_idx[g.split == split]] for d in ids}
+            assert counted == len(docs) > 1
+
+
 def test_balanced_seeded_sampling(micro_family, tmp_path):
     family = load_family(micro_family)
     plan = lambda seed, samples=None: plan_membership(family, tmp_path / "o", "train", "heldout", samples=samples, seed=seed)  # noqa: E731

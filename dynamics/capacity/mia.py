@@ -10,12 +10,14 @@ A membership directory holds:
   attacks.parquet      one row per (model, revision, split, sample_idx): loss, zlib, min_k_10,
                        min_k_20, min_k_pp_20 and, with a reference, reference_loss and reference
   metrics.parquet/.csv one row per (model, revision, attack): AUROC with its 95% bootstrap interval,
-                       TPR at 1% and 0.1% FPR, sample counts (see dynamics/capacity/attacks.py)
+                       TPR at 1% and 0.1% FPR, sample counts and, for data memdyn packed, the
+                       documents each side's samples come from (see dynamics/capacity/attacks.py)
   roc.parquet          the ROC curves (fpr, tpr) behind the metrics
   metrics_by_duplication.parquet  (members from a memdyn family's training data) the same metrics
-                       at each model's last checkpoint for two strata of members, each against all
-                       non-members: "seen once" (every document of the sample occurs once in the
-                       training stream) and "duplicated" (it touches a duplicated document)
+                       at each model's last checkpoint for two strata of members: "seen once" (every
+                       document of the sample occurs once in the training stream) and "duplicated" (it
+                       touches a duplicated document), each against the non-members of its kind where
+                       memdyn packed them (matched), else against all
   roc-<model>.png/.svg ROC curves of every attack at the model's latest checkpoint scored
 Members and non-members are balanced: n = min(pool sizes, --samples) of each, drawn with the seed.
 Under `accelerate launch` each process takes every world_size-th job (dynamics/scoring/table.py).
@@ -39,7 +41,7 @@ from dynamics.family.spec import FamilySpec
 from dynamics.files import atomic_path, save_figure
 from dynamics.lock import locks_output
 from dynamics.workers import check_workers, kept, run_jobs
-from dynamics.capacity.mia_plan import SETTINGS, MembershipPlan, plan_membership
+from dynamics.capacity.mia_plan import SETTINGS, SPLITS, MembershipPlan, plan_membership
 
 PARTS = "_parts"
 
@@ -158,11 +160,27 @@ def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
+def _doc_lists(prefix: str) -> pd.Series | None:
+    """sample_idx -> the documents a sample covers, for data memdyn packed (else None)."""
+    from dynamics.family.data import TrainingData
+
+    table = TrainingData(prefix).samples
+    return table["doc_ids"] if table is not None and "doc_ids" in table else None
+
+
+def _documents(side: pd.DataFrame, docs: pd.Series | None) -> float:
+    """How many documents the side's samples come from (NaN where unknown): samples of one document
+    are not independent, so this is the count a reader weighs the AUROC's interval by."""
+    return float(len(set().union(*map(set, docs.loc[side.sample_idx])))) if docs is not None and len(side) else np.nan
+
+
 def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics: one row per model, revision, attack; ROC curve points)."""
     rows, curves = [], []
+    docs = {split: _doc_lists(plan.prefixes[split]) for split in SPLITS}
     for (model, rev), g in t.groupby(["model", "revision"], sort=False):
         member, nonmember = g[g.split == "member"], g[g.split == "nonmember"]
+        counts = {"member_documents": _documents(member, docs["member"]), "nonmember_documents": _documents(nonmember, docs["nonmember"])}
         seen = np.nan
         step = int(g.step.iloc[0])
         if plan.settings.training_order and plan.step_batch and step >= 0:
@@ -173,7 +191,7 @@ def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.Data
             metrics, (fpr, tpr) = attack_metrics(sign * member[attack].to_numpy(), sign * nonmember[attack].to_numpy(),
                                                  seed=plan.settings.seed)
             head = {"model": model, "revision": rev, "step": step, "attack": attack}
-            rows.append(head | metrics | {"n_members": len(member), "n_nonmembers": len(nonmember), "members_seen": seen})
+            rows.append(head | metrics | {"n_members": len(member), "n_nonmembers": len(nonmember), "members_seen": seen} | counts)
             curves.append(pd.DataFrame(head | {"fpr": fpr, "tpr": tpr}))
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
 

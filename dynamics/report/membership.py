@@ -41,9 +41,13 @@ def caption(metrics: pd.DataFrame, model: str) -> str:
     if own.empty:
         return f"No membership results for {model}."
     best, loss = own.iloc[0], own[own.attack == "loss"]
+    documents = ("member_documents" in best and not np.isnan(best.member_documents)
+                 and not np.isnan(best.nonmember_documents))
     text = (f"At {best.revision}, {model}'s strongest attack is {best.attack}: AUROC {best.auroc:.3f} (95% CI "
             f"{best.auroc_lo:.3f}-{best.auroc_hi:.3f}), TPR {best['tpr_at_0.01_fpr']:.1%} at 1% FPR, over "
-            f"{best.n_members} members and {best.n_nonmembers} non-members")
+            + (f"{best.n_members} members from {best.member_documents:.0f} documents and {best.n_nonmembers} non-members "
+               f"from {best.nonmember_documents:.0f} (samples of one document are not independent, and the interval "
+               "resamples samples)" if documents else f"{best.n_members} members and {best.n_nonmembers} non-members"))
     if len(loss) and best.attack != "loss":
         text += f"; the loss attack reaches AUROC {loss.auroc.iloc[0]:.3f}"
     untrained = metrics[(metrics.model == model) & (metrics.step == 0) & (metrics.attack == best.attack)]
