@@ -357,6 +357,10 @@ def test_bad_world_settings_are_refused_before_anything_is_written(tmp_path, mon
         with pytest.raises(MemdynError, match=message):
             train_family("micro", tmp_path / "w")
         assert not (tmp_path / "w").exists()
+    monkeypatch.setitem(presets.PRESETS, "micro", dataclasses.replace(micro, heldout_samples=0))
+    with pytest.raises(MemdynError, match="heldout_samples must be None or an integer >= 2, got 0"):
+        train_family("micro", tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
 def test_reference_is_one_model_on_unused_documents_and_beats_unigram(micro_family, tmp_path):

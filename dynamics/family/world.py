@@ -43,6 +43,10 @@ def check_world_settings(p: Preset) -> None:
     """Bad world settings, refused before anything is written."""
     p.duplication.check()
     p.canaries.check(p.seq_length + 1)
+    for name in ("heldout_samples", "membership_samples"):
+        value = getattr(p, name)
+        if value is not None and (not isinstance(value, int) or value < 2):
+            raise MemdynError(f"preset {p.name!r}: {name} must be None or an integer >= 2, got {value!r}")
     if p.canaries.cells():
         stub = [{"canary_id": i, "kind": k, "tokens": [0] * p.canaries.length, "count": c, "insert": w}
                 for i, (k, (c, w)) in enumerate((k, cell) for k in p.canaries.kinds for cell in p.canaries.cells())]
