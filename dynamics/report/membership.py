@@ -27,10 +27,11 @@ def _final(t: pd.DataFrame) -> pd.DataFrame:
 def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (size, attack) at the final checkpoint, AUROC with its interval as text."""
     t = _final(metrics)
+    three = lambda values: ["-" if np.isnan(v) else f"{v:.3f}" for v in values]  # noqa: E731 (aligned decimals, as the interval's)
     return pd.DataFrame({
-        "model": t.model, "attack": t.attack, "auroc": t.auroc.round(3),
+        "model": t.model, "attack": t.attack, "auroc": three(t.auroc),
         "auroc 95% CI": [f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(t.auroc_lo, t.auroc_hi)],
-        "TPR@1%FPR": t["tpr_at_0.01_fpr"].round(3), "TPR@0.1%FPR": t["tpr_at_0.001_fpr"].round(3),
+        "TPR@1%FPR": three(t["tpr_at_0.01_fpr"]), "TPR@0.1%FPR": three(t["tpr_at_0.001_fpr"]),
         "n": t.n_members,
     }).reset_index(drop=True)
 
