@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.capacity.attacks import ATTACKS, attack_metrics, bootstrap_auroc, score_samples
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, bootstrap_auroc, score_samples, weighted_auroc
 from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
@@ -110,8 +110,29 @@ def test_bootstrap_auroc_equals_sklearn_on_every_resample_with_ties():
     expected = [roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m[a], n[b]]) for a, b in zip(im, jn)]
     assert bootstrap_auroc(m, n, im, jn) == pytest.approx(expected, abs=1e-12)
     metrics, _ = attack_metrics(m, n, seed=1)
-    assert metrics == attack_metrics(m, n, seed=1)[0]  # the bootstrap is seeded
     assert metrics["auroc_lo"] < metrics["auroc"] < metrics["auroc_hi"]
+    assert np.isnan(metrics["auroc_doc_lo"]) and np.isnan(metrics["auroc_doc_hi"])  # no documents given
+    weights = rng.integers(0, 4, (6, 40)), rng.integers(1, 4, (6, 30))
+    expected = [roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m, n], sample_weight=np.r_[a, b]) for a, b in zip(*weights)]
+    assert weighted_auroc(m, n, *weights) == pytest.approx(expected, abs=1e-12)
+
+
+def test_document_interval_resamples_documents():
+    """Ten copies of each sample in one document each: resampling samples treats them as 10 times the
+    evidence they are; resampling documents gives the interval of the distinct samples."""
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(0.3, 1, 30), rng.normal(0, 1, 30)
+    groups = (np.arange(30), np.arange(30))
+    distinct, _ = attack_metrics(m, n, seed=1, groups=groups)
+    copied, _ = attack_metrics(np.repeat(m, 10), np.repeat(n, 10), seed=1, groups=tuple(np.repeat(g, 10) for g in groups))
+    assert copied["auroc"] == pytest.approx(distinct["auroc"])
+    assert copied["auroc_hi"] - copied["auroc_lo"] < 0.5 * (distinct["auroc_hi"] - distinct["auroc_lo"])
+    assert copied["auroc_doc_hi"] - copied["auroc_doc_lo"] == pytest.approx(distinct["auroc_doc_hi"] - distinct["auroc_doc_lo"], rel=0.25)
+    assert metrics_equal(attack_metrics(m, n, seed=1, groups=groups)[0], distinct)  # seeded
+
+
+def metrics_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(x == y or (np.isnan(x) and np.isnan(y)) for x, y in zip(a.values(), b.values()))
 
 
 def test_metrics_by_duplication(micro_family, membership_run):
@@ -149,6 +170,7 @@ def test_metrics_count_the_documents_of_each_side(micro_family, membership_run):
         for split, counted in (("member", row.member_documents), ("nonmember", row.nonmember_documents)):
             docs = {d for ids in doc_ids[split].loc[g.sample_idx[g.split == split]] for d in ids}
             assert counted == len(docs) > 1
+        assert np.isfinite(row.auroc_doc_lo) and row.auroc_doc_lo <= row.auroc_doc_hi  # documents resampled
 
 
 def test_balanced_seeded_sampling(micro_family, tmp_path):

@@ -14,7 +14,9 @@ k% of the T-1 scored tokens is floor(k/100 * (T-1)), at least 1.
 
 Metrics per attack, on a member score oriented so that higher means member:
   auroc        sklearn's roc_auc_score; a 95% interval from a seeded stratified bootstrap
-               (members and non-members resampled separately)
+               (members and non-members resampled separately) and, where each sample's document
+               is known, a second one that resamples documents instead (auroc_doc_lo / _hi):
+               samples of one document are not independent, so the first is too narrow there
   tpr@fpr      the largest TPR among the ROC operating points (sklearn's roc_curve) with
                FPR <= the target: no interpolation between points, so with N non-members the
                finest FPR is 1/N and below it TPR is that of zero false positives
@@ -110,28 +112,46 @@ def score_samples(model, samples: np.ndarray, batch_size: int, device, texts: li
 # metrics
 
 
+def weighted_auroc(member: np.ndarray, nonmember: np.ndarray, member_weights: np.ndarray,
+                   nonmember_weights: np.ndarray) -> np.ndarray:
+    """AUROC of each resample given as weights (how often each sample is drawn; [B, M], [B, N]):
+    sum of w_i w_j ([member_i > nonmember_j] + [tie] / 2) over sum w_i * sum w_j -> [B], as
+    roc_auc_score with those sample weights.
+
+    Why by hand: the values never change, only how often each is drawn, so one sort of the
+    non-members serves every resample. Per resample, the weight of the non-members below (and tied
+    with) each member value is a difference of a cumulative sum, read at positions found once with
+    searchsorted: O(B (M + N)) instead of a sort per resample (7 times faster for 1000 resamples of
+    271 + 271, the same values)."""
+    order = np.argsort(nonmember, kind="stable")
+    ranked = nonmember[order]
+    B = len(member_weights)
+    cum = np.concatenate([np.zeros((B, 1)), np.cumsum(nonmember_weights[:, order], 1)], 1)  # [B, N + 1]
+    below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
+    below = cum[:, below_at]  # [B, M]
+    tied = cum[:, tied_at] - below
+    return ((below + 0.5 * tied) * member_weights).sum(1) / (member_weights.sum(1) * nonmember_weights.sum(1))
+
+
+def draw_counts(draws: np.ndarray, size: int) -> np.ndarray:
+    """How often each of `size` items is drawn in each row of an index array [B, K] -> [B, size]."""
+    B = len(draws)
+    return np.bincount((np.arange(B)[:, None] * size + draws).ravel(), minlength=B * size).reshape(B, size)
+
+
 def bootstrap_auroc(member: np.ndarray, nonmember: np.ndarray, member_draws: np.ndarray,
                     nonmember_draws: np.ndarray) -> np.ndarray:
     """AUROC of each resample: member[member_draws[b]] against nonmember[nonmember_draws[b]]
-    (index arrays [B, M], [B, N]) -> [B], ties counting half, as roc_auc_score.
+    (index arrays [B, M], [B, N]) -> [B], ties counting half, as roc_auc_score."""
+    return weighted_auroc(member, nonmember, draw_counts(member_draws, len(member)), draw_counts(nonmember_draws, len(nonmember)))
 
-    Why not rankdata per resample: the values never change, only how often each is drawn, so one
-    sort of the non-members serves every resample. Per resample, the drawn non-members below (and
-    tied with) each member value are differences of a cumulative count, read at positions found once
-    with searchsorted: O(B (M + N)) instead of a sort per resample (7 times faster for 1000 resamples
-    of 271 + 271, the same values)."""
-    order = np.argsort(nonmember, kind="stable")
-    ranked = nonmember[order]
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    B, M, N = len(member_draws), member_draws.shape[1], nonmember_draws.shape[1]  # (N: draws per resample)
-    counts = np.bincount((np.arange(B)[:, None] * len(order) + position[nonmember_draws]).ravel(),
-                         minlength=B * len(order)).reshape(B, len(order))  # draws of each non-member, in sorted order
-    cum = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.cumsum(counts, 1)], 1)  # [B, len(nonmember) + 1]
-    below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
-    below = np.take_along_axis(cum, below_at[member_draws], 1)
-    tied = np.take_along_axis(cum, tied_at[member_draws], 1) - below
-    return (below + 0.5 * tied).sum(1) / (M * N)
+
+def cluster_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Weights [B, K] of K samples in `groups` (a label each: their document) when the groups, not
+    the samples, are resampled with replacement: samples of one document are not independent."""
+    labels, index = np.unique(groups, return_inverse=True)
+    counts = draw_counts(rng.integers(0, len(labels), (n_boot, len(labels))), len(labels))
+    return counts[:, index]
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
@@ -139,8 +159,11 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[fpr <= target + 1e-12].max())
 
 
-def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> tuple[dict, tuple]:
-    """Metrics of one attack from member scores oriented higher = member -> (metrics, (fpr, tpr))."""
+def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_boot: int = N_BOOTSTRAP,
+                   groups: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, tuple]:
+    """Metrics of one attack from member scores oriented higher = member -> (metrics, (fpr, tpr)).
+    groups: each sample's document (member labels, non-member labels), for a second interval that
+    resamples documents (auroc_doc_lo / _hi; NaN without groups)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     m, n = np.asarray(member, dtype=np.float64), np.asarray(nonmember, dtype=np.float64)
@@ -150,6 +173,11 @@ def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_b
     boot = bootstrap_auroc(m, n, rng.integers(0, len(m), (n_boot, len(m))), rng.integers(0, len(n), (n_boot, len(n))))
     lo, hi = np.percentile(boot, [2.5, 97.5])
     out = {"auroc": float(roc_auc_score(y, s)), "auroc_lo": float(lo), "auroc_hi": float(hi)}
+    doc_lo = doc_hi = np.nan
+    if groups is not None:
+        weights = [cluster_weights(np.asarray(g), n_boot, rng) for g in groups]
+        doc_lo, doc_hi = np.percentile(weighted_auroc(m, n, *weights), [2.5, 97.5])
+    out |= {"auroc_doc_lo": float(doc_lo), "auroc_doc_hi": float(doc_hi)}
     for target in FPRS:
         out[f"tpr_at_{target:g}_fpr"] = tpr_at_fpr(fpr, tpr, target)
     return out, (fpr, tpr)

@@ -11,7 +11,8 @@ A membership directory holds:
                        min_k_20, min_k_pp_20 and, with a reference, reference_loss and reference
   metrics.parquet/.csv one row per (model, revision, attack): AUROC with its 95% bootstrap interval,
                        TPR at 1% and 0.1% FPR, sample counts and, for data memdyn packed, the
-                       documents each side's samples come from (see dynamics/capacity/attacks.py)
+                       documents each side's samples cover and a second interval that resamples
+                       the documents the samples start in (see dynamics/capacity/attacks.py)
   roc.parquet          the ROC curves (fpr, tpr) behind the metrics
   metrics_by_duplication.parquet  (members from a memdyn family's training data) the same metrics
                        at each model's last checkpoint for two strata of members: "seen once" (every
@@ -160,27 +161,30 @@ def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
-def _doc_lists(prefix: str) -> pd.Series | None:
-    """sample_idx -> the documents a sample covers, for data memdyn packed (else None)."""
+def _doc_table(prefix: str) -> pd.DataFrame | None:
+    """sample_idx -> doc_ids (the documents a sample covers) and first_doc (the one it starts in),
+    for data memdyn packed (else None)."""
     from dynamics.family.data import TrainingData
 
     table = TrainingData(prefix).samples
-    return table["doc_ids"] if table is not None and "doc_ids" in table else None
+    return table[["doc_ids", "first_doc"]] if table is not None and {"doc_ids", "first_doc"} <= set(table) else None
 
 
-def _documents(side: pd.DataFrame, docs: pd.Series | None) -> float:
-    """How many documents the side's samples come from (NaN where unknown): samples of one document
-    are not independent, so this is the count a reader weighs the AUROC's interval by."""
-    return float(len(set().union(*map(set, docs.loc[side.sample_idx])))) if docs is not None and len(side) else np.nan
+def _documents(side: pd.DataFrame, docs: pd.DataFrame | None) -> float:
+    """How many documents the side's samples cover (NaN where unknown): samples of one document are
+    not independent, so this is the count a reader weighs the AUROC's interval by."""
+    return float(len(set().union(*map(set, docs.doc_ids.loc[side.sample_idx])))) if docs is not None and len(side) else np.nan
 
 
 def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics: one row per model, revision, attack; ROC curve points)."""
     rows, curves = [], []
-    docs = {split: _doc_lists(plan.prefixes[split]) for split in SPLITS}
+    docs = {split: _doc_table(plan.prefixes[split]) for split in SPLITS}
     for (model, rev), g in t.groupby(["model", "revision"], sort=False):
         member, nonmember = g[g.split == "member"], g[g.split == "nonmember"]
         counts = {"member_documents": _documents(member, docs["member"]), "nonmember_documents": _documents(nonmember, docs["nonmember"])}
+        groups = None if any(d is None for d in docs.values()) else (
+            docs["member"].first_doc.loc[member.sample_idx].to_numpy(), docs["nonmember"].first_doc.loc[nonmember.sample_idx].to_numpy())
         seen = np.nan
         step = int(g.step.iloc[0])
         if plan.settings.training_order and plan.step_batch and step >= 0:
@@ -189,7 +193,7 @@ def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.Data
             if attack not in g or g[attack].isna().any():
                 continue
             metrics, (fpr, tpr) = attack_metrics(sign * member[attack].to_numpy(), sign * nonmember[attack].to_numpy(),
-                                                 seed=plan.settings.seed)
+                                                 seed=plan.settings.seed, groups=groups)
             head = {"model": model, "revision": rev, "step": step, "attack": attack}
             rows.append(head | metrics | {"n_members": len(member), "n_nonmembers": len(nonmember), "members_seen": seen} | counts)
             curves.append(pd.DataFrame(head | {"fpr": fpr, "tpr": tpr}))

@@ -31,6 +31,8 @@ def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": t.model, "attack": t.attack, "auroc": three(t.auroc),
         "auroc 95% CI": [f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(t.auroc_lo, t.auroc_hi)],
+        **({"CI, documents resampled": ["-" if np.isnan(lo) else f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(t.auroc_doc_lo, t.auroc_doc_hi)]}
+           if "auroc_doc_lo" in t else {}),
         "TPR@1%FPR": three(t["tpr_at_0.01_fpr"]), "TPR@0.1%FPR": three(t["tpr_at_0.001_fpr"]),
         "n": t.n_members,
     }).reset_index(drop=True)
@@ -42,13 +44,13 @@ def caption(metrics: pd.DataFrame, model: str) -> str:
     if own.empty:
         return f"No membership results for {model}."
     best, loss = own.iloc[0], own[own.attack == "loss"]
-    documents = ("member_documents" in best and not np.isnan(best.member_documents)
-                 and not np.isnan(best.nonmember_documents))
+    documents = "auroc_doc_lo" in best and not np.isnan(best.auroc_doc_lo)
     text = (f"At {best.revision}, {model}'s strongest attack is {best.attack}: AUROC {best.auroc:.3f} (95% CI "
             f"{best.auroc_lo:.3f}-{best.auroc_hi:.3f}), TPR {best['tpr_at_0.01_fpr']:.1%} at 1% FPR, over "
             + (f"{best.n_members} members from {best.member_documents:.0f} documents and {best.n_nonmembers} non-members "
-               f"from {best.nonmember_documents:.0f} (samples of one document are not independent, and the interval "
-               "resamples samples)" if documents else f"{best.n_members} members and {best.n_nonmembers} non-members"))
+               f"from {best.nonmember_documents:.0f}; samples of one document are not independent, and resampling the "
+               f"documents instead of the samples the interval is {best.auroc_doc_lo:.3f}-{best.auroc_doc_hi:.3f}"
+               if documents else f"{best.n_members} members and {best.n_nonmembers} non-members"))
     if len(loss) and best.attack != "loss":
         text += f"; the loss attack reaches AUROC {loss.auroc.iloc[0]:.3f}"
     untrained = metrics[(metrics.model == model) & (metrics.step == 0) & (metrics.attack == best.attack)]
@@ -114,7 +116,8 @@ def membership_section(run: Workdir, model: str | None = None) -> Section:
     own = metrics if model is None else metrics[metrics.model == model]
     section.blocks.append(Table(metrics_table(own), (
         "Attacks at the final checkpoint: loss, zlib ratio, min-k% (k = 10, 20), min-k%++ (k = 20) and the reference "
-        "ratio (dynamics/capacity/attacks.py); AUROC with a 95% stratified bootstrap interval, TPR at the ROC point "
+        "ratio (dynamics/capacity/attacks.py); AUROC with a 95% stratified bootstrap interval (and one that resamples "
+        "the documents the samples start in), TPR at the ROC point "
         "with FPR <= 1% and <= 0.1% (no interpolation). Members: training samples; non-members: held-out samples.")))
     strata = _read(run, "metrics_by_duplication")
     if strata is not None and len(strata[strata.model == shown]):
