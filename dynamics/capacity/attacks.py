@@ -121,8 +121,8 @@ def weighted_auroc(member: np.ndarray, nonmember: np.ndarray, member_weights: np
     Why by hand: the values never change, only how often each is drawn, so one sort of the
     non-members serves every resample. Per resample, the weight of the non-members below (and tied
     with) each member value is a difference of a cumulative sum, read at positions found once with
-    searchsorted: O(B (M + N)) instead of a sort per resample (7 times faster for 1000 resamples of
-    271 + 271, the same values)."""
+    searchsorted: O(B (M + N)) instead of a sort per resample (1000 resamples of 271 + 271: 12 ms
+    against 95 ms with scipy's rankdata per resample, the same values; 90 G MAC/s machine)."""
     order = np.argsort(nonmember, kind="stable")
     ranked = nonmember[order]
     B = len(member_weights)
