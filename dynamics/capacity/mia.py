@@ -161,12 +161,16 @@ def attacks_table(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
-def _doc_table(prefix: str) -> pd.DataFrame | None:
-    """sample_idx -> doc_ids (the documents a sample covers) and first_doc (the one it starts in),
-    for data memdyn packed (else None)."""
+def sample_tables(plan: MembershipPlan) -> dict:
+    """Each side's rows of memdyn's per-sample table, indexed by sample_idx (doc_ids, first_doc,
+    max_doc_copies, ...; None for data memdyn did not pack), read once for every table of `finish`."""
     from dynamics.family.data import TrainingData
 
-    table = TrainingData(prefix).samples
+    return {split: TrainingData(plan.prefixes[split]).samples for split in SPLITS}
+
+
+def _doc_table(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """doc_ids (the documents a sample covers) and first_doc (the one it starts in), where known."""
     return table[["doc_ids", "first_doc"]] if table is not None and {"doc_ids", "first_doc"} <= set(table) else None
 
 
@@ -176,10 +180,10 @@ def _documents(side: pd.DataFrame, docs: pd.DataFrame | None) -> float:
     return float(len(set().union(*map(set, docs.doc_ids.loc[side.sample_idx])))) if docs is not None and len(side) else np.nan
 
 
-def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics: one row per model, revision, attack; ROC curve points)."""
+def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan, tables: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics: one row per model, revision, attack; ROC curve points); tables: sample_tables(plan)."""
     rows, curves = [], []
-    docs = {split: _doc_table(plan.prefixes[split]) for split in SPLITS}
+    docs = {split: _doc_table(tables[split]) for split in SPLITS}
     for (model, rev), g in t.groupby(["model", "revision"], sort=False):
         member, nonmember = g[g.split == "member"], g[g.split == "nonmember"]
         counts = {"member_documents": _documents(member, docs["member"]), "nonmember_documents": _documents(nonmember, docs["nonmember"])}
@@ -203,18 +207,15 @@ def attack_table_metrics(t: pd.DataFrame, plan: MembershipPlan) -> tuple[pd.Data
 STRATA = ("seen once", "duplicated")
 
 
-def _duplicated(samples: pd.DataFrame, prefix: str) -> np.ndarray | None:
+def _duplicated(samples: pd.DataFrame, table: pd.DataFrame | None) -> np.ndarray | None:
     """Per row of `samples` (one split of an attacks table): does it touch a document with more than
     one copy in its stream? None when the data has no memdyn per-sample table."""
-    from dynamics.family.data import TrainingData
-
-    table = TrainingData(prefix).samples
     if table is None or "max_doc_copies" not in table:
         return None
     return samples.sample_idx.map(table["max_doc_copies"]).to_numpy() > 1
 
 
-def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan) -> pd.DataFrame | None:
+def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan, tables: dict) -> pd.DataFrame | None:
     """Metrics at each model's last checkpoint of the members seen once and of those touching a
     duplicated document: duplication makes membership easy, so the pooled AUROC mixes two problems.
     Each stratum is set against the non-members of its kind where memdyn packed them (held-out
@@ -223,23 +224,24 @@ def duplication_metrics(t: pd.DataFrame, plan: MembershipPlan) -> pd.DataFrame |
     (`matched`). None when the members' data has no memdyn per-sample table."""
     last = t[t.step == t.groupby("model").step.transform("max")]
     member, nonmember = last[last.split == "member"], last[last.split == "nonmember"]
-    duplicated = _duplicated(member, plan.prefixes["member"])
+    duplicated = _duplicated(member, tables["member"])
     if duplicated is None:
         return None
-    held = _duplicated(nonmember, plan.prefixes["nonmember"])
+    held = _duplicated(nonmember, tables["nonmember"])
     parts = []
     for stratum, chosen, kind in zip(STRATA, (~duplicated, duplicated), (False, True)):
         against = nonmember if held is None else nonmember[held == kind]
         if chosen.any() and len(against):
-            parts.append(attack_table_metrics(pd.concat([member[chosen], against]), plan)[0]
+            parts.append(attack_table_metrics(pd.concat([member[chosen], against]), plan, tables)[0]
                          .assign(stratum=stratum, matched=held is not None))
     return pd.concat(parts, ignore_index=True).drop(columns="members_seen") if parts else None
 
 
 def finish(out: Path, plan: MembershipPlan) -> pd.DataFrame:
     t = attacks_table(out, plan)
-    metrics, roc = attack_table_metrics(t, plan)
-    by_duplication = duplication_metrics(t, plan)
+    tables = sample_tables(plan)
+    metrics, roc = attack_table_metrics(t, plan, tables)
+    by_duplication = duplication_metrics(t, plan, tables)
     tables = [("attacks.parquet", t), ("metrics.parquet", metrics), ("roc.parquet", roc)]
     for name, table in tables + ([("metrics_by_duplication.parquet", by_duplication)] if by_duplication is not None else []):
         with atomic_path(out / name) as tmp:
