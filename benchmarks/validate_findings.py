@@ -14,12 +14,13 @@ Each check is printed with its numbers, the tested difference and its 95% bootst
   canary exposure rises with repetitions (per size) and with size; canary memorization rises with
   repetitions (pooled over sizes) and with size            (Carlini et al. 2019; Huang et al. 2024)
   bits memorized grow with model size                       (Morris et al. 2025)
+Every interval over training samples resamples the documents they start in (dynamics/bootstrap.py).
 PASS: the interval excludes 0 on the published side. FAIL: it does not (the line says whether the
 trend is reversed or only not shown at 95%). NOT SHOWN: a stage or group is missing altogether.
 When a context trend fails, three diagnostics follow: one holds the continuation fixed (the tokens
 after the largest context) and grows the context backwards from it, separating the context's length
 from the continuation's position in the sample, which the sample-aligned grid moves together (paired
-over samples, with its interval); one measures how much that continuation's loss falls with the
+over samples, with an interval over their documents); one measures how much that continuation's loss falls with the
 longer context, beside its fall within short contexts, i.e. how much of a long context the model
 uses at all; the last repeats the trend on the samples whose longest span occurs twice or more in
 the training stream, beside the share of samples whose span does at each context length.
@@ -80,7 +81,7 @@ def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str
     twice or more in the training stream, beside the share of samples whose span does at each
     context: a longer span more often runs past the end of a duplicated copy (or into a canary),
     which takes duplicated samples out of the grid's longer contexts."""
-    from dynamics.analyses.checks import directional, fmt, memorized, paired_diff
+    from dynamics.analyses.checks import directional, documents, fmt, memorized, paired_diff
     from dynamics.analyses.duplication import read_duplication
 
     name = f"{DIAGNOSTIC}memorized share rises with context length on samples whose longest span is duplicated ({model})"
@@ -93,7 +94,7 @@ def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str
     contexts = sorted(dup.columns)
     kept = dup.index[dup[contexts[-1]] >= 2]
     shares = {k: memorized(run.scores, model=model, context_len=k, continuation_len=c).loc[kept] for k in contexts}
-    d = paired_diff(shares[contexts[0]], shares[contexts[-1]], seed)
+    d = paired_diff(shares[contexts[0]], shares[contexts[-1]], seed, groups=documents(run, kept))
     nums = (", ".join(f"context {k}: {F.pct((dup[k] >= 2).mean())}" for k in contexts) + " of the samples have a span "
             f"that occurs twice or more; memorized among the {len(kept)} whose {contexts[-1] + c}-token span does: "
             + ", ".join(f"context {k}: {F.pct(v.mean())}" for k, v in shares.items())
@@ -107,8 +108,9 @@ def duplicated_span_diagnostic(run: Workdir, model: str, seed: int) -> tuple[str
 def context_diagnostics(run: Workdir, checks, seed: int) -> list[tuple[str, str, str, str]]:
     """For sizes failing the context trend: the trend with the continuation held fixed, how much the
     models' loss of that continuation falls with a longer context, and the trend on duplicated spans."""
-    from dynamics.analyses.checks import directional, fmt, paired_diff
+    from dynamics.analyses.checks import directional, documents, fmt, paired_diff
 
+    groups = documents(run, np.sort(run.scores.seq_idx.unique()))  # fixed_continuation's samples, in its order
     out = []
     for name, _, status, _ in checks:
         if status != "FAIL" or "context length" not in name:
@@ -117,7 +119,7 @@ def context_diagnostics(run: Workdir, checks, seed: int) -> list[tuple[str, str,
         fixed = fixed_continuation(run, model)
         grid = sorted(int(k) for k in run.scores.context_len.unique())
         k0, K, shortest, c = grid[0], grid[-1], min(fixed), run.cell[1]
-        d = paired_diff(fixed[k0][0], fixed[K][0], seed)
+        d = paired_diff(fixed[k0][0], fixed[K][0], seed, groups=groups)
         status, why = directional(*d)
         if status == "PASS":
             why = ("in the sample-aligned grid a longer context also moves the continuation deeper into the sample; "
@@ -126,7 +128,8 @@ def context_diagnostics(run: Workdir, checks, seed: int) -> list[tuple[str, str,
         out.append((f"{DIAGNOSTIC}memorized share rises with context length, continuation fixed at tokens {K}..{K + c} ({model})",
                     nums, status, why))
         # how much of a longer context the model uses at all: the same continuation's loss
-        d, short = paired_diff(fixed[k0][1], fixed[K][1], seed), paired_diff(fixed[shortest][1], fixed[k0][1], seed)
+        d = paired_diff(fixed[k0][1], fixed[K][1], seed, groups=groups)
+        short = paired_diff(fixed[shortest][1], fixed[k0][1], seed, groups=groups)
         nums = (f"mean loss of tokens {K}..{K + c} given the last k tokens: "
                 + ", ".join(f"k={k} {fixed[k][1].mean():.3f}" for k in sorted(fixed)) + " nats; "
                 f"{K} - {k0}: {fmt(*d, ' nats')}; {k0} - {shortest}: {fmt(*short, ' nats')}")

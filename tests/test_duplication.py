@@ -21,8 +21,13 @@ def test_logistic_fit_equals_sklearn_and_recovers_the_slope():
     a, b = logistic_fit(x, y)
     ref = LogisticRegression(C=1e12, max_iter=1000).fit(x[:, None], y)
     assert a == pytest.approx(ref.intercept_[0], abs=1e-4) and b == pytest.approx(ref.coef_[0, 0], abs=1e-4)
+    assert b == pytest.approx(0.6, abs=0.05)
     _, slope, lo, hi = logistic_slope_ci(x, y, seed=0)
-    assert lo < 0.6 < hi and lo < slope < hi
+    # the bootstrap interval is close to the Wald interval of the fit (the inverse Fisher information)
+    X = np.column_stack([np.ones_like(x), x])
+    p = 1 / (1 + np.exp(-X @ np.array([a, b])))
+    se = np.sqrt(np.linalg.inv(X.T @ (X * (p * (1 - p))[:, None]))[1, 1])
+    assert (lo, hi) == pytest.approx((b - 1.96 * se, b + 1.96 * se), abs=0.2 * se)
     assert logistic_slope_ci(x, y, seed=0) == (_, slope, lo, hi)  # seeded
     assert np.isnan(logistic_slope_ci(x, np.zeros_like(y), seed=0)[1])  # one class: no slope
     few = np.zeros_like(y)
@@ -36,7 +41,7 @@ def test_dose_response_on_synthetic_log_linear_data():
     rng = np.random.default_rng(1)
     counts = np.exp(rng.uniform(0, np.log(100), 3000)).astype(int) + 1
     p = 1 / (1 + np.exp(-(-4 + 0.9 * np.log2(counts))))
-    scored = pd.DataFrame({"model": "m", "step": 10, "span_count": counts,
+    scored = pd.DataFrame({"model": "m", "step": 10, "span_count": counts, "document": np.arange(3000),
                            "score": (rng.random(3000) < p).astype(float)})
     bins, fits = dose_response(scored, seed=0)
     assert list(bins["bin"][:3]) == ["2-3", "4-7", "8-15"]  # log-spaced (no count is 1 here)
@@ -45,6 +50,12 @@ def test_dose_response_on_synthetic_log_linear_data():
     fit = fits.iloc[0]
     assert fit["slope_lo"] < 0.9 < fit["slope_hi"] and fit["slope_lo"] > 0
     assert fit["memorized"] == int(scored["score"].sum())
+    # the same samples in 60 documents of 50, each document's samples alike: the slope is the same,
+    # its interval (documents resampled) wider
+    like = scored.sort_values(["span_count", "score"]).assign(document=np.arange(3000) // 50)
+    wide = dose_response(like, seed=0)[1].iloc[0]
+    assert wide["slope"] == pytest.approx(fit["slope"])
+    assert wide["slope_hi"] - wide["slope_lo"] > 1.5 * (fit["slope_hi"] - fit["slope_lo"])
 
 
 def test_annotation_counts_spans_in_the_training_stream(micro_family, micro_scores, tmp_path):
@@ -75,6 +86,7 @@ def test_annotation_counts_spans_in_the_training_stream(micro_family, micro_scor
         windows = np.lib.stride_tricks.sliding_window_view(stream, 20)
         assert r.span_count == int((windows == span).all(1).sum()) >= 1
         assert r.max_doc_copies == meta.loc[r.seq_idx, "max_doc_copies"]
+        assert r.document == meta.loc[r.seq_idx, "first_doc"]
     assert rows["span_count"].max() > 5 and (rows["category"] == "recitation").sum() == (rows["span_count"] > 5).sum()
     mtime = (scores / DUPLICATION).stat().st_mtime_ns
     annotate_scores(family, scores)  # complete: kept

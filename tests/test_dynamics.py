@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.decoding.boundary import bootstrap_ci, jump_values, shift_align
+from dynamics.decoding.boundary import jump_values, shift_align
 from dynamics.decoding.analyze import run_dynamics
 from dynamics.decoding.collect import run_collection, select_sequences
 from dynamics.decoding.store import read_hidden, read_model, read_settings
@@ -95,6 +95,8 @@ def test_sampling_and_schema(dyn, micro_family, micro_scores):
         assert set(seqs.group) <= {"unmemorized", "partial", "memorized"}
         assert ((seqs.group == "memorized") == (seqs.matches == C)).all()
         assert set(seqs.domain) <= {"code", "docs"}  # stdlib sources and pydoc topics
+        samples = pd.read_parquet(family.root / "data" / "samples.parquet").query("split == 'train'").set_index("sample_idx")
+        assert (seqs["document"].to_numpy() == samples.loc[seqs.seq_idx, "first_doc"].to_numpy()).all()
         assert len(positions) == len(seqs) * (K + C)
         assert sorted(positions.position.unique()) == list(range(-K, C))
         hidden = read_hidden(dyn, model, meta["layers"][-1])
@@ -197,6 +199,8 @@ def test_analysis_tables(dyn):
     ok = entropy[entropy.n >= 2]
     assert ((ok.ci_lo <= ok["mean"] + 1e-12) & (ok["mean"] <= ok.ci_hi + 1e-12)).all()
     assert set(jumps["align"]) == {"boundary", "mismatch"} and set(jumps.metric) >= {"entropy_nats", "orig_n1"}
+    # the intervals resample the documents the sequences start in: fewer units than sequences
+    assert ((1 <= jumps.documents) & (jumps.documents <= jumps.n)).all() and (jumps.documents < jumps.n).any()
     # the mismatch alignment holds only partially memorized sequences
     mismatch = jumps[(jumps["align"] == "mismatch") & (jumps.grouping == "level")]
     assert set(mismatch.group.astype(int)) <= set(range(1, C))
@@ -270,29 +274,6 @@ def test_bad_inputs_fail_before_work(micro_family, micro_scores, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- statistics
-
-
-def test_bootstrap_ci_on_known_inputs():
-    from scipy.stats import bootstrap
-
-    rng = np.random.default_rng(0)
-    x = np.column_stack([np.full(50, 3.0), rng.normal(1.0, 2.0, 400)[:50], rng.normal(0.0, 1.0, 50)])
-    n, mean, lo, hi = bootstrap_ci(x, seed=1, n_resamples=4000)
-    assert n.tolist() == [50, 50, 50]
-    assert (mean[0], lo[0], hi[0]) == (3.0, 3.0, 3.0)  # no spread, no interval
-    np.testing.assert_allclose(mean, x.mean(0))
-    ref = bootstrap((x,), np.mean, axis=0, method="percentile", n_resamples=4000, rng=np.random.default_rng(2))
-    np.testing.assert_allclose(lo[1:], ref.confidence_interval.low[1:], atol=0.05)
-    np.testing.assert_allclose(hi[1:], ref.confidence_interval.high[1:], atol=0.05)
-    se = x[:, 1:].std(0, ddof=1) / np.sqrt(50)  # and close to the normal approximation
-    np.testing.assert_allclose(hi[1:] - lo[1:], 2 * 1.96 * se, rtol=0.1)
-    # seeded; missing values are skipped per column; fewer than 2 values give no interval
-    assert all((a == b).all() for a, b in zip(bootstrap_ci(x, seed=1, n_resamples=100), bootstrap_ci(x, seed=1, n_resamples=100)))
-    assert not np.array_equal(bootstrap_ci(x, seed=1, n_resamples=100)[2], bootstrap_ci(x, seed=2, n_resamples=100)[2])
-    y = np.array([[1.0, np.nan], [3.0, 5.0], [np.nan, np.nan]])
-    n, mean, lo, hi = bootstrap_ci(y, seed=0, n_resamples=200)
-    assert n.tolist() == [2, 1] and mean.tolist() == [2.0, 5.0]
-    assert 1.0 <= lo[0] <= hi[0] <= 3.0 and np.isnan(lo[1]) and np.isnan(hi[1])
 
 
 def test_jump_statistic_and_alignment_on_known_inputs():

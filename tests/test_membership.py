@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.capacity.attacks import ATTACKS, attack_metrics, bootstrap_auroc, score_samples, weighted_auroc
+from dynamics.bootstrap import draw_counts
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples, weighted_auroc
 from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset
@@ -101,14 +102,14 @@ def test_metrics_equal_sklearn(micro_family, membership_run):
         assert row.members_seen == seen
 
 
-def test_bootstrap_auroc_equals_sklearn_on_every_resample_with_ties():
+def test_resampled_auroc_equals_sklearn_on_every_resample_with_ties():
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
     m, n = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 30).astype(float)
     im, jn = rng.integers(0, 40, (25, 40)), rng.integers(0, 30, (25, 30))
     expected = [roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[m[a], n[b]]) for a, b in zip(im, jn)]
-    assert bootstrap_auroc(m, n, im, jn) == pytest.approx(expected, abs=1e-12)
+    assert weighted_auroc(m, n, draw_counts(im, 40), draw_counts(jn, 30)) == pytest.approx(expected, abs=1e-12)
     metrics, _ = attack_metrics(m, n, seed=1)
     assert metrics["auroc_lo"] < metrics["auroc"] < metrics["auroc_hi"]
     assert np.isnan(metrics["auroc_doc_lo"]) and np.isnan(metrics["auroc_doc_hi"])  # no documents given

@@ -37,10 +37,12 @@ def test_shares_and_transitions():
     scored = pd.DataFrame({
         "model": ["a"] * 4 + ["b"] * 4, "step": 5, "seq_idx": [0, 1, 2, 3] * 2,
         "category": ["recitation", "recitation", "recollection", "recollection"] * 2,
-        "score": [1, 0, 0, 0, 1, 1, 1, 0],
+        "score": [1, 0, 0, 0, 1, 1, 1, 0], "document": [0, 0, 1, 2] * 2,
     })
     shares = T.shares(scored, seed=0).set_index(["category", "model"])
     assert shares.loc[("recitation", "b"), "share"] == 1.0 and shares.loc[("recollection", "a"), "share"] == 0.0
+    # model a's two recitation samples are one document: every resample draws both, or neither
+    assert tuple(shares.loc[("recitation", "a"), ["ci_lo", "ci_hi"]]) == (0.5, 0.5)
     tr = T.transitions(scored, [("a", 5), ("b", 5)], "sizes").set_index("category")
     assert tr.loc["recitation", "kept"] == 1.0 and tr.loc["recitation", "gained"] == 1.0
     assert tr.loc["recollection", "gained"] == 0.5 and np.isnan(tr.loc["recollection", "kept"])

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dynamics.analyses import world
-from dynamics.analyses.stats import bootstrap_ci
+from dynamics.bootstrap import mean_ci
 from dynamics.corpus.steps import revision_step
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
@@ -186,8 +186,8 @@ def read_canaries(out: str | Path) -> pd.DataFrame:
 
 def _stats(g: pd.DataFrame, seed: int) -> dict:
     mem = (g["score"] >= 1).to_numpy(float)
-    lo, hi = bootstrap_ci(mem, seed)
-    elo, ehi = bootstrap_ci(g["exposure"], seed)
+    _, _, lo, hi = mean_ci(mem, seed)  # a row per canary: canaries are the unit
+    _, _, elo, ehi = mean_ci(g["exposure"], seed)
     return {"n": len(g), "memorized": int(mem.sum()), "share": mem.mean(), "share_lo": lo, "share_hi": hi,
             "mean_score": g["score"].mean(), "exposure": g["exposure"].mean(), "exposure_lo": elo, "exposure_hi": ehi,
             "exposure_empirical": g["exposure_empirical"].mean()}

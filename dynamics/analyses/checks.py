@@ -1,6 +1,7 @@
 """The published trends as checks on a finished work directory (benchmarks/validate_findings.py
 prints them). Each check is (name, numbers, status, why): status PASS when the 95% bootstrap
-interval of the tested difference lies on the published side of zero, FAIL when it does not (why
+interval of the tested difference lies on the published side of zero (intervals over training
+samples resample the documents the samples start in, dynamics.bootstrap), FAIL when it does not (why
 says whether the trend is reversed or only not shown at 95%), NOT SHOWN only when the data is not
 there at all (a stage not run, a group with no sequence). Seeded: the same directory gives the
 same lines.
@@ -11,20 +12,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dynamics.analyses.stats import N_RESAMPLES
+from dynamics.bootstrap import N_RESAMPLES, mean_ci, resample_counts
 from dynamics.workdir import Workdir
 
 Check = tuple[str, str, str, str]
 
 
-def paired_diff(a, b, seed: int, n_resamples: int = N_RESAMPLES) -> tuple[float, float, float]:
-    """mean(b - a) over paired observations and its percentile 95% interval."""
+def paired_diff(a, b, seed: int, n_resamples: int = N_RESAMPLES, groups=None) -> tuple[float, float, float]:
+    """mean(b - a) over paired observations and its percentile 95% interval, resampling the pairs
+    or their groups (a label per pair: its document)."""
     d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     if len(d) == 0:
         return np.nan, np.nan, np.nan
-    i = np.random.default_rng(seed).integers(0, len(d), size=(n_resamples, len(d)))
-    boot = d[i].mean(1)
-    return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+    return mean_ci(d, seed, n_resamples, groups)[1:]
+
+
+def documents(run: Workdir, seq_idx) -> np.ndarray:
+    """The document each training sample starts in: the unit the intervals resample."""
+    from dynamics.family.data import training_data
+
+    return training_data(run.family).documents(seq_idx)
 
 
 def directional(d: float, lo: float, hi: float, rising: bool = True) -> tuple[str, str]:
@@ -50,7 +57,8 @@ def memorized(table: pd.DataFrame, **eq) -> pd.Series:
 
 
 def share_checks(run: Workdir, seed: int) -> list[Check]:
-    """Size, context and continuation trends of the memorized share, paired over samples."""
+    """Size, context and continuation trends of the memorized share, paired over samples (their
+    documents resampled)."""
     k, c = run.cell
     s = run.scores
     out = []
@@ -58,7 +66,7 @@ def share_checks(run: Workdir, seed: int) -> list[Check]:
     nums = ", ".join(f"{m} {100 * v.mean():.3g}%" for m, v in per.items())
     a, b = per[run.sizes[0]], per[run.sizes[-1]]
     both = a.index.intersection(b.index)
-    d = paired_diff(a.loc[both], b.loc[both], seed)
+    d = paired_diff(a.loc[both], b.loc[both], seed, groups=documents(run, both))
     out.append(("memorized share rises with model size", f"context {k} / continuation {c}: {nums}; {run.sizes[-1]} - "
                 f"{run.sizes[0]} = {fmt(*d, ' pts', 100)}", *directional(*d)))
     for axis, fixed, value, rising in (("context_len", "continuation_len", c, True), ("continuation_len", "context_len", k, False)):
@@ -66,7 +74,8 @@ def share_checks(run: Workdir, seed: int) -> list[Check]:
         for m in run.sizes:
             shares = {v: memorized(s, model=m, **{axis: v, fixed: value}) for v in values}
             lo_v, hi_v = values[0], values[-1]
-            d = paired_diff(shares[lo_v], shares[hi_v], seed)
+            both = shares[lo_v].index.intersection(shares[hi_v].index)
+            d = paired_diff(shares[lo_v].loc[both], shares[hi_v].loc[both], seed, groups=documents(run, both))
             name = axis.split("_")[0]
             nums = ", ".join(f"{name} {v}: {100 * x.mean():.3g}%" for v, x in shares.items())
             out.append((f"memorized share {'rises' if rising else 'falls'} with {name} length ({m})",
@@ -106,7 +115,7 @@ def jump_checks(run: Workdir, metric: str, up_group: str, rising: bool, label: s
 
 def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[Check]:
     """Silhouette of memorized vs unmemorized last-layer states (mean over decoding steps), largest
-    minus smallest size, with a bootstrap over sequences (resampled within each class)."""
+    minus smallest size, with a bootstrap over the documents the sequences start in."""
     from sklearn.metrics import silhouette_score
 
     from dynamics.decoding.store import read_hidden, read_model
@@ -127,15 +136,16 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
         states, _, _ = step_summaries(hidden, matches, k, c)
         keep = np.isin(matches, [0, c])
         x, y = states[keep], matches[keep] == c
+        units = seqs["document" if "document" in seqs else "seq_idx"].to_numpy()[keep]
         if y.sum() < 2 or (~y).sum() < 2:
             return [(name, f"{m}: {int(y.sum())} memorized, {int((~y).sum())} unmemorized", "NOT SHOWN",
                      f"{m} has fewer than 2 sequences in a class")]
         sil[m] = float(silhouette_score(x, y))
-        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-        boots[m] = np.array([silhouette_score(x[idx], y[idx]) for idx in
-                             (np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_resamples))])
+        draws = (np.repeat(np.arange(len(y)), w) for w in resample_counts(rng, n_resamples, len(y), units))
+        boots[m] = np.array([silhouette_score(x[i], y[i]) for i in draws if 0 < y[i].sum() < len(i)])
     a, b = run.sizes[0], run.sizes[-1]
-    diff = boots[b] - boots[a]
+    r = min(len(boots[a]), len(boots[b]))  # (a resample of documents holding one class has no silhouette)
+    diff = boots[b][:r] - boots[a][:r]
     d = (sil[b] - sil[a], float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)))
     nums = ", ".join(f"{m} {v:.3f}" for m, v in sil.items())
     status, why = directional(*d)
@@ -255,10 +265,11 @@ def capacity_checks(run: Workdir, seed: int) -> list[Check]:
     per = pd.read_parquet(path)
     a, b = (per[per["model"] == m].set_index("seq_idx")["unintended_bits"].sort_index() for m in (run.sizes[0], run.sizes[-1]))
     n_train = float(cap.loc[run.sizes[-1], "train_samples"])
-    d = paired_diff(a, b, seed)
+    both = a.index.intersection(b.index)
+    d = paired_diff(a.loc[both], b.loc[both], seed, groups=documents(run, both))
     nums = ", ".join(f"{m} {cap.loc[m, 'bits_memorized']:.4g} bits" for m in run.sizes if m in cap.index)
     return [(name, f"{nums}; {run.sizes[-1]} - {run.sizes[0]} = {fmt(*d, ' bits', n_train, '+.4g')} "
-             f"(members resampled, scaled to the {n_train:.0f} training samples)", *directional(*d))]
+             f"(members' documents resampled, scaled to the {n_train:.0f} training samples)", *directional(*d))]
 
 
 def all_checks(run: Workdir, seed: int = 0) -> list[Check]:

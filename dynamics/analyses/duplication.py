@@ -7,13 +7,14 @@ continuation_len) of the scored grid with
   span_count      occurrences of sample[0:k+c] in the training stream (dynamics.ngrams index,
                   built beside the data on first use); >= 1 for a training sample
   max_doc_copies  the largest `copies` of the documents the sample covers (data/samples.parquet)
+  document        the document the sample starts in: the unit the intervals resample
   rule, category  the taxonomy's reconstruction rule and category (dynamics.analyses.taxonomy)
 
 `dose_response` bins samples by span_count in powers of two and gives the memorized share (score
-1) per (model, step, bin) with a bootstrap 95% CI over the bin's samples. The log-linear fit is a
-logistic regression of memorized on log2(span_count) per (model, step): `slope` is the change in
-log-odds per doubling of the occurrence count (Carlini et al. 2022 find memorization log-linear in
-duplication), with a bootstrap 95% CI over samples.
+1) per (model, step, bin) with a bootstrap 95% CI. The log-linear fit is a logistic regression of
+memorized on log2(span_count) per (model, step): `slope` is the change in log-odds per doubling of
+the occurrence count (Carlini et al. 2022 find memorization log-linear in duplication), with a
+bootstrap 95% CI. Both bootstraps resample documents, not samples (dynamics.bootstrap).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from dynamics.analyses import taxonomy, world
-from dynamics.analyses.stats import bootstrap_ci, log2_bins, logistic_slope_ci
+from dynamics.analyses.stats import log2_bins, logistic_slope_ci
+from dynamics.bootstrap import mean_ci
 from dynamics.corpus.megatron import IndexedDataset
 from dynamics.errors import MemdynError
 from dynamics.family.spec import FamilySpec
@@ -48,10 +50,10 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     path = scores / DUPLICATION
     if path.is_file():
         try:
-            old = pd.read_parquet(path, columns=KEYS)
+            old = pd.read_parquet(path)
         except (OSError, ValueError):  # pyarrow's errors for a truncated or garbled file: written again below
             old = cells.iloc[:0]
-        if len(old) == len(cells) and old.merge(cells, on=KEYS).shape[0] == len(cells):
+        if "document" in old and len(old) == len(cells) and old.merge(cells, on=KEYS).shape[0] == len(cells):
             return path
     meta = world.train_samples(family)  # an old-layout family fails here, before any work
     ds = IndexedDataset(family.data.prefix)
@@ -61,7 +63,8 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
     from dynamics.family.data import training_data
     from dynamics.family.load import load_tokenizer
 
-    index = training_data(family).ngrams
+    train = training_data(family)
+    index = train.ngrams
     tok = load_tokenizer(family)
     seqs = np.sort(cells["seq_idx"].unique())
     tokens = np.asarray(ds.batch(0, len(ds)))[seqs].astype(np.int64)
@@ -76,6 +79,7 @@ def annotate_scores(family: FamilySpec, scores: str | Path) -> Path:
                                    "category": taxonomy.categorize(counts, rules)}))
     table = pd.concat(parts, ignore_index=True)
     table["max_doc_copies"] = table["seq_idx"].map(meta["max_doc_copies"]).fillna(0).astype(np.int64)
+    table["document"] = train.documents(table["seq_idx"])
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
     return path
@@ -114,12 +118,12 @@ def dose_response(scored: pd.DataFrame, seed: int, measure: str = "span_count") 
         mem = (g["score"] >= 1).to_numpy(float)
         for i, part in g.groupby("bin", sort=True):
             m = (part["score"] >= 1).to_numpy(float)
-            lo, hi = bootstrap_ci(m, seed)
+            _, _, lo, hi = mean_ci(m, seed, groups=part["document"])
             bins.append({"model": model, "step": int(step), "bin": labels[i], "bin_lo": 2 ** int(i),
                          "count_mean": float(part[measure].mean()), "n": len(part), "memorized": int(m.sum()),
                          "share": m.mean(), "ci_lo": lo, "ci_hi": hi})
         x = np.log2(np.maximum(g[measure].to_numpy(float), 1))
-        a, slope, lo, hi = logistic_slope_ci(x, mem, seed)
+        a, slope, lo, hi = logistic_slope_ci(x, mem, seed, groups=g["document"])
         fits.append({"model": model, "step": int(step), "measure": measure, "n": len(g), "memorized": int(mem.sum()),
                      "intercept": a, "slope": slope, "slope_lo": lo, "slope_hi": hi,
                      "spearman": _spearman(x, g["score"].to_numpy())})

@@ -73,9 +73,10 @@ def run_analyses(family: FamilySpec, workdir: str | Path, k: int, c: int, seed: 
 
     w = Path(workdir)
     out = w / "analyses"
-    # (canaries_after: analyses of canaries scored without the <|endoftext|> before them are redone)
+    # (canaries_after: analyses of canaries scored without the <|endoftext|> before them are redone;
+    # resampled: so are intervals made before they resampled documents)
     settings = {"seed": seed, "context_len": k, "continuation_len": c, "n_candidates": n_candidates,
-                "final_dose_from": "scores", "canaries_after": "end-of-document",
+                "final_dose_from": "scores", "canaries_after": "end-of-document", "resampled": "documents",
                 # the tables follow the scores: scores computed again make them stale
                 "scores": settings_fingerprint(w / "scores"), "checkpoints": settings_fingerprint(w / "scores_checkpoints"),
                 **dtype_setting(dtype)}

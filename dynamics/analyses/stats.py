@@ -1,25 +1,14 @@
-"""Small statistics shared by the analyses: seeded bootstrap intervals, log-spaced bins and the
-logistic fit of a 0/1 outcome on one feature (Newton-Raphson; no penalty, so the slope is the
-plain maximum-likelihood one)."""
+"""Small statistics shared by the analyses: log-spaced bins and the logistic fit of a 0/1 outcome
+on one feature (Newton-Raphson; no penalty, so the slope is the plain maximum-likelihood one) with
+a bootstrap interval (dynamics.bootstrap: resampling samples or their documents)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-N_RESAMPLES = 1000
+from dynamics.bootstrap import N_RESAMPLES, resample_counts
+
 MIN_CLASS = 5  # samples of each outcome a logistic slope needs; with fewer it is set by one or two points
-
-
-def bootstrap_ci(values, seed: int, n_resamples: int = N_RESAMPLES, stat=np.mean, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of `stat` over resamples of `values` (with replacement); (nan, nan) when empty."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
-    stats = stat(x[idx], axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
 def log2_bins(counts) -> tuple[np.ndarray, list[str]]:
@@ -73,15 +62,18 @@ def separated(x: np.ndarray, y: np.ndarray) -> bool:
     return bool(pos.max() <= neg.min() or pos.min() >= neg.max())
 
 
-def logistic_slope_ci(x, y, seed: int, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs
-    (a resample's cell counts are multinomial, which is the same as resampling the pairs)."""
+def logistic_slope_ci(x, y, seed: int, n_resamples: int = N_RESAMPLES, level: float = 0.95,
+                      groups=None) -> tuple[float, float, float, float]:
+    """(intercept, slope, slope CI low, slope CI high): the fit and a bootstrap over (x, y) pairs,
+    or over their groups (a label per pair: its document). A resample only changes how often each
+    distinct (x, y) cell is drawn, so all resamples are fitted at once over the cells."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if min(y.sum(), len(y) - y.sum()) < MIN_CLASS or np.ptp(x) == 0 or separated(x, y):
         return (float("nan"),) * 4  # a class too rare, one x, or no finite maximum: no slope
     a, b = logistic_fit(x, y)
-    cx, cy, counts = _cells(x, y)
-    weights = np.random.default_rng(seed).multinomial(len(x), counts / len(x), size=n_resamples).astype(float)
-    slopes = _logistic_batch(cx, cy, weights)[:, 1]
+    pairs, cell = np.unique(np.stack([x, y], 1), axis=0, return_inverse=True)
+    counts = resample_counts(np.random.default_rng(seed), n_resamples, len(x), groups)  # [B, n]
+    weights = counts @ np.eye(len(pairs))[cell.ravel()]  # [B, cells]
+    slopes = _logistic_batch(pairs[:, 0], pairs[:, 1], weights)[:, 1]
     q = (1 - level) / 2
     return a, b, float(np.quantile(slopes, q)), float(np.quantile(slopes, 1 - q))

@@ -24,7 +24,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from dynamics.analyses.stats import bootstrap_ci
+from dynamics.bootstrap import mean_ci
 
 RECITATION_MIN = 6  # "duplicated more than 5 times"
 CATEGORIES = ("recitation", "reconstruction", "recollection")
@@ -94,12 +94,12 @@ def categorize(span_count: np.ndarray, rules: list[str]) -> np.ndarray:
 
 
 def shares(scored: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Memorized share (score 1) per (category, model, step), with a bootstrap 95% CI over samples.
-    `scored` holds score table rows joined with a `category` column."""
+    """Memorized share (score 1) per (category, model, step), with a bootstrap 95% CI over documents.
+    `scored` holds score table rows joined with the duplication columns (category, document)."""
     rows = []
     for (cat, model, step), g in scored.groupby(["category", "model", "step"], sort=True):
         mem = (g["score"] >= 1).to_numpy(float)
-        lo, hi = bootstrap_ci(mem, seed)
+        _, _, lo, hi = mean_ci(mem, seed, groups=g["document"])
         rows.append({"category": cat, "model": model, "step": int(step), "n": len(g), "memorized": int(mem.sum()),
                      "share": mem.mean(), "ci_lo": lo, "ci_hi": hi})
     return pd.DataFrame(rows)

@@ -29,6 +29,8 @@ import zlib
 import numpy as np
 import torch
 
+from dynamics.bootstrap import resample_counts
+
 MIN_K = (10, 20)
 MIN_K_PP = (20,)
 FPRS = (0.01, 0.001)
@@ -133,27 +135,6 @@ def weighted_auroc(member: np.ndarray, nonmember: np.ndarray, member_weights: np
     return ((below + 0.5 * tied) * member_weights).sum(1) / (member_weights.sum(1) * nonmember_weights.sum(1))
 
 
-def draw_counts(draws: np.ndarray, size: int) -> np.ndarray:
-    """How often each of `size` items is drawn in each row of an index array [B, K] -> [B, size]."""
-    B = len(draws)
-    return np.bincount((np.arange(B)[:, None] * size + draws).ravel(), minlength=B * size).reshape(B, size)
-
-
-def bootstrap_auroc(member: np.ndarray, nonmember: np.ndarray, member_draws: np.ndarray,
-                    nonmember_draws: np.ndarray) -> np.ndarray:
-    """AUROC of each resample: member[member_draws[b]] against nonmember[nonmember_draws[b]]
-    (index arrays [B, M], [B, N]) -> [B], ties counting half, as roc_auc_score."""
-    return weighted_auroc(member, nonmember, draw_counts(member_draws, len(member)), draw_counts(nonmember_draws, len(nonmember)))
-
-
-def cluster_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Weights [B, K] of K samples in `groups` (a label each: their document) when the groups, not
-    the samples, are resampled with replacement: samples of one document are not independent."""
-    labels, index = np.unique(groups, return_inverse=True)
-    counts = draw_counts(rng.integers(0, len(labels), (n_boot, len(labels))), len(labels))
-    return counts[:, index]
-
-
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """Largest TPR at an ROC operating point with FPR <= target (no interpolation)."""
     return float(tpr[fpr <= target + 1e-12].max())
@@ -170,12 +151,12 @@ def attack_metrics(member: np.ndarray, nonmember: np.ndarray, seed: int = 0, n_b
     y, s = np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
     fpr, tpr, _ = roc_curve(y, s)
     rng = np.random.default_rng(seed)
-    boot = bootstrap_auroc(m, n, rng.integers(0, len(m), (n_boot, len(m))), rng.integers(0, len(n), (n_boot, len(n))))
+    boot = weighted_auroc(m, n, *(resample_counts(rng, n_boot, len(v)) for v in (m, n)))  # each side resampled
     lo, hi = np.percentile(boot, [2.5, 97.5])
     out = {"auroc": float(roc_auc_score(y, s)), "auroc_lo": float(lo), "auroc_hi": float(hi)}
     doc_lo = doc_hi = np.nan
     if groups is not None:
-        weights = [cluster_weights(np.asarray(g), n_boot, rng) for g in groups]
+        weights = [resample_counts(rng, n_boot, len(v), g) for v, g in zip((m, n), groups)]
         doc_lo, doc_hi = np.percentile(weighted_auroc(m, n, *weights), [2.5, 97.5])
     out |= {"auroc_doc_lo": float(doc_lo), "auroc_doc_hi": float(doc_hi)}
     for target in FPRS:

@@ -78,7 +78,8 @@ def run_dynamics(family: FamilySpec, scores: str | Path, out: str | Path, *, see
     check_analysis_args(m, n_resamples)
     run_collection(family, scores, out, seed=seed, progress=progress, jump_window=m, **collect)
     done = Path(out) / "tables" / "analysis.json"
-    record = {"collection": read_settings(out), "seed": seed, "m": m, "n_resamples": n_resamples, "use_umap": use_umap,
+    # (resampled: intervals made before they resampled documents are redone)
+    record = {"collection": read_settings(out), "resampled": "documents", "seed": seed, "m": m, "n_resamples": n_resamples, "use_umap": use_umap,
               "plots": plots}
     if done.is_file() and read_json(done) == record:
         manifest.verify(out, ["tables/*.parquet"], f"memdyn dynamics ... --out {out}", "dynamics", prefix="tables/")

@@ -4,7 +4,9 @@ Curves: the per-position mean of a metric (entropy, n-gram counts) per score gro
 boundary (position 0 = first continuation token) or, for partially memorized sequences
 (0 < prefix_len < c), at the first mismatching generated token (position 0 = k + prefix_len).
 Jump: per sequence, the value at aligned position 0 minus the mean of the m positions before it;
-reported as the mean over a group's sequences with a bootstrap CI.
+reported as the mean over a group's sequences with a bootstrap CI that resamples the documents the
+sequences start in (dynamics.bootstrap; the `document` column of the collected sequences, each
+sequence its own unit in collections that predate it), `documents` of them per group.
 
 Groupings of a model's collected sequences: `level` (group = matches, "0".."c"), `class`
 (unmemorized / partial / memorized) and `random` (the natural random sample).
@@ -12,62 +14,21 @@ Groupings of a model's collected sequences: `level` (group = matches, "0".."c"),
 Tables (OUT/tables/, Parquet and CSV):
   curves  model, params, metric, align (boundary | mismatch), grouping, group, position, n, mean,
           ci_lo, ci_hi
-  jumps   model, params, metric, align, grouping, group, m, n, jump, ci_lo, ci_hi
+  jumps   model, params, metric, align, grouping, group, m, n, documents, jump, ci_lo, ci_hi
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 import zlib
 
 import numpy as np
 import pandas as pd
 
+from dynamics.bootstrap import mean_ci
 from dynamics.scoring.grid import CLASSES
 
 METRICS = ("entropy_nats", *(f"orig_n{n}" for n in range(1, 6)), *(f"gen_n{n}" for n in range(1, 6)))
-
-
-def bootstrap_ci(values: np.ndarray, seed, n_resamples: int = 1000, confidence: float = 0.95):
-    """Percentile bootstrap of the column means of values [n, T] (NaN = missing), resampling rows.
-
-    Returns (n valid [T], mean [T], ci_lo [T], ci_hi [T]); CIs are NaN where fewer than 2 values.
-    Why not scipy.stats.bootstrap: the missing cells differ per column (shifted alignments), and a
-    resample with weights W [B, n] gives every column's mean in one product: (W @ x) / (W @ valid).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    x = x[:, None] if x.ndim == 1 else x
-    valid = ~np.isnan(x)
-    n_valid = valid.sum(0)
-    filled = np.where(valid, x, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = filled.sum(0) / n_valid
-        weights = _resample_weights(tuple(np.atleast_1d(seed).tolist()), len(x), n_resamples)
-        means = (weights @ filled) / (weights @ valid)  # [B, T]; NaN where a resample holds no valid value
-    alpha = (1 - confidence) / 2
-    q = [100 * alpha, 100 * (1 - alpha)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        # (nanpercentile equals percentile without NaN, at several times its cost)
-        lo, hi = np.nanpercentile(means, q, axis=0) if np.isnan(means).any() else np.percentile(means, q, axis=0)
-    few = n_valid < 2
-    lo[few], hi[few] = np.nan, np.nan
-    return n_valid, mean, lo, hi
-
-
-def _resample_weights(seed: tuple, n: int, n_resamples: int) -> np.ndarray:
-    """[B, n] multinomial resampling counts (float64)."""
-    return _drawn_weights(seed, n, n_resamples).astype(np.float64)
-
-
-# a model's boundary tables use one resampling per (alignment, group) for all 11 metrics (a paired
-# bootstrap): drawn once and kept (as uint16: about 2 kB per row; a model's groups hold ~10k rows)
-@functools.lru_cache(maxsize=128)
-def _drawn_weights(seed: tuple, n: int, n_resamples: int) -> np.ndarray:
-    if not n:
-        return np.zeros((n_resamples, 0), dtype=np.uint16)
-    return np.random.default_rng(list(seed)).multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.uint16)
 
 
 def metric_matrix(positions: pd.DataFrame, metric: str, n_rows: int) -> np.ndarray:
@@ -121,6 +82,7 @@ def boundary_tables(seqs: pd.DataFrame, positions: pd.DataFrame, meta: dict, see
     c = int(meta["continuation_len"])
     pos = np.sort(positions["position"].unique())
     partial = ((seqs["prefix_len"] > 0) & (seqs["prefix_len"] < c)).to_numpy()
+    units = seqs["document" if "document" in seqs else "seq_idx"].to_numpy()
     curves, jumps = [], []
     head = {"model": meta["model"], "params": meta["params"]}
     for metric in metrics:
@@ -137,12 +99,14 @@ def boundary_tables(seqs: pd.DataFrame, positions: pd.DataFrame, meta: dict, see
                     continue
                 # one resampling per (model, alignment, group), shared by the metrics (paired intervals)
                 key = (meta["model"], align, grouping, group)
-                n, mean, lo, hi = bootstrap_ci(xa[sel], _seed(seed, *key), n_resamples)
+                n, mean, lo, hi = mean_ci(xa[sel], _seed(seed, *key), n_resamples, units[sel])
                 curves.append(pd.DataFrame({**head, "metric": metric, "align": align, "grouping": grouping, "group": group,
                                             "position": rel, "n": n, "mean": mean, "ci_lo": lo, "ci_hi": hi}))
                 j = jump_values(xa[sel], rel, m)
-                n, mean, lo, hi = bootstrap_ci(j[~np.isnan(j)], _seed(seed, "jump", *key), n_resamples)
+                has = ~np.isnan(j)
+                n, mean, lo, hi = mean_ci(j[has], _seed(seed, "jump", *key), n_resamples, units[sel][has])
                 jumps.append(pd.DataFrame({**head, "metric": metric, "align": align, "grouping": grouping, "group": group,
-                                           "m": m, "n": n, "jump": mean, "ci_lo": lo, "ci_hi": hi}))
+                                           "m": m, "n": [n], "documents": len(np.unique(units[sel][has])), "jump": mean,
+                                           "ci_lo": lo, "ci_hi": hi}))
     curves = pd.concat(curves, ignore_index=True)
     return curves[curves["n"] > 0].reset_index(drop=True), pd.concat(jumps, ignore_index=True)

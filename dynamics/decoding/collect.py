@@ -234,6 +234,7 @@ def collect_one(model, seqs: pd.DataFrame, generated: pd.Series, train: Training
                                                  HIDDEN_DTYPES[hidden_dtype], f"dynamics {meta['model']}", progress)
         seqs["span_count"] = index.count(orig)
         seqs["gen_span_count"] = index.count(fed)
+        seqs["document"] = train.documents(seqs["seq_idx"])
         if domains is not None:
             seqs["domain"] = seqs["seq_idx"].map(domains).fillna("unknown").to_numpy()
         positions_table(seqs, orig, fed, entropy, top1, surprisal, index, k).to_parquet(tmp / "positions.parquet", index=False)

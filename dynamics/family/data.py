@@ -48,6 +48,19 @@ class TrainingData:
             return np.empty(0, dtype=np.int64)
         return np.sort(self.samples.index[self.samples["canary_ids"].map(len) > 0].to_numpy(np.int64))
 
+    def documents(self, sample_idx) -> np.ndarray:
+        """The document each sample starts in (first_doc; the copies of a duplicated document share
+        its id), the unit every bootstrap interval over these samples resamples (dynamics.bootstrap);
+        the sample's own index where the data records no documents (data memdyn did not pack)."""
+        sample_idx = np.asarray(sample_idx, dtype=np.int64)
+        if self.samples is None or (self.samples["first_doc"] < 0).all():
+            return sample_idx
+        missing = np.setdiff1d(sample_idx, self.samples.index.to_numpy())
+        if len(missing):
+            raise MemdynError(f"the samples table beside {self.prefix} does not list samples {missing[:5].tolist()}; "
+                              "were these scores computed on other data?")
+        return self.samples["first_doc"].to_numpy(np.int64)[self.samples.index.get_indexer(sample_idx)]
+
     def domains(self) -> pd.Series | None:
         """sample_idx -> domain (None when the samples table has no domains)."""
         return self.samples["domain"] if self.samples is not None and "domain" in self.samples else None

@@ -108,7 +108,7 @@ def boundary_section(run: Workdir, model: str | None = None) -> Section:
                                     F.boundary(jumps, "orig_n1", model)))
     if model is None and not F.jump_rows(jumps).empty:
         section.blocks.append(Figure.of("boundary_jumps", plots.plot_jumps(jumps, "entropy_nats", "boundary", "class"),
-                                        "Entropy jump at the boundary by size (bars: mean, whiskers: 95% bootstrap CI). "
+                                        "Entropy jump at the boundary by size (bars: mean, whiskers: 95% bootstrap CI over documents). "
                                         + F.boundary(jumps)))
     return section
 

@@ -86,7 +86,7 @@ def duplication_section(run: Workdir, model: str | None = None) -> Section:
     section.blocks.append(Table(rows.round(3).reset_index(drop=True),
                                 "Logistic fit of memorized (score 1) on log2 of the span's occurrences (span_count) and of "
                                 "the largest duplicate count of the sample's documents (max_doc_copies); slope in log-odds "
-                                "per doubling with a bootstrap 95% CI over samples; spearman: rank correlation of score "
+                                "per doubling with a bootstrap 95% CI over the documents the samples start in; spearman: rank correlation of score "
                                 "and count."))
     return section
 
