@@ -66,9 +66,11 @@ def share_checks(run: Workdir, seed: int) -> list[Check]:
     nums = ", ".join(f"{m} {100 * v.mean():.3g}%" for m, v in per.items())
     a, b = per[run.sizes[0]], per[run.sizes[-1]]
     both = a.index.intersection(b.index)
-    d = paired_diff(a.loc[both], b.loc[both], seed, groups=documents(run, both))
+    docs = documents(run, both)
+    d = paired_diff(a.loc[both], b.loc[both], seed, groups=docs)
     out.append(("memorized share rises with model size", f"context {k} / continuation {c}: {nums}; {run.sizes[-1]} - "
-                f"{run.sizes[0]} = {fmt(*d, ' pts', 100)}", *directional(*d)))
+                f"{run.sizes[0]} = {fmt(*d, ' pts', 100)}, {len(both)} samples from {len(np.unique(docs))} documents",
+                *directional(*d)))
     for axis, fixed, value, rising in (("context_len", "continuation_len", c, True), ("continuation_len", "context_len", k, False)):
         values = sorted(s[axis].unique())
         for m in run.sizes:
@@ -102,7 +104,8 @@ def jump_checks(run: Workdir, metric: str, up_group: str, rising: bool, label: s
                             "(or too many) samples to form the group"))
                 continue
             r = own.loc[group]
-            nums = f"jump {fmt(r.jump, r.ci_lo, r.ci_hi, unit)}, n={int(r.n)}"
+            docs = f" from {int(r.documents)} documents" if "documents" in r else ""  # (older tables: sequences resampled)
+            nums = f"jump {fmt(r.jump, r.ci_lo, r.ci_hi, unit)}, n={int(r.n)}{docs}"
             if expect:
                 status, why = directional(r.jump, r.ci_lo, r.ci_hi, rising)
             else:
