@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from dynamics.bootstrap import mean_ci
+from dynamics.bootstrap import resample_counts, weighted_mean_ci
 from dynamics.scoring.grid import CLASSES
 
 METRICS = ("entropy_nats", *(f"orig_n{n}" for n in range(1, 6)), *(f"gen_n{n}" for n in range(1, 6)))
@@ -83,30 +83,31 @@ def boundary_tables(seqs: pd.DataFrame, positions: pd.DataFrame, meta: dict, see
     pos = np.sort(positions["position"].unique())
     partial = ((seqs["prefix_len"] > 0) & (seqs["prefix_len"] < c)).to_numpy()
     units = seqs["document" if "document" in seqs else "seq_idx"].to_numpy()
+    x = {metric: metric_matrix(positions, metric, len(seqs)) for metric in metrics}
     curves, jumps = [], []
     head = {"model": meta["model"], "params": meta["params"]}
-    for metric in metrics:
-        x = metric_matrix(positions, metric, len(seqs))
-        for align in ("boundary", "mismatch"):
-            if align == "boundary":
-                xa, rel, keep = x, pos, np.ones(len(seqs), dtype=bool)
-            else:
-                xa, rel = shift_align(x, pos, seqs["prefix_len"].to_numpy())
-                keep = partial
-            for grouping, group, mask in groupings(seqs):
-                sel = mask & keep
-                if not sel.any():
-                    continue
-                # one resampling per (model, alignment, group), shared by the metrics (paired intervals)
-                key = (meta["model"], align, grouping, group)
-                n, mean, lo, hi = mean_ci(xa[sel], _seed(seed, *key), n_resamples, units[sel])
+    for align in ("boundary", "mismatch"):
+        if align == "boundary":
+            aligned, rel, keep = x, pos, np.ones(len(seqs), dtype=bool)
+        else:
+            shifted = {metric: shift_align(v, pos, seqs["prefix_len"].to_numpy()) for metric, v in x.items()}
+            aligned, rel, keep = {k: v[0] for k, v in shifted.items()}, shifted[metrics[0]][1], partial
+        for grouping, group, mask in groupings(seqs):
+            sel = mask & keep
+            if not sel.any():
+                continue
+            # one resampling per (model, alignment, group), shared by the metrics, curves and jumps (paired intervals)
+            rng = np.random.default_rng(_seed(seed, meta["model"], align, grouping, group))
+            weights = resample_counts(rng, n_resamples, int(sel.sum()), units[sel])
+            for metric in metrics:
+                xa = aligned[metric][sel]
+                n, mean, lo, hi = weighted_mean_ci(xa, weights)
                 curves.append(pd.DataFrame({**head, "metric": metric, "align": align, "grouping": grouping, "group": group,
                                             "position": rel, "n": n, "mean": mean, "ci_lo": lo, "ci_hi": hi}))
-                j = jump_values(xa[sel], rel, m)
-                has = ~np.isnan(j)
-                n, mean, lo, hi = mean_ci(j[has], _seed(seed, "jump", *key), n_resamples, units[sel][has])
+                j = jump_values(xa, rel, m)
+                n, mean, lo, hi = weighted_mean_ci(j, weights)
                 jumps.append(pd.DataFrame({**head, "metric": metric, "align": align, "grouping": grouping, "group": group,
-                                           "m": m, "n": [n], "documents": len(np.unique(units[sel][has])), "jump": mean,
-                                           "ci_lo": lo, "ci_hi": hi}))
+                                           "m": m, "n": [n], "documents": len(np.unique(units[sel][~np.isnan(j)])),
+                                           "jump": mean, "ci_lo": lo, "ci_hi": hi}))
     curves = pd.concat(curves, ignore_index=True)
     return curves[curves["n"] > 0].reset_index(drop=True), pd.concat(jumps, ignore_index=True)
