@@ -7,11 +7,14 @@
 For every size in the scores: K-fold cross-validation by training document (predictor.train.
 cross_validate) of a context-mode predictor (and a hidden-mode one when --dynamics is given), and
 one row per (model, mode) of the pooled out-of-fold predictions on the natural distribution:
-predictor accuracy / macro-F1 / AUROC (memorized vs not) / ECE / score MAE (in hidden mode also the
+predictor accuracy / macro-F1 / AUROC (memorized vs not, with `auroc_ci` its 95% interval when the
+documents the evaluated samples start in are resampled; `mem_docs` the documents the memorized ones
+start in) / ECE / score MAE (in hidden mode also the
 per-token head's token and sequence accuracy and its token-level AUROC, reproduced vs not) beside
 the majority class and logistic regression / gradient boosting on scalar features (context loss,
 zlib ratio, n-gram counts, duplicate count; in hidden mode mean entropy and the greedy
-continuation's largest surprisal), fitted on the same folds, and the best single one of those
+continuation's largest surprisal), fitted on the same folds (`logreg_minus_ci`, `gboost_minus_ci`: the interval of the baseline's AUROC
+minus the predictor's on the same resamples of documents), and the best single one of those
 features alone (`best_feature`, untrained, its AUROC with the sign chosen on the evaluated rows); `n` samples pooled, `n_out` spanning
 two folds and evaluated in none, `memorized`/`not` the AUROC's classes among the n, and `bal_f1`
 the predictor's macro-F1 on a class-balanced subset. Sizes whose folds lack a class are listed with the reason; --models limits
@@ -62,16 +65,23 @@ def best_single_feature(family, model: str, mode: str, args, edges) -> dict:
     return {"best_feature": best + ("" if aucs[best] >= 0.5 else " (-)"), "best_feature_auroc": max(aucs[best], 1 - aucs[best])}
 
 
+def span(metrics: dict, key: str) -> str:
+    """A 95% interval from metrics[key_lo], metrics[key_hi], as 'lo..hi'."""
+    return f"{metrics[key + '_lo']:+.3f}..{metrics[key + '_hi']:+.3f}"
+
+
 def row(model: str, mode: str, m: dict) -> dict:
     p, b = m["predictor"]["natural"], {name: r["natural"] for name, r in m["baselines"].items()}
     memorized = int(np.asarray(p["confusion"])[MEMORIZED].sum())
     out = {"model": model, "mode": mode, "n": p["n"], "n_out": m["cv"]["n_straddling"], "memorized": memorized,
-           "not": p["n"] - memorized, "acc": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"],
+           "not": p["n"] - memorized, "mem_docs": p["memorized_documents"], "acc": p["accuracy"],
+           "macro_f1": p["macro_f1"], "auroc": p["auroc"], "auroc_ci": span(p, "auroc"),
            "ece": p["ece"], "score_mae": p["score_mae"], "bal_f1": m["predictor"]["balanced"]["macro_f1"],
            "majority_acc": b["majority"]["accuracy"], "majority_f1": b["majority"]["macro_f1"],
            "logreg_acc": b["logistic"]["accuracy"], "logreg_f1": b["logistic"]["macro_f1"],
-           "logreg_auroc": b["logistic"]["auroc"], "gboost_acc": b["gboost"]["accuracy"],
-           "gboost_f1": b["gboost"]["macro_f1"], "gboost_auroc": b["gboost"]["auroc"]}
+           "logreg_auroc": b["logistic"]["auroc"], "logreg_minus_ci": span(b["logistic"], "auroc_diff"),
+           "gboost_acc": b["gboost"]["accuracy"], "gboost_f1": b["gboost"]["macro_f1"], "gboost_auroc": b["gboost"]["auroc"],
+           "gboost_minus_ci": span(b["gboost"], "auroc_diff")}
     if "tokens" in m["predictor"]:
         out["token_acc"] = m["predictor"]["tokens"]["token_accuracy"]
         out["seq_acc"] = m["predictor"]["tokens"]["sequence_accuracy"]

@@ -9,7 +9,7 @@ a label per sample, the document it starts in; dynamics.family.data.TrainingData
 all the samples of a drawn document come together. Without groups each sample is its own unit.
 
 A resample is a weight per sample (how often it is drawn), so one matrix product gives a mean of
-every resample at once: (W @ x) / (W @ valid).
+every resample at once, (W @ x) / (W @ valid), and one sort an AUROC of every resample.
 """
 
 from __future__ import annotations
@@ -75,3 +75,26 @@ def weighted_mean_ci(values, weights: np.ndarray, level: float = 0.95):
     if flat:
         return int(n_valid[0]), float(mean[0]), float(lo[0]), float(hi[0])
     return n_valid, mean, lo, hi
+
+
+def weighted_auroc(member: np.ndarray, nonmember: np.ndarray, member_weights: np.ndarray,
+                   nonmember_weights: np.ndarray) -> np.ndarray:
+    """AUROC of each resample given as weights (how often each sample is drawn; [B, M], [B, N]) of
+    scores where higher means positive (a member, a memorized sample): sum of w_i w_j
+    ([member_i > nonmember_j] + [tie] / 2) over sum w_i * sum w_j -> [B], as roc_auc_score with
+    those sample weights; NaN for a resample that draws no sample of one side.
+
+    Why by hand: the values never change, only how often each is drawn, so one sort of the
+    non-members serves every resample. Per resample, the weight of the non-members below (and tied
+    with) each member value is a difference of a cumulative sum, read at positions found once with
+    searchsorted: O(B (M + N)) instead of a sort per resample (1000 resamples of 271 + 271: 12 ms
+    against 95 ms with scipy's rankdata per resample, the same values; 90 G MAC/s machine)."""
+    order = np.argsort(nonmember, kind="stable")
+    ranked = nonmember[order]
+    B = len(member_weights)
+    cum = np.concatenate([np.zeros((B, 1)), np.cumsum(nonmember_weights[:, order], 1)], 1)  # [B, N + 1]
+    below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
+    below = cum[:, below_at]  # [B, M]
+    tied = cum[:, tied_at] - below
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((below + 0.5 * tied) * member_weights).sum(1) / (member_weights.sum(1) * nonmember_weights.sum(1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
+from dynamics.bootstrap import weighted_auroc
 from dynamics.scoring.grid import CLASSES, MEMORIZED
 
 
@@ -48,3 +49,19 @@ def token_metrics(proba: np.ndarray, true: np.ndarray) -> dict:
         "sequence_accuracy": float((pred == true).all(1).mean()),
         "token_auroc": float(roc_auc_score(true.ravel(), proba.ravel())) if 0 < true.sum() < true.size else float("nan"),
     }
+
+
+def resampled_auroc(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The memorized-vs-not AUROC of each resample (weights [B, n] of the rows y [n], proba [n, C])
+    -> [B]; all NaN when one side is absent."""
+    is_mem = np.asarray(y) == MEMORIZED
+    if not 0 < is_mem.sum() < len(is_mem):
+        return np.full(len(weights), np.nan)
+    score = np.asarray(proba, dtype=np.float64)[:, MEMORIZED]
+    return weighted_auroc(score[is_mem], score[~is_mem], weights[:, is_mem], weights[:, ~is_mem])
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of resampled values, over the resamples where it is defined."""
+    values = values[np.isfinite(values)]
+    return tuple(float(q) for q in np.quantile(values, [0.025, 0.975])) if len(values) else (float("nan"),) * 2

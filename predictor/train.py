@@ -26,19 +26,20 @@ from typing import Callable
 
 import numpy as np
 
+from dynamics.bootstrap import N_RESAMPLES, resample_counts
 from dynamics.errors import MemdynError
 from dynamics.family.load import load_tokenizer
 from dynamics.family.spec import FamilySpec
 from dynamics.files import read_json, settings_fingerprint
 from dynamics.lock import locks_output
-from dynamics.scoring.grid import CLASS_EDGES, CLASSES
+from dynamics.scoring.grid import CLASS_EDGES, CLASSES, MEMORIZED
 from predictor.baselines import full_proba, make_baselines
 from predictor.data import (
     MIN_TRAIN_PER_CLASS, Dataset, balance, check_classes, context_dataset, context_tokens, document_columns, fold_splits,
     hidden_dataset, owned_documents, scalar_features, split_by_document, touches,
 )
 from predictor.estimator import MemorizationPredictor
-from predictor.metrics import classification_metrics, token_metrics
+from predictor.metrics import classification_metrics, interval, resampled_auroc, token_metrics
 from predictor.store import (
     check_predictor_out, is_metrics_json, load_predictor, predictor_family, save_predictor, vocab_hash,
 )
@@ -157,21 +158,40 @@ def eval_sets(data: Dataset, test: np.ndarray, seed: int) -> dict[str, np.ndarra
 def heldout_metrics(data: Dataset, test: np.ndarray, n_train: int, pred: dict[str, np.ndarray], seed: int,
                  features: list[str] | None = None, base: dict[str, np.ndarray] | None = None) -> dict:
     """Metrics on the test sets of predictions over all rows (only the `test` rows are read): the
-    predictor's predict_arrays output and, if given, each baseline's class probabilities."""
+    predictor's predict_arrays output and, if given, each baseline's class probabilities. Beside
+    each AUROC, its 95% interval when the documents the test samples start in are resampled
+    (auroc_lo / auroc_hi: a set's memorized samples often come from a few documents), and for each
+    baseline the interval of its AUROC minus the predictor's on the same resamples (auroc_diff_lo /
+    auroc_diff_hi)."""
     sets = eval_sets(data, test, seed)
     y, score = data.rows["label"].to_numpy(), data.rows["score"].to_numpy()
+    docs = data.rows["first_doc"].to_numpy()
+    weights = {name: resample_counts(np.random.default_rng(seed), N_RESAMPLES, len(idx), docs[idx]) for name, idx in sets.items()}
+    boots = {name: resampled_auroc(y[idx], pred["proba"][idx], weights[name]) for name, idx in sets.items()}
+
+    def with_interval(metrics: dict, boot: np.ndarray) -> dict:
+        return {**metrics, **dict(zip(("auroc_lo", "auroc_hi"), interval(boot)))}
+
+    def documents(idx: np.ndarray) -> dict:
+        return {"documents": len(np.unique(docs[idx])), "memorized_documents": len(np.unique(docs[idx][y[idx] == MEMORIZED]))}
+
     result = {"model": data.model, "revision": data.revision, "context_len": data.context_len,
               "continuation_len": data.continuation_len, "n_train": int(n_train),
-              "predictor": {name: {**classification_metrics(y[idx], pred["proba"][idx]),
-                                   "score_mae": float(np.abs(pred["score"][idx] - score[idx]).mean())}
+              "predictor": {name: {**with_interval(classification_metrics(y[idx], pred["proba"][idx]), boots[name]),
+                                   "score_mae": float(np.abs(pred["score"][idx] - score[idx]).mean()), **documents(idx)}
                             for name, idx in sets.items()}}
     if data.token_labels is not None:
         k = data.context_len
         result["predictor"]["tokens"] = token_metrics(pred["token_proba"][test, k:], data.token_labels[test])
     if base is not None:
         result["baseline_features"] = features
-        result["baselines"] = {b: {name: classification_metrics(y[idx], p[idx]) for name, idx in sets.items()}
-                               for b, p in base.items()}
+        result["baselines"] = {}
+        for b, p in base.items():
+            result["baselines"][b] = {}
+            for name, idx in sets.items():
+                boot = resampled_auroc(y[idx], p[idx], weights[name])
+                result["baselines"][b][name] = {**with_interval(classification_metrics(y[idx], p[idx]), boot),
+                                                **dict(zip(("auroc_diff_lo", "auroc_diff_hi"), interval(boot - boots[name])))}
     return result
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.bootstrap import draw_counts
-from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples, weighted_auroc
+from dynamics.bootstrap import draw_counts, weighted_auroc
+from dynamics.capacity.attacks import ATTACKS, attack_metrics, score_samples
 from dynamics.capacity.mia_plan import plan_membership
 from dynamics.corpus import megatron
 from dynamics.corpus.megatron import IndexedDataset

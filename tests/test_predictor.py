@@ -149,6 +149,21 @@ def test_metrics_on_known_inputs():
     assert t == {"token_accuracy": pytest.approx(5 / 6), "sequence_accuracy": 0.5, "token_auroc": pytest.approx(1.0)}
 
 
+def test_resampled_auroc_and_its_interval():
+    from predictor.metrics import interval, resampled_auroc
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    proba = rng.dirichlet(np.ones(3), 60)
+    weights = rng.integers(0, 3, (20, 60))
+    expected = [roc_auc_score(y == 2, proba[:, 2], sample_weight=w) for w in weights]
+    assert resampled_auroc(y, proba, weights) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(resampled_auroc(np.zeros(60, int), proba, weights)).all()  # no memorized row
+    assert interval(np.array([np.nan, 0.2, 0.4, np.nan])) == pytest.approx((0.205, 0.395))  # undefined resamples left out
+    assert np.isnan(interval(np.full(3, np.nan))).all()
+
+
 # ---------------------------------------------------------------------------- micro family
 
 
@@ -166,6 +181,14 @@ def test_train_writes_predictor_and_baselines(trained, micro_scores):
     assert cv["predictor"]["natural"]["n"] == cv["cv"]["n_evaluated"] == sum(f["n_test"] for f in cv["cv"]["per_fold"])
     n_cell = len(pd.read_parquet(micro_scores).query("model == '37k' and context_len == 16 and continuation_len == 4"))
     assert cv["cv"]["n_evaluated"] + cv["cv"]["n_straddling"] == n_cell and cv["cv"]["n_evaluated"] > m["predictor"]["natural"]["n"]
+    # AUROC intervals over the documents of the evaluated samples, and each baseline's paired difference
+    p = cv["predictor"]["natural"]
+    assert p["auroc_lo"] <= p["auroc"] <= p["auroc_hi"]
+    assert 1 <= p["memorized_documents"] <= p["documents"] < p["n"]
+    for name in ("logistic", "gboost"):
+        b = cv["baselines"][name]["natural"]
+        assert b["auroc_lo"] <= b["auroc"] <= b["auroc_hi"]
+        assert b["auroc_diff_lo"] <= b["auroc"] - p["auroc"] <= b["auroc_diff_hi"]
 
 
 def test_cross_validation_is_seeded_and_fits_each_fold_on_other_documents(micro_family, micro_scores):

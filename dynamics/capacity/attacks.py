@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 import torch
 
-from dynamics.bootstrap import resample_counts
+from dynamics.bootstrap import resample_counts, weighted_auroc
 
 MIN_K = (10, 20)
 MIN_K_PP = (20,)
@@ -112,27 +112,6 @@ def score_samples(model, samples: np.ndarray, batch_size: int, device, texts: li
 
 # ---------------------------------------------------------------------------------------------
 # metrics
-
-
-def weighted_auroc(member: np.ndarray, nonmember: np.ndarray, member_weights: np.ndarray,
-                   nonmember_weights: np.ndarray) -> np.ndarray:
-    """AUROC of each resample given as weights (how often each sample is drawn; [B, M], [B, N]):
-    sum of w_i w_j ([member_i > nonmember_j] + [tie] / 2) over sum w_i * sum w_j -> [B], as
-    roc_auc_score with those sample weights.
-
-    Why by hand: the values never change, only how often each is drawn, so one sort of the
-    non-members serves every resample. Per resample, the weight of the non-members below (and tied
-    with) each member value is a difference of a cumulative sum, read at positions found once with
-    searchsorted: O(B (M + N)) instead of a sort per resample (1000 resamples of 271 + 271: 12 ms
-    against 95 ms with scipy's rankdata per resample, the same values; 90 G MAC/s machine)."""
-    order = np.argsort(nonmember, kind="stable")
-    ranked = nonmember[order]
-    B = len(member_weights)
-    cum = np.concatenate([np.zeros((B, 1)), np.cumsum(nonmember_weights[:, order], 1)], 1)  # [B, N + 1]
-    below_at, tied_at = np.searchsorted(ranked, member, "left"), np.searchsorted(ranked, member, "right")
-    below = cum[:, below_at]  # [B, M]
-    tied = cum[:, tied_at] - below
-    return ((below + 0.5 * tied) * member_weights).sum(1) / (member_weights.sum(1) * nonmember_weights.sum(1))
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:

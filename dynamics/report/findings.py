@@ -162,7 +162,8 @@ def grid(t: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
                f"(context {best.context_len} / continuation {best.continuation_len}).")
 
 
-METRIC_COLUMNS = ("evaluation", "test set", "n", "accuracy", "macro_f1", "auroc", "best baseline", "baseline macro_f1")
+METRIC_COLUMNS = ("evaluation", "test set", "n", "accuracy", "macro_f1", "auroc", "auroc CI, documents resampled",
+                  "best baseline", "baseline macro_f1")
 
 
 def evaluation(m: dict) -> str:
@@ -183,7 +184,10 @@ def predictor_table(metrics: dict[str, dict], sizes: list[str]) -> pd.DataFrame:
         base = {b: r[evalset] for b, r in m.get("baselines", {}).items() if evalset in r}
         best = max(base, key=lambda b: base[b]["macro_f1"]) if base else None
         rows.append({"size": size, "mode": mode, "evaluation": evaluation(m), "test set": evalset, "n": p["n"],
-                     "accuracy": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"], "best baseline": best,
+                     "accuracy": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"],
+                     # (predictors trained before memdyn gave the interval have none)
+                     "auroc CI, documents resampled": f"{p['auroc_lo']:.3f}-{p['auroc_hi']:.3f}" if "auroc_lo" in p else "-",
+                     "best baseline": best,
                      "baseline macro_f1": base[best]["macro_f1"] if best else np.nan, "note": ""})
     t = pd.DataFrame(rows)
     if t.empty:
