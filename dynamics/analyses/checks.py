@@ -121,6 +121,7 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
     minus smallest size, with a bootstrap over the documents the sequences start in."""
     from sklearn.metrics import silhouette_score
 
+    from dynamics.decoding.boundary import resampling_units
     from dynamics.decoding.store import read_hidden, read_model
     from dynamics.decoding.embeddings import step_summaries
 
@@ -139,7 +140,7 @@ def separation_checks(run: Workdir, seed: int, n_resamples: int = 200) -> list[C
         states, _, _ = step_summaries(hidden, matches, k, c)
         keep = np.isin(matches, [0, c])
         x, y = states[keep], matches[keep] == c
-        units = seqs["document" if "document" in seqs else "seq_idx"].to_numpy()[keep]
+        units = resampling_units(seqs)[keep]
         if y.sum() < 2 or (~y).sum() < 2:
             return [(name, f"{m}: {int(y.sum())} memorized, {int((~y).sum())} unmemorized", "NOT SHOWN",
                      f"{m} has fewer than 2 sequences in a class")]

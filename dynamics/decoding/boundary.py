@@ -31,6 +31,12 @@ from dynamics.scoring.grid import CLASSES
 METRICS = ("entropy_nats", *(f"orig_n{n}" for n in range(1, 6)), *(f"gen_n{n}" for n in range(1, 6)))
 
 
+def resampling_units(seqs: pd.DataFrame) -> np.ndarray:
+    """The unit each collected sequence is resampled with: the document it starts in (each sequence
+    its own in collections made before memdyn recorded documents)."""
+    return seqs["document" if "document" in seqs else "seq_idx"].to_numpy()
+
+
 def metric_matrix(positions: pd.DataFrame, metric: str, n_rows: int) -> np.ndarray:
     """[n_rows, T] values of a metric; -1 n-gram counts (undefined) become NaN."""
     p = positions.sort_values(["row", "position"], kind="stable")
@@ -82,7 +88,7 @@ def boundary_tables(seqs: pd.DataFrame, positions: pd.DataFrame, meta: dict, see
     c = int(meta["continuation_len"])
     pos = np.sort(positions["position"].unique())
     partial = ((seqs["prefix_len"] > 0) & (seqs["prefix_len"] < c)).to_numpy()
-    units = seqs["document" if "document" in seqs else "seq_idx"].to_numpy()
+    units = resampling_units(seqs)
     x = {metric: metric_matrix(positions, metric, len(seqs)) for metric in metrics}
     curves, jumps = [], []
     head = {"model": meta["model"], "params": meta["params"]}
